@@ -1,0 +1,269 @@
+"""maskflow settings: one frozen object, loaded once at start-up and passed down.
+
+Precedence: built-in defaults < optional TOML file (``MASKFLOW_CONFIG`` or ``--config``)
+< environment variables.  Every key of the original design (``redis.host``,
+``minio.bucket``, ``task.timeout`` ...) is overridable as ``MASKFLOW_<SECTION>_<KEY>``,
+e.g. ``MASKFLOW_REDIS_PORT=6380`` or ``MASKFLOW_MODEL_INPUT_SIZE=256,256``.
+
+Unknown sections, unknown keys and unknown ``MASKFLOW_*`` variables fail at start-up:
+a misspelled setting that is silently ignored is worse than one that stops the process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "MASKFLOW_"
+CONFIG_FILE_ENV = "MASKFLOW_CONFIG"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing, misspelled or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+
+
+@dataclass(frozen=True)
+class MinioConfig:
+    endpoint: str = "127.0.0.1:9000"
+    access_key: str = "minioadmin"
+    secret_key: str = "minioadmin"
+    bucket: str = "ai-segmentation"
+    secure: bool = False
+    region: str = "us-east-1"
+    # Host clients outside the stack use for presigned URLs; empty means `endpoint`.
+    public_endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "models/segmentation.onnx"
+    input_size: tuple[int, int] = (256, 256)
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    timeout: int = 300
+    poll_interval: int = 2
+    max_polls: int = 150
+    max_attempts: int = 3
+    retention: int = 7 * 24 * 3600
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    # The Redis list MinIO's notification target RPUSHes events to.
+    events_key: str = "maskflow:events"
+    # MinIO's ARN suffix for the Redis target (MINIO_NOTIFY_REDIS_*_<ID>).
+    target_id: str = "MASKFLOW"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    concurrency: int = 2
+    heartbeat: int = 10
+    # Heartbeats missed for this long mark a worker dead and its in-flight events orphaned.
+    lease: int = 30
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 8
+    max_upload_bytes: int = 20 * 1024 * 1024
+    channel_timeout: int = 120
+    presign_expiry: int = 3600
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    data_dir: str = ".maskflow"
+    workers: int = 1
+    # Use these binaries instead of building the pinned MinIO/mc (see infra/install.py).
+    minio_bin: str = ""
+    mc_bin: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    minio: MinioConfig = field(default_factory=MinioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return _project_path(self.stack.data_dir)
+
+    @property
+    def model_path(self) -> Path:
+        return _project_path(self.model.path)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api.host}:{self.api.port}"
+
+    @property
+    def minio_public_endpoint(self) -> str:
+        return self.minio.public_endpoint or self.minio.endpoint
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _sections() -> dict[str, type]:
+    return typing.get_type_hints(Config)
+
+
+def _resolved_types(cls: type) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
+    """Turn a TOML value or an environment string into the declared type."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if kind is str:
+            if not isinstance(raw, (str, int, float)):
+                raise ValueError("expected a string")
+            return str(raw)
+        if typing.get_origin(kind) is tuple:
+            parts = raw.split(",") if isinstance(raw, str) else list(raw)
+            values = tuple(int(p) for p in parts)
+            if len(values) != len(typing.get_args(kind)):
+                raise ValueError(f"expected {len(typing.get_args(kind))} comma-separated integers")
+            return values
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key {key}: bad value {raw!r} ({exc})") from None
+    raise ConfigError(f"config key {key}: unsupported type {kind}")  # pragma: no cover
+
+
+def _validate(cfg: Config) -> None:
+    def positive(key: str, value: int) -> None:
+        if value <= 0:
+            raise ConfigError(f"config key {key}: must be > 0, got {value}")
+
+    for key in ("redis.port", "api.port"):
+        section, name = key.split(".")
+        port = getattr(getattr(cfg, section), name)
+        if not 0 < port < 65536:
+            raise ConfigError(f"config key {key}: not a TCP port: {port}")
+    if not 0 <= cfg.redis.db <= 15:
+        raise ConfigError(f"config key redis.db: must be 0..15, got {cfg.redis.db}")
+    for key in ("task.timeout", "task.poll_interval", "task.max_polls", "task.max_attempts",
+                "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
+                "worker.lease", "api.threads", "api.max_upload_bytes", "api.presign_expiry",
+                "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
+                "stack.workers"):
+        section, name = key.split(".")
+        positive(key, getattr(getattr(cfg, section), name))
+    for size in cfg.model.input_size:
+        positive("model.input_size", size)
+    if cfg.worker.lease <= cfg.worker.heartbeat:
+        raise ConfigError("config key worker.lease: must exceed worker.heartbeat")
+    if ":" not in cfg.minio.endpoint:
+        raise ConfigError(f"config key minio.endpoint: expected host:port, got {cfg.minio.endpoint!r}")
+    if not cfg.minio.bucket:
+        raise ConfigError("config key minio.bucket: must not be empty")
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: typing.Mapping[str, str] | None = None) -> Config:
+    """Build the settings from defaults, an optional TOML file and the environment."""
+    env = os.environ if env is None else env
+    sections = _sections()
+    values: dict[str, dict[str, typing.Any]] = {name: {} for name in sections}
+
+    path = path or env.get(CONFIG_FILE_ENV)
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for section, table in data.items():
+            if section not in sections or not isinstance(table, dict):
+                raise ConfigError(f"config file {path}: unknown section [{section}]")
+            hints = _resolved_types(sections[section])
+            for key, raw in table.items():
+                if key not in hints:
+                    raise ConfigError(f"config key {section}.{key}: unknown key")
+                values[section][key] = _coerce(f"{section}.{key}", hints[key], raw)
+
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+            continue
+        section_key = name[len(ENV_PREFIX):].lower()
+        section, _, key = section_key.partition("_")
+        hints = _resolved_types(sections[section]) if section in sections else {}
+        if key not in hints:
+            raise ConfigError(f"environment variable {name}: no such config key {section}.{key}")
+        values[section][key] = _coerce(f"{section}.{key}", hints[key], raw)
+
+    cfg = Config(**{name: sections[name](**values[name]) for name in sections})
+    _validate(cfg)
+    return cfg
+
+
+def env_for(cfg: Config) -> dict[str, str]:
+    """The environment variables that reproduce `cfg` in a child process."""
+    out: dict[str, str] = {}
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            out[f"{ENV_PREFIX}{section.name.upper()}_{f.name.upper()}"] = text
+    return out
+
+
+def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
+    """A copy of `cfg` with some keys changed, e.g. replace(cfg, redis={"port": 7000})."""
+    changed = {name: dataclasses.replace(getattr(cfg, name), **keys) for name, keys in sections.items()}
+    new = dataclasses.replace(cfg, **changed)
+    _validate(new)
+    return new
+
+
+__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "PROJECT_ROOT",
+           "RedisConfig", "MinioConfig", "ModelConfig", "TaskConfig", "QueueConfig",
+           "WorkerConfig", "ApiConfig", "StackConfig"]

@@ -1,0 +1,106 @@
+"""MinIO adapter: get/put objects and presign URLs for clients.
+
+Two SDK clients: one for the endpoint the services reach, one for the public endpoint that
+goes into presigned URLs (a signature covers the host, so it must be signed for the host
+the client will actually call).  Both pin the region so presigning needs no network call.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+from dataclasses import dataclass
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.datatypes import PostPolicy
+from minio.error import S3Error
+
+from infra.config import Config
+
+# Our own retries (tenacity, in the worker runtime) decide what is transient; the SDK's
+# urllib3 pool must not retry underneath them or hang on a dead server.
+_HTTP_TIMEOUT = urllib3.Timeout(connect=5, read=60)
+
+
+def _client(endpoint: str, cfg: Config) -> Minio:
+    http = urllib3.PoolManager(timeout=_HTTP_TIMEOUT, maxsize=16, retries=False,
+                               ca_certs=certifi.where())
+    return Minio(endpoint, access_key=cfg.minio.access_key, secret_key=cfg.minio.secret_key,
+                 secure=cfg.minio.secure, region=cfg.minio.region, http_client=http)
+
+
+class ObjectMissing(LookupError):
+    """The object (or bucket) does not exist."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    data: bytes
+    etag: str
+    content_type: str
+    metadata: dict[str, str]
+
+
+class ObjectStore:
+    def __init__(self, cfg: Config):
+        self.bucket = cfg.minio.bucket
+        self.client = _client(cfg.minio.endpoint, cfg)
+        self._public = _client(cfg.minio_public_endpoint, cfg)
+        scheme = "https" if cfg.minio.secure else "http"
+        self._post_url = f"{scheme}://{cfg.minio_public_endpoint}/{self.bucket}"
+
+    def get(self, key: str) -> StoredObject:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise ObjectMissing(f"{self.bucket}/{key}: {exc.code}") from None
+            raise
+        try:
+            data = response.read()
+            headers = response.headers
+        finally:
+            response.close()
+            response.release_conn()
+        metadata = {k[len("x-amz-meta-"):]: v for k, v in headers.items()
+                    if k.lower().startswith("x-amz-meta-")}
+        return StoredObject(key, data, headers.get("ETag", "").strip('"'),
+                            headers.get("Content-Type", ""), metadata)
+
+    def put(self, key: str, data: bytes, content_type: str,
+            metadata: dict[str, str] | None = None) -> str:
+        result = self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                                        content_type=content_type, metadata=metadata or None)
+        return result.etag
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                return False
+            raise
+
+    def presigned_get(self, key: str, expiry_seconds: int) -> str:
+        return self._public.presigned_get_object(self.bucket, key,
+                                                 expires=dt.timedelta(seconds=expiry_seconds))
+
+    def presigned_put(self, key: str, expiry_seconds: int) -> str:
+        return self._public.presigned_put_object(self.bucket, key,
+                                                 expires=dt.timedelta(seconds=expiry_seconds))
+
+    def presigned_post(self, key: str, max_bytes: int, expires_at: dt.datetime,
+                       content_type_prefix: str = "image/") -> tuple[str, dict[str, str]]:
+        """A browser-style POST policy pinned to one key, image/* and a size limit."""
+        policy = PostPolicy(self.bucket, expires_at)
+        policy.add_equals_condition("key", key)
+        policy.add_starts_with_condition("Content-Type", content_type_prefix)
+        policy.add_content_length_range_condition(1, max_bytes)
+        fields = self._public.presigned_post_policy(policy)
+        return self._post_url, {"key": key, **fields}
+
+    def bucket_exists(self) -> bool:
+        return self.client.bucket_exists(self.bucket)

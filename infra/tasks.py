@@ -1,0 +1,348 @@
+"""Task records in Redis: atomic transitions, key -> task index, batch counters, retention.
+
+One hash per task (``maskflow:task:<id>``).  Every state change runs as one Lua script, so a
+record, its batch counters and the processing deadline index always change together, and a
+late or duplicate event can never move a finished task backwards:
+
+* a task belongs to one input key; re-uploading the key starts a new *version* of the same
+  task (MinIO's per-object ``sequencer`` orders versions, an older event is ``stale``);
+* an event for the version already finished is a ``duplicate``;
+* an event for a version another live worker is processing is ``busy``;
+* finishing (completed / failed / released) only applies to the version being processed.
+
+Batch counters: each directory prefix of an input key (``input/b1/``, ``input/b1/sub/``) has a
+hash of counts by status plus ``total``, and a sorted set of its failed keys, so a batch of
+10,000 files is summarised without a scan.  Records, indexes and counters expire after
+``task.retention`` seconds of inactivity.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from infra.config import Config
+
+PREFIX = "maskflow"
+STATUSES = ("pending", "processing", "completed", "failed")
+TERMINAL = ("completed", "failed")
+PROCESSING_DEADLINES = f"{PREFIX}:deadline:processing"
+UPLOAD_DEADLINES = f"{PREFIX}:deadline:upload"
+STATS_KEY = f"{PREFIX}:stats"
+
+
+def task_key(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}"
+
+
+def index_key(input_key: str) -> str:
+    return f"{PREFIX}:key:{input_key}"
+
+
+def batch_key(prefix: str) -> str:
+    return f"{PREFIX}:batch:{prefix}"
+
+
+def channel(task_id: str) -> str:
+    return f"{PREFIX}:changed:{task_id}"
+
+
+def batch_prefixes(input_key: str) -> list[str]:
+    """Every directory prefix of the key below the top level: input/b/c/x.jpg -> input/b/, input/b/c/."""
+    parts = input_key.split("/")[:-1]
+    return ["/".join(parts[:i]) + "/" for i in range(2, len(parts) + 1)]
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def derive_task_id(bucket: str, input_key: str) -> str:
+    """Tasks of directly uploaded objects: one id per bucket and key, whatever the event."""
+    return hashlib.sha256(f"{bucket}/{input_key}".encode()).hexdigest()[:32]
+
+
+def utc_iso(ts: float | None = None) -> str:
+    moment = dt.datetime.fromtimestamp(ts if ts is not None else time.time(), dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def normalise_sequencer(sequencer: str) -> str:
+    """Fixed-width hex so versions compare as strings inside Lua."""
+    return sequencer.strip().lower().rjust(32, "0") if sequencer else ""
+
+
+_LIB = """
+local PREFIX = 'maskflow'
+local function move(task, old, new, now, ttl)
+  if old == new then return end
+  if old ~= '' then redis.call('HINCRBY', PREFIX .. ':stats', old, -1) end
+  if new ~= '' then redis.call('HINCRBY', PREFIX .. ':stats', new, 1) end
+  local batches = redis.call('HGET', task, 'batches') or ''
+  local input_key = redis.call('HGET', task, 'input_key')
+  for prefix in string.gmatch(batches, '[^\\n]+') do
+    local b = PREFIX .. ':batch:' .. prefix
+    if old ~= '' then redis.call('HINCRBY', b, old, -1) end
+    if new ~= '' then redis.call('HINCRBY', b, new, 1) end
+    if new == 'failed' then redis.call('ZADD', b .. ':failed', now, input_key)
+    elseif old == 'failed' then redis.call('ZREM', b .. ':failed', input_key) end
+    redis.call('EXPIRE', b, ttl)
+    redis.call('EXPIRE', b .. ':failed', ttl)
+  end
+end
+local function create(task, id, input_key, batches, now_iso, now, ttl)
+  redis.call('HSET', task, 'task_id', id, 'input_key', input_key, 'status', '',
+             'created_at', now_iso, 'attempts', 0, 'batches', batches)
+  redis.call('SET', PREFIX .. ':key:' .. input_key, id, 'EX', ttl)
+  for prefix in string.gmatch(batches, '[^\\n]+') do
+    redis.call('HINCRBY', PREFIX .. ':batch:' .. prefix, 'total', 1)
+  end
+end
+local function touch(task, ttl)
+  redis.call('EXPIRE', task, ttl)
+  local input_key = redis.call('HGET', task, 'input_key')
+  if input_key then redis.call('EXPIRE', PREFIX .. ':key:' .. input_key, ttl) end
+end
+"""
+
+# KEYS: task. ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none)
+_CREATE = _LIB + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+create(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+redis.call('HSET', KEYS[1], 'status', 'pending')
+move(KEYS[1], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
+if tonumber(ARGV[7]) > 0 then redis.call('ZADD', PREFIX .. ':deadline:upload', ARGV[7], ARGV[1]) end
+touch(KEYS[1], tonumber(ARGV[6]))
+return 1
+"""
+
+# KEYS: task. ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker,
+#                   processing_deadline, max_attempts
+_BEGIN = _LIB + """
+local task = KEYS[1]
+local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local seq, worker = ARGV[8], ARGV[9]
+if redis.call('EXISTS', task) == 0 then
+  create(task, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now, ttl)
+end
+local status = redis.call('HGET', task, 'status')
+local known = redis.call('HGET', task, 'sequencer') or ''
+local attempts = tonumber(redis.call('HGET', task, 'attempts') or '0')
+if known ~= '' and seq ~= '' and seq < known then return {'stale', attempts} end
+if known ~= '' and seq == known then
+  if status == 'completed' or status == 'failed' then return {'duplicate', attempts} end
+  if status == 'processing' then
+    local owner = redis.call('HGET', task, 'worker') or ''
+    local deadline = tonumber(redis.call('ZSCORE', PREFIX .. ':deadline:processing', ARGV[1]) or '0')
+    if owner ~= worker and redis.call('EXISTS', PREFIX .. ':worker:' .. owner) == 1 and deadline > now then
+      return {'busy', attempts}
+    end
+  end
+  attempts = attempts + 1
+else
+  attempts = 1
+  redis.call('HDEL', task, 'error', 'output_key', 'mask_key', 'completed_at')
+end
+redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker,
+           'started_at', ARGV[4], 'attempts', attempts)
+if attempts > tonumber(ARGV[11]) then
+  redis.call('HSET', task, 'status', 'failed', 'completed_at', ARGV[4],
+             'error', 'gave up after ' .. (attempts - 1) .. ' attempts (the worker died or timed out each time)')
+  move(task, status, 'failed', now, ttl)
+  redis.call('ZREM', PREFIX .. ':deadline:processing', ARGV[1])
+  touch(task, ttl)
+  redis.call('PUBLISH', PREFIX .. ':changed:' .. ARGV[1], 'failed')
+  return {'exhausted', attempts}
+end
+redis.call('HSET', task, 'status', 'processing')
+move(task, status, 'processing', now, ttl)
+redis.call('ZADD', PREFIX .. ':deadline:processing', ARGV[10], ARGV[1])
+redis.call('ZREM', PREFIX .. ':deadline:upload', ARGV[1])
+touch(task, ttl)
+redis.call('PUBLISH', PREFIX .. ':changed:' .. ARGV[1], 'processing')
+return {'start', attempts}
+"""
+
+# KEYS: task. ARGV: id, sequencer ('*' = any version), new_status, now_iso, now, ttl,
+#                   required_status, then field/value pairs
+_FINISH = _LIB + """
+local task = KEYS[1]
+local status = redis.call('HGET', task, 'status')
+if not status or status ~= ARGV[7] then return 0 end
+if ARGV[2] ~= '*' and (redis.call('HGET', task, 'sequencer') or '') ~= ARGV[2] then return 0 end
+local new, now, ttl = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 8, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', task, 'status', new)
+if new == 'completed' or new == 'failed' then redis.call('HSET', task, 'completed_at', ARGV[4]) end
+if new == 'completed' then redis.call('HDEL', task, 'error') end
+move(task, status, new, now, ttl)
+redis.call('ZREM', PREFIX .. ':deadline:processing', ARGV[1])
+redis.call('ZREM', PREFIX .. ':deadline:upload', ARGV[1])
+touch(task, ttl)
+redis.call('PUBLISH', PREFIX .. ':changed:' .. ARGV[1], new)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    status: str
+    input_key: str
+    created_at: str
+    attempts: int = 0
+    etag: str = ""
+    sequencer: str = ""
+    output_key: str | None = None
+    mask_key: str | None = None
+    error: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    prefix: str
+    total: int
+    counts: dict[str, int]
+    failures: list[Task]
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("completed", 0) + self.counts.get("failed", 0)
+
+
+class TaskStore:
+    def __init__(self, r: redis.Redis, cfg: Config):
+        self.r = r
+        self.ttl = cfg.task.retention
+        self.timeout = cfg.task.timeout
+        self.max_attempts = cfg.task.max_attempts
+        self._create = r.register_script(_CREATE)
+        self._begin = r.register_script(_BEGIN)
+        self._finish = r.register_script(_FINISH)
+
+    # -- creating and reading ------------------------------------------------------------------
+    def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0) -> Task:
+        """A task the API announces before its object arrives (multipart or presigned upload)."""
+        now = time.time()
+        self._create(keys=[task_key(task_id)],
+                     args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now),
+                           now, self.ttl, upload_deadline])
+        task = self.get(task_id)
+        assert task is not None
+        return task
+
+    def get(self, task_id: str) -> Task | None:
+        raw = self.r.hgetall(task_key(task_id))
+        if not raw or not raw.get(b"status"):
+            return None
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return Task(task_id=f["task_id"], status=f["status"], input_key=f["input_key"],
+                    created_at=f["created_at"], attempts=int(f.get("attempts", 0)),
+                    etag=f.get("etag", ""), sequencer=f.get("sequencer", ""),
+                    output_key=f.get("output_key"), mask_key=f.get("mask_key"),
+                    error=f.get("error"), started_at=f.get("started_at"),
+                    completed_at=f.get("completed_at"))
+
+    def task_id_for_key(self, input_key: str) -> str | None:
+        value = self.r.get(index_key(input_key))
+        return value.decode() if value else None
+
+    def find_by_key(self, input_key: str) -> Task | None:
+        task_id = self.task_id_for_key(input_key)
+        return self.get(task_id) if task_id else None
+
+    # -- the worker's transitions --------------------------------------------------------------
+    def begin(self, task_id: str, input_key: str, etag: str, sequencer: str,
+              worker_id: str) -> tuple[str, int]:
+        """Claim one version of a task for processing.
+
+        Returns (decision, attempt): decision is 'start', 'duplicate', 'stale', 'busy' or
+        'exhausted' (failed: too many attempts died).
+        """
+        now = time.time()
+        decision, attempts = self._begin(
+            keys=[task_key(task_id)],
+            args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now), now,
+                  self.ttl, etag, normalise_sequencer(sequencer), worker_id, now + self.timeout,
+                  self.max_attempts])
+        return decision.decode(), int(attempts)
+
+    def _transition(self, task_id: str, sequencer: str, required: str, new: str,
+                    **fields: str) -> bool:
+        now = time.time()
+        pairs = [x for kv in fields.items() for x in kv]
+        return bool(self._finish(keys=[task_key(task_id)],
+                                 args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
+                                       required, *pairs]))
+
+    def complete(self, task_id: str, sequencer: str, output_key: str, mask_key: str) -> bool:
+        return self._transition(task_id, normalise_sequencer(sequencer), "processing", "completed",
+                                output_key=output_key, mask_key=mask_key)
+
+    def fail(self, task_id: str, sequencer: str, error: str) -> bool:
+        return self._transition(task_id, normalise_sequencer(sequencer), "processing", "failed",
+                                error=error)
+
+    def release(self, task_id: str, sequencer: str) -> bool:
+        """Hand a version back unprocessed (worker shutting down): processing -> pending."""
+        return self._transition(task_id, normalise_sequencer(sequencer), "processing", "pending")
+
+    def expire_overdue(self, now: float | None = None) -> list[str]:
+        """Fail tasks processing past task.timeout and announced uploads that never arrived."""
+        now = time.time() if now is None else now
+        expired = []
+        for raw in self.r.zrangebyscore(PROCESSING_DEADLINES, "-inf", now):
+            task_id = raw.decode()
+            if self._transition(task_id, "*", "processing", "failed",
+                                error=f"processing timed out after {self.timeout} s"):
+                expired.append(task_id)
+            else:
+                self.r.zrem(PROCESSING_DEADLINES, task_id)
+        for raw in self.r.zrangebyscore(UPLOAD_DEADLINES, "-inf", now):
+            task_id = raw.decode()
+            if self._transition(task_id, "*", "pending", "failed", error="upload not received"):
+                expired.append(task_id)
+            else:
+                self.r.zrem(UPLOAD_DEADLINES, task_id)
+        return expired
+
+    # -- summaries -----------------------------------------------------------------------------
+    def status_counts(self) -> dict[str, int]:
+        raw = self.r.hgetall(STATS_KEY)
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        return {s: counts.get(s, 0) for s in STATUSES}
+
+    def batch(self, prefix: str, offset: int = 0, limit: int = 100) -> BatchSummary | None:
+        raw = self.r.hgetall(batch_key(prefix))
+        if not raw:
+            return None
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        total = counts.pop("total", 0)
+        failed_keys = self.r.zrange(batch_key(prefix) + ":failed", offset, offset + limit - 1)
+        failures = [t for t in (self.find_by_key(k.decode()) for k in failed_keys) if t]
+        return BatchSummary(prefix, total, {s: counts.get(s, 0) for s in STATUSES}, failures)
+
+    def wait_for_terminal(self, task_id: str, timeout: float) -> Task | None:
+        """Block until the task is completed/failed or `timeout` passes (Redis pub/sub)."""
+        deadline = time.monotonic() + timeout
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(channel(task_id))
+            while True:
+                task = self.get(task_id)  # read after subscribing, so no change is missed
+                remaining = deadline - time.monotonic()
+                if task is None or task.terminal or remaining <= 0:
+                    return task
+                pubsub.get_message(timeout=min(remaining, 1.0))
+        finally:
+            pubsub.close()

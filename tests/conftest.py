@@ -1,0 +1,103 @@
+"""Shared fixtures: a private Redis and MinIO for the test session, on free loopback ports.
+
+The servers are the real ones (infra/install.py builds or finds them); nothing here collides
+with a dev stack on the default ports, and everything started is stopped at the end.
+When the pinned MinIO or mc cannot be installed on this machine, the tests that need them
+are skipped with the installer's exact error (set MASKFLOW_STACK_MINIO_BIN / _MC_BIN to use
+binaries built elsewhere).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from infra import install
+from infra.config import Config, load_config, replace
+from infra.stack import Stack, StackError, free_port
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def make_config(data_dir: Path, **overrides) -> Config:
+    base = load_config(env={k: v for k, v in os.environ.items()
+                            if k in ("MASKFLOW_STACK_MINIO_BIN", "MASKFLOW_STACK_MC_BIN")})
+    sections = {
+        "redis": {"port": free_port()},
+        "minio": {"endpoint": f"127.0.0.1:{free_port()}", "bucket": "ai-segmentation"},
+        "api": {"port": free_port()},
+        "stack": {"data_dir": str(data_dir)},
+        # Short leases so a killed worker's events come back within seconds in tests.
+        "worker": {"heartbeat": 1, "lease": 3},
+    }
+    for section, keys in overrides.items():
+        sections.setdefault(section, {}).update(keys)
+    return replace(base, **sections)
+
+
+@dataclass
+class Servers:
+    cfg: Config
+    stack: Stack
+
+    def redis(self) -> redis.Redis:
+        return self.stack.redis_client()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory) -> Iterator[Servers]:
+    cfg = make_config(tmp_path_factory.mktemp("stack"))
+    stack = Stack(cfg)
+    try:
+        stack.up(app=False)
+    except install.InstallError as exc:
+        pytest.skip(f"real servers unavailable: {exc}")
+    try:
+        yield Servers(cfg, stack)
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+def clean_redis(servers: Servers) -> redis.Redis:
+    r = servers.redis()
+    r.flushdb()
+    return r
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def mc(servers: Servers, tmp_path_factory):
+    """Run the real `mc` against the test MinIO under the alias `local`."""
+    try:
+        binary = install.resolve_binary(install.MC, servers.cfg.stack.mc_bin)
+    except install.InstallError as exc:
+        pytest.skip(f"mc unavailable: {exc}")
+    config_dir = tmp_path_factory.mktemp("mc")
+    m = servers.cfg.minio
+
+    def run(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binary), "--config-dir", str(config_dir), "--no-color", *args],
+                              capture_output=True, text=True, check=check, cwd=cwd, timeout=300)
+
+    run("alias", "set", "local", f"http://{m.endpoint}", m.access_key, m.secret_key)
+    return run
+
+
+__all__ = ["Servers", "make_config", "FIXTURES", "StackError"]
