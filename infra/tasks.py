@@ -293,6 +293,10 @@ class TaskStore:
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "failed",
                                 error=error)
 
+    def fail_pending(self, task_id: str, error: str) -> bool:
+        """An announced task whose upload failed before any event could exist."""
+        return self._transition(task_id, "*", "pending", "failed", error=error)
+
     def release(self, task_id: str, sequencer: str) -> bool:
         """Hand a version back unprocessed (worker shutting down): processing -> pending."""
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "pending")
