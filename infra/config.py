@@ -77,6 +77,10 @@ class WorkerConfig:
     heartbeat: int = 10
     # Heartbeats missed for this long mark a worker dead and its in-flight events orphaned.
     lease: int = 30
+    # Transient faults (S3/Redis unreachable, 5xx, SlowDown) are retried with exponential
+    # backoff 0.5 s, 1 s, 2 s ... capped at retry_max_wait: 8 attempts ride out ~45 s of outage.
+    retry_attempts: int = 8
+    retry_max_wait: int = 10
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key redis.db: must be 0..15, got {cfg.redis.db}")
     for key in ("task.timeout", "task.poll_interval", "task.max_polls", "task.max_attempts",
                 "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
-                "worker.lease", "api.threads", "api.max_upload_bytes", "api.presign_expiry",
+                "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "api.max_upload_bytes", "api.presign_expiry",
                 "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
                 "stack.workers"):
         section, name = key.split(".")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from minio.error import S3Error
 
 from infra import install
 from infra.bootstrap import bootstrap
@@ -246,25 +247,30 @@ class Stack:
 
     # -- up / down ---------------------------------------------------------------------------
     def up(self, app: bool = True) -> None:
+        """Start Redis and MinIO, bootstrap the bucket, then (with app) the API and workers."""
         _require_loopback("redis.host", self.cfg.redis.host)
         _require_loopback("minio.endpoint", _split(self.cfg.minio.endpoint)[0])
+        services = [self.redis_service, self.minio_service, self.bootstrap]
+        if app:
+            _require_loopback("api.host", self.cfg.api.host)
+            services.append(self.api_service)
+            services.extend(lambda i=i: self.worker_service(i) for i in range(self.cfg.stack.workers))
+        self.start(*services)
+
+    def start(self, *steps: Callable[[], Service | None]) -> None:
+        """Run the steps in order, starting each Service one returns; all-or-nothing."""
         started: list[str] = []
         try:
-            self._start(self.redis_service(), started)
-            self._start(self.minio_service(), started)
-            self.bootstrap()
-            if app:
-                _require_loopback("api.host", self.cfg.api.host)
-                self._start(self.api_service(), started)
-                for i in range(self.cfg.stack.workers):
-                    self._start(self.worker_service(i), started)
+            for step in steps:
+                service = step()
+                if service is not None:
+                    self._start(service, started)
         except BaseException:
             for name in reversed(started):
                 self.stop(name)
             raise
 
     def bootstrap(self) -> None:
-        from minio.error import S3Error
         try:
             bootstrap(self.cfg, ObjectStore(self.cfg).client, self.redis_client())
         except S3Error as exc:

@@ -100,4 +100,18 @@ def mc(servers: Servers, tmp_path_factory):
     return run
 
 
-__all__ = ["Servers", "make_config", "FIXTURES", "StackError"]
+def wait_for_task(tasks, task_id: str, timeout: float = 60.0):
+    """Wait until the task exists and is completed/failed (pub/sub inside TaskStore)."""
+    import time
+    deadline = time.monotonic() + timeout
+    task = None
+    while time.monotonic() < deadline:
+        task = tasks.wait_for_terminal(task_id, timeout=min(1.0, deadline - time.monotonic()))
+        if task is not None and task.terminal:
+            return task
+        if task is None:
+            time.sleep(0.05)  # not created yet: poll interval, not synchronisation
+    return task
+
+
+__all__ = ["Servers", "make_config", "FIXTURES", "StackError", "wait_for_task"]

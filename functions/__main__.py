@@ -1,0 +1,48 @@
+"""`python -m functions`: run one worker process (what `maskflow worker` and the stack start)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+import redis
+
+from functions.runtime import Worker, install_signal_handlers
+from functions.segmenter import Segmenter
+from infra.config import ConfigError, load_config
+from infra.objects import ObjectStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="maskflow worker",
+                                     description="Consume MinIO events from Redis and write masks.")
+    parser.add_argument("--id", default=f"{socket.gethostname()}:{os.getpid()}",
+                        help="worker id, unique per live process (default host:pid)")
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    parser.add_argument("--config", help="TOML config file (default: $MASKFLOW_CONFIG)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {args.id} %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"maskflow worker: {exc}", file=sys.stderr)
+        return 2
+    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
+                    socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
+
+    def load_model() -> Segmenter:
+        return Segmenter.load(cfg.model_path, cfg.model.input_size,
+                              intra_op_threads=cfg.model.intra_op_threads,
+                              inter_op_threads=cfg.model.inter_op_threads)
+
+    worker = Worker(cfg, args.id, r, ObjectStore(cfg), load_model)
+    install_signal_handlers(worker)
+    worker.run(burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

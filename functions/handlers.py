@@ -1,0 +1,64 @@
+"""The handler: one object-created event in, a cut-out and a mask out.
+
+It returns on success and raises on failure; queueing, retries, timeouts and task state are
+the runtime's business (functions/runtime.py).  Result naming keeps the whole input name and
+adds ``.png``, so inputs that differ only by extension never overwrite each other:
+
+    input/b1/cat.jpg  ->  output/b1/cat.jpg.png  (RGBA cut-out)  +  masks/b1/cat.jpg.png  (mask)
+"""
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from functions.events import ObjectCreated
+from infra.images import decode_image, encode_cutout_png, encode_mask_png
+from infra.objects import StoredObject
+
+INPUT_PREFIX = "input/"
+
+
+class Objects(Protocol):
+    def get(self, key: str) -> StoredObject: ...
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> str: ...
+
+
+class Model(Protocol):
+    def predict(self, rgb: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    task_id: str
+    objects: Objects
+    model: Model
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class Result:
+    output_key: str
+    mask_key: str
+    width: int
+    height: int
+
+
+def result_keys(input_key: str) -> tuple[str, str]:
+    relative = input_key[len(INPUT_PREFIX):] if input_key.startswith(INPUT_PREFIX) else input_key
+    return f"output/{relative}.png", f"masks/{relative}.png"
+
+
+def handle_object_created(event: ObjectCreated, ctx: Context) -> Result:
+    source = ctx.objects.get(event.key)
+    rgb = decode_image(source.data, ctx.max_pixels)
+    mask = ctx.model.predict(rgb)
+    output_key, mask_key = result_keys(event.key)
+    # S3 metadata travels in HTTP headers: ASCII only, hence the quoting.
+    metadata = {"task-id": ctx.task_id, "source-key": urllib.parse.quote(event.key),
+                "source-etag": source.etag}
+    ctx.objects.put(mask_key, encode_mask_png(mask), "image/png", metadata)
+    ctx.objects.put(output_key, encode_cutout_png(rgb, mask), "image/png", metadata)
+    return Result(output_key, mask_key, width=rgb.shape[1], height=rgb.shape[0])

@@ -1,0 +1,263 @@
+"""The loop that feeds handlers: `maskflow worker` / `python -m functions`.
+
+Delivery is at-least-once through the reliable-queue pattern in infra/queue.py (per-worker
+in-flight list, heartbeat, reaper); duplicates are absorbed by the task transitions in
+infra/tasks.py.  Per event:
+
+    take (LMOVE into our in-flight list) -> parse (poison -> dead letter) -> begin task
+    -> handler, with tenacity retries for transient faults -> complete / fail -> ack
+
+Failure policy:
+* transient (S3 or Redis unreachable, timeouts, 5xx, SlowDown): retried with exponential
+  backoff and jitter, `worker.retry_attempts` times; then the task fails and the event is
+  dead-lettered with the reason;
+* permanent (image rejected, object gone): the task fails at once with a readable error;
+* a bug in a handler fails that task with the exception's name; the worker keeps running;
+* a worker that dies mid-task: its events come back through the reaper; a task whose worker
+  died `task.max_attempts` times fails (infra/tasks.py), so a poison image cannot kill
+  workers forever; a task stuck past `task.timeout` is failed by the maintenance thread.
+
+Threads: `worker.concurrency` consumers share one model session and one client pool, so the
+download of one image overlaps the inference of another; one maintenance thread heartbeats,
+reaps dead workers and expires overdue tasks.  First SIGTERM/SIGINT: finish in-flight events
+and exit; a second one exits at once (in-flight events then return through the reaper or
+this worker id's next start).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+import urllib3
+from minio.error import S3Error, ServerError
+from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt,
+                      wait_exponential, wait_random)
+
+from functions.events import ObjectCreated, PoisonEvent, parse_message
+from functions.handlers import Context, Model, handle_object_created
+from infra.config import Config
+from infra.images import ImageRejected
+from infra.objects import ObjectMissing, ObjectStore
+from infra.queue import EventQueue
+from infra.tasks import TaskStore, derive_task_id
+
+log = logging.getLogger("maskflow.worker")
+
+TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                      "XMinioServerNotInitialized", "XMinioStorageFull", "OperationTimedOut"}
+HISTOGRAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, urllib3.exceptions.HTTPError,
+                        ConnectionError, TimeoutError, ServerError)):
+        return True
+    return isinstance(exc, S3Error) and exc.code in TRANSIENT_S3_CODES
+
+
+@dataclass
+class Stats:
+    """Counters published in the heartbeat hash; the API's /metrics reads them from Redis."""
+    processed: int = 0
+    failed: int = 0
+    seconds_sum: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM_BUCKETS))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, seconds: float, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.processed += 1
+            else:
+                self.failed += 1
+            self.seconds_sum += seconds
+            for i, bound in enumerate(HISTOGRAM_BUCKETS):
+                if seconds <= bound:
+                    self.buckets[i] += 1
+
+    def fields(self) -> dict[str, str]:
+        with self.lock:
+            out = {"processed": str(self.processed), "failed": str(self.failed),
+                   "seconds_sum": f"{self.seconds_sum:.3f}"}
+            out.update({f"le_{b}": str(n) for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})
+            return out
+
+
+class Worker:
+    def __init__(self, cfg: Config, worker_id: str, r: redis.Redis, objects: ObjectStore,
+                 load_model: Callable[[], Model]):
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.queue = EventQueue(r, cfg, worker_id)
+        self.tasks = TaskStore(r, cfg)
+        self.objects = objects
+        self.load_model = load_model
+        self.model: Model | None = None
+        self.not_ready_reason = ""
+        self.stats = Stats()
+        self.stopping = threading.Event()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._retry = dict(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential(multiplier=0.5, max=cfg.worker.retry_max_wait) + wait_random(0, 0.5),
+            stop=stop_after_attempt(cfg.worker.retry_attempts),
+            before_sleep=lambda rs: log.warning("transient fault, retry %d: %s", rs.attempt_number,
+                                                rs.outcome.exception() if rs.outcome else "?"),
+        )
+
+    def _retrying(self, fn: Callable, *args, **kwargs):
+        """Run `fn` with the transient-fault policy; the last exception propagates."""
+        return Retrying(reraise=True, **self._retry)(fn, *args, **kwargs)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def run(self, burst: bool = False) -> None:
+        """Serve until stopped; with burst=True, exit once the queue is empty."""
+        try:
+            self.model = self.load_model()
+        except Exception as exc:  # noqa: BLE001 - any load failure keeps the worker not-ready
+            self.not_ready_reason = f"model failed to load: {exc}"
+            log.error("%s; consuming nothing until restarted with a working model", self.not_ready_reason)
+        self._beat()
+        if self.model is not None:
+            moved = self._retrying(self.queue.reclaim_own)
+            if moved:
+                log.warning("requeued %d events left in flight by a previous run of %s", moved, self.worker_id)
+        maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        maintenance.start()
+        consumers = []
+        if self.model is not None:
+            consumers = [threading.Thread(target=self._consume, args=(burst,), name=f"consumer-{i}")
+                         for i in range(self.cfg.worker.concurrency)]
+            for t in consumers:
+                t.start()
+        try:
+            if consumers:
+                for t in consumers:
+                    t.join()
+            else:
+                self.stopping.wait()
+        finally:
+            self.stopping.set()
+            maintenance.join(timeout=5)
+            try:
+                self.queue.retire()
+            except redis.RedisError as exc:
+                log.warning("could not deregister: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _beat(self) -> None:
+        with self._busy_lock:
+            busy = self._busy
+        self.queue.heartbeat(ready="1" if self.model is not None else "0",
+                             reason=self.not_ready_reason, pid=os.getpid(),
+                             host=socket.gethostname(), busy=busy, **self.stats.fields())
+
+    def _maintain(self) -> None:
+        interval = self.cfg.worker.heartbeat
+        while not self.stopping.is_set():
+            try:
+                self._beat()
+                if self.model is not None:
+                    moved = self.queue.reap()
+                    if moved:
+                        log.warning("requeued %d events of dead workers", moved)
+                    for task_id in self.tasks.expire_overdue():
+                        log.warning("task %s expired", task_id)
+            except redis.RedisError as exc:
+                log.warning("maintenance: Redis unavailable: %s", exc)
+            self.stopping.wait(interval)
+
+    # -- consuming ----------------------------------------------------------------------------
+    def _consume(self, burst: bool) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                raw = self.queue.take(timeout=0.5 if burst else 1.0)
+            except redis.RedisError as exc:
+                log.warning("cannot take events: %s", exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.worker.retry_max_wait)
+                continue
+            backoff = 0.1
+            if raw is None:
+                if burst:
+                    return
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                self.process(raw)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def process(self, raw: bytes) -> None:
+        """Process one list item; it leaves our in-flight list only once its tasks are settled."""
+        try:
+            events = parse_message(raw)
+        except PoisonEvent as exc:
+            log.error("poison event dead-lettered: %s", exc)
+            self._retrying(self.queue.dead_letter, raw, f"poison event: {exc}")
+            return
+        failures = [reason for event in events if (reason := self.process_event(event))]
+        if failures:
+            self._retrying(self.queue.dead_letter, raw, "; ".join(failures))
+        else:
+            self._retrying(self.queue.ack, raw)
+
+    def process_event(self, event: ObjectCreated) -> str | None:
+        """Run the handler for one event; returns a reason when it should be dead-lettered."""
+        task_id = (self._retrying(self.tasks.task_id_for_key, event.key)
+                   or derive_task_id(event.bucket, event.key))
+        decision, attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,
+                                           event.sequencer, self.worker_id)
+        if decision != "start":
+            log.info("task %s (%s): %s, skipped", task_id, event.key, decision)
+            return f"task {task_id} gave up after repeated worker deaths" if decision == "exhausted" else None
+        assert self.model is not None
+        ctx = Context(task_id=task_id, objects=self.objects, model=self.model,
+                      max_pixels=self.cfg.task.max_pixels)
+        started = time.monotonic()
+        try:
+            result = self._retrying(handle_object_created, event, ctx)
+        except (ImageRejected, ObjectMissing) as exc:
+            error, dead = str(exc), None
+        except Exception as exc:  # noqa: BLE001 - a failure of one task must not stop the worker
+            if is_transient(exc):
+                error = f"gave up after {self.cfg.worker.retry_attempts} attempts: {type(exc).__name__}: {exc}"
+            else:
+                log.exception("task %s (%s) failed unexpectedly", task_id, event.key)
+                error = f"internal error: {type(exc).__name__}: {exc}"
+            dead = f"{event.key}: {error}"
+        else:
+            self._retrying(self.tasks.complete, task_id, event.sequencer, result.output_key, result.mask_key)
+            self.stats.observe(time.monotonic() - started, ok=True)
+            log.info("task %s (%s) completed in %.0f ms", task_id, event.key,
+                     1000 * (time.monotonic() - started))
+            return None
+        self._retrying(self.tasks.fail, task_id, event.sequencer, error)
+        self.stats.observe(time.monotonic() - started, ok=False)
+        log.warning("task %s (%s) failed: %s", task_id, event.key, error)
+        return dead
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    def handle(signum, _frame):
+        if worker.stopping.is_set():
+            log.warning("second signal: exiting now; in-flight events return via the reaper")
+            os._exit(1)
+        log.info("signal %d: finishing in-flight events, then exiting", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
