@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import redis
 import urllib3
 from minio.error import S3Error, ServerError
-from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt,
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
                       wait_exponential, wait_random)
 
 from functions.events import ObjectCreated, PoisonEvent, parse_message
@@ -83,10 +83,13 @@ class Stats:
                     self.buckets[i] += 1
 
     def fields(self) -> dict[str, str]:
+        """Prometheus-style cumulative histogram fields, as api/metrics.py reads them."""
         with self.lock:
+            count = self.processed + self.failed
             out = {"processed": str(self.processed), "failed": str(self.failed),
-                   "seconds_sum": f"{self.seconds_sum:.3f}"}
-            out.update({f"le_{b}": str(n) for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})
+                   "busy_seconds": f"{self.seconds_sum:.3f}", "duration_sum": f"{self.seconds_sum:.3f}",
+                   "duration_count": str(count), "duration_bucket_+Inf": str(count)}
+            out.update({f"duration_bucket_{b}": str(n) for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})
             return out
 
 
@@ -220,7 +223,7 @@ class Worker:
         task_id = (self._retrying(self.tasks.task_id_for_key, event.key)
                    or derive_task_id(event.bucket, event.key))
         decision, attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,
-                                           event.sequencer, self.worker_id)
+                                           event.sequencer, self.worker_id, self.queue.run_id)
         if decision != "start":
             log.info("task %s (%s): %s, skipped", task_id, event.key, decision)
             return f"task {task_id} gave up after repeated worker deaths" if decision == "exhausted" else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
@@ -51,6 +52,8 @@ class DeadLetter:
 class EventQueue:
     def __init__(self, r: redis.Redis, cfg: Config, worker_id: str):
         self.r = r
+        # Tells this process from an earlier run of the same worker id (see TaskStore.begin).
+        self.run_id = uuid.uuid4().hex[:12]
         self.events_key = cfg.queue.events_key
         self.worker_id = worker_id
         self.inflight = inflight_key(worker_id)
@@ -84,7 +87,8 @@ class EventQueue:
         key = heartbeat_key(self.worker_id)
         with self.r.pipeline(transaction=True) as p:
             p.sadd(WORKERS_KEY, self.worker_id)
-            p.hset(key, mapping={"updated": time.time(), **{k: str(v) for k, v in fields.items()}})
+            p.hset(key, mapping={"updated": time.time(), "run": self.run_id,
+                                 **{k: str(v) for k, v in fields.items()}})
             p.expire(key, self.lease)
             p.execute()
 

@@ -231,7 +231,7 @@ class Stack:
         (self.data_dir / "minio-events").mkdir(parents=True, exist_ok=True)
         argv = [str(binary), "server", str(self.data_dir / "minio"), "--quiet",
                 "--address", f"{host}:{port}", "--console-address", f"{host}:{free_port()}"]
-        url = f"http://{host}:{port}/minio/health/live"
+        url = f"http://{host}:{port}/minio/health/ready"
         return Service("minio", argv, self.minio_env(), lambda: _http_ok(url), (host, port))
 
     def api_service(self) -> Service:

@@ -121,7 +121,7 @@ return 1
 """
 
 # KEYS: task. ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker,
-#                   processing_deadline, max_attempts
+#                   processing_deadline, max_attempts, run (the claiming process' run id)
 _BEGIN = _LIB + """
 local task = KEYS[1]
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -136,9 +136,12 @@ if known ~= '' and seq ~= '' and seq < known then return {'stale', attempts} end
 if known ~= '' and seq == known then
   if status == 'completed' or status == 'failed' then return {'duplicate', attempts} end
   if status == 'processing' then
+    -- busy only while the very process (worker id + run) that claimed it is alive
     local owner = redis.call('HGET', task, 'worker') or ''
+    local owner_run = redis.call('HGET', task, 'run') or ''
+    local live_run = redis.call('HGET', PREFIX .. ':worker:' .. owner, 'run')
     local deadline = tonumber(redis.call('ZSCORE', PREFIX .. ':deadline:processing', ARGV[1]) or '0')
-    if owner ~= worker and redis.call('EXISTS', PREFIX .. ':worker:' .. owner) == 1 and deadline > now then
+    if live_run and live_run == owner_run and deadline > now then
       return {'busy', attempts}
     end
   end
@@ -147,7 +150,7 @@ else
   attempts = 1
   redis.call('HDEL', task, 'error', 'output_key', 'mask_key', 'completed_at')
 end
-redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker,
+redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
            'started_at', ARGV[4], 'attempts', attempts)
 if attempts > tonumber(ARGV[11]) then
   redis.call('HSET', task, 'status', 'failed', 'completed_at', ARGV[4],
@@ -263,8 +266,11 @@ class TaskStore:
 
     # -- the worker's transitions --------------------------------------------------------------
     def begin(self, task_id: str, input_key: str, etag: str, sequencer: str,
-              worker_id: str) -> tuple[str, int]:
+              worker_id: str, run_id: str) -> tuple[str, int]:
         """Claim one version of a task for processing.
+
+        `run_id` names this process' run of `worker_id` (its heartbeat carries it), so a
+        restarted worker with the same id does not look like the one that died mid-task.
 
         Returns (decision, attempt): decision is 'start', 'duplicate', 'stale', 'busy' or
         'exhausted' (failed: too many attempts died).
@@ -274,7 +280,7 @@ class TaskStore:
             keys=[task_key(task_id)],
             args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now), now,
                   self.ttl, etag, normalise_sequencer(sequencer), worker_id, now + self.timeout,
-                  self.max_attempts])
+                  self.max_attempts, run_id])
         return decision.decode(), int(attempts)
 
     def _transition(self, task_id: str, sequencer: str, required: str, new: str,

@@ -100,6 +100,25 @@ def mc(servers: Servers, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def model(servers):
+    """The configured model, loaded in-process, to compare the workers' masks against."""
+    from functions.segmenter import Segmenter
+    return Segmenter.load(servers.cfg.model_path, servers.cfg.model.input_size)
+
+
+@pytest.fixture
+def tasks(servers):
+    from infra.tasks import TaskStore
+    return TaskStore(servers.redis(), servers.cfg)
+
+
+@pytest.fixture
+def store(servers):
+    from infra.objects import ObjectStore
+    return ObjectStore(servers.cfg)
+
+
 def wait_for_task(tasks, task_id: str, timeout: float = 60.0):
     """Wait until the task exists and is completed/failed (pub/sub inside TaskStore)."""
     import time

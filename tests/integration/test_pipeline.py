@@ -1,28 +1,13 @@
 """Issue 4 acceptance: real MinIO events -> real Redis -> worker processes -> results in MinIO."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
-import cv2
-import numpy as np
 import pytest
 
-from conftest import FIXTURES, wait_for_task
-from functions.handlers import result_keys
-from functions.segmenter import Segmenter
-from infra.config import PROJECT_ROOT, env_for, replace
-from infra.images import decode_image
-from infra.objects import ObjectStore
-from infra.queue import worker_status
-from infra.stack import wait_until
-from infra.tasks import TaskStore, derive_task_id
-
-PHOTOS = FIXTURES / "photos"
+from checks import PHOTOS, check_result, wait_for_task
+from infra.tasks import derive_task_id
 
 
 @pytest.fixture(scope="module")
@@ -35,49 +20,10 @@ def workers(servers):
         stack.stop(name)
 
 
-@pytest.fixture(scope="module")
-def model(servers):
-    return Segmenter.load(servers.cfg.model_path, servers.cfg.model.input_size)
-
-
-@pytest.fixture
-def tasks(servers):
-    return TaskStore(servers.redis(), servers.cfg)
-
-
-@pytest.fixture
-def store(servers):
-    return ObjectStore(servers.cfg)
-
-
-def _png(data: bytes, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    assert img is not None, "not a decodable PNG"
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return img
-
-
-def _check_result(servers, store, model, key: str, source: bytes, tasks):
-    task = wait_for_task(tasks, derive_task_id(servers.cfg.minio.bucket, key), timeout=60)
-    assert task is not None and task.status == "completed", task
-    output_key, mask_key = result_keys(key)
-    assert (task.output_key, task.mask_key) == (output_key, mask_key)
-    rgb = decode_image(source)
-    cutout = _png(store.get(output_key).data)
-    mask = _png(store.get(mask_key).data)
-    assert cutout.shape == rgb.shape[:2] + (4,)
-    assert mask.shape == rgb.shape[:2]
-    expected = model.predict(rgb)
-    assert np.abs(mask.astype(int) - expected.astype(int)).max() <= 1
-    assert np.array_equal(cutout[:, :, 3], mask)
-    assert store.get(mask_key).metadata.get("task-id") == task.task_id
-    return task
-
-
 def test_mc_cp_photo_completes_with_matching_mask(servers, workers, mc, store, model, tasks, unique_prefix):
     key = f"input/{unique_prefix}/astronaut.jpg"
     mc("cp", str(PHOTOS / "astronaut.jpg"), f"local/{servers.cfg.minio.bucket}/{key}")
-    _check_result(servers, store, model, key, (PHOTOS / "astronaut.jpg").read_bytes(), tasks)
+    check_result(servers, store, model, key, (PHOTOS / "astronaut.jpg").read_bytes(), tasks)
 
 
 def test_bad_inputs_fail_readably_and_good_ones_still_complete(servers, workers, store, model, tasks,
@@ -98,7 +44,7 @@ def test_bad_inputs_fail_readably_and_good_ones_still_complete(servers, workers,
     assert "trunc" in errors["truncated.jpg"].lower()
     assert "empty" in errors["empty.jpg"].lower()
     for key in good:
-        _check_result(servers, store, model, key, jpeg, tasks)
+        check_result(servers, store, model, key, jpeg, tasks)
 
 
 def test_same_key_twice_keeps_one_task_with_second_outputs(servers, workers, store, model, tasks,
@@ -118,7 +64,7 @@ def test_same_key_twice_keeps_one_task_with_second_outputs(servers, workers, sto
             break
     assert two.task_id == one.task_id and two.sequencer > one.sequencer
     assert tasks.task_id_for_key(key) == task_id
-    _check_result(servers, store, model, key, second, tasks)
+    check_result(servers, store, model, key, second, tasks)
 
 
 def test_keys_with_spaces_and_unicode(servers, workers, mc, store, model, tasks, unique_prefix, tmp_path):
@@ -128,7 +74,7 @@ def test_keys_with_spaces_and_unicode(servers, workers, mc, store, model, tasks,
         shutil.copy(PHOTOS / "chelsea.jpg", path)
         mc("cp", str(path), f"local/{servers.cfg.minio.bucket}/input/{unique_prefix}/dir with space/{name}")
     for name in names:
-        _check_result(servers, store, model, f"input/{unique_prefix}/dir with space/{name}",
+        check_result(servers, store, model, f"input/{unique_prefix}/dir with space/{name}",
                       (PHOTOS / "chelsea.jpg").read_bytes(), tasks)
 
 
@@ -138,7 +84,7 @@ def test_poison_events_are_dead_lettered_and_worker_keeps_going(servers, workers
     r.rpush(servers.cfg.queue.events_key, b"{not json", b'[{"Event":[{"eventName":"s3:ObjectRemoved:Delete","s3":{"bucket":{"name":"x"},"object":{"key":"input/x"}}}]}]')
     key = f"input/{unique_prefix}/after-poison.jpg"
     store.put(key, (PHOTOS / "coffee.jpg").read_bytes(), "image/jpeg")
-    _check_result(servers, store, model, key, (PHOTOS / "coffee.jpg").read_bytes(), tasks)
+    check_result(servers, store, model, key, (PHOTOS / "coffee.jpg").read_bytes(), tasks)
     dead = [x.decode() for x in r.lrange("maskflow:dead", 0, -1)]
     assert any("not JSON" in d for d in dead)
     assert any("unsupported event type" in d for d in dead)

@@ -1,0 +1,161 @@
+"""Issue 4 acceptance under failure: broken model, SIGKILLed workers, Redis and MinIO outages.
+
+Each test runs its own worker processes (no module-wide workers), so it controls who consumes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from checks import PHOTOS, check_result
+from functions.handlers import result_keys
+from infra.config import PROJECT_ROOT, env_for, replace
+from infra.queue import worker_status
+from infra.stack import wait_until
+
+
+def start_worker(cfg, worker_id: str, *extra: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "functions", "--id", worker_id, *extra],
+                            env={**os.environ, **env_for(cfg)}, cwd=PROJECT_ROOT, **popen)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def make_photos(folder: Path, count: int, width: int = 200, nested: bool = False) -> list[Path]:
+    """`count` distinct real photos: the fixture photos resized to `width`..`width`+130 px."""
+    sources = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
+    paths = []
+    for i in range(count):
+        img = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR)
+        w = width + (i * 7) % 130
+        img = cv2.resize(img, (w, int(img.shape[0] * w / img.shape[1])), interpolation=cv2.INTER_AREA)
+        sub = folder / (f"part{i % 3}/day{i % 2}" if nested else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img-{i:03d}.jpg"
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        paths.append(path)
+    return paths
+
+
+def wait_batch_done(tasks, prefix: str, total: int, timeout: float):
+    deadline = time.monotonic() + timeout
+    summary = None
+    while time.monotonic() < deadline:
+        summary = tasks.batch(prefix)
+        if summary and summary.total == total and summary.done == total:
+            return summary
+        time.sleep(0.25)  # polling interval of the batch counters
+    return summary
+
+
+def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
+        servers, clean_redis, store, model, tasks, unique_prefix, tmp_path):
+    cfg = replace(servers.cfg, model={"path": str(tmp_path / "missing.onnx")})
+    broken = start_worker(cfg, "broken", stderr=subprocess.PIPE, text=True)
+    keys = [f"input/{unique_prefix}/backlog-{i}.jpg" for i in range(3)]
+    try:
+        r = servers.redis()
+        wait_until(lambda: worker_status(r, "broken").get("ready") == "0", "broken worker heartbeat", 30)
+        assert "missing.onnx" in worker_status(r, "broken")["reason"]
+        for key in keys:
+            store.put(key, (PHOTOS / "rocket.jpg").read_bytes(), "image/jpeg")
+        # MinIO delivers within ~3 s; the broken worker must leave every event queued
+        wait_until(lambda: r.llen(servers.cfg.queue.events_key) == 3, "events queued", 10)
+        assert all(tasks.find_by_key(k) is None for k in keys)
+    finally:
+        broken.send_signal(signal.SIGTERM)
+        _, stderr = broken.communicate(timeout=20)
+    assert "model failed to load" in stderr and "missing.onnx" in stderr
+    good = start_worker(servers.cfg, "good", "--burst")
+    try:
+        assert good.wait(timeout=120) == 0
+    finally:
+        stop_worker(good)
+    for key in keys:
+        check_result(servers, store, model, key, (PHOTOS / "rocket.jpg").read_bytes(), tasks)
+
+
+def test_200_images_with_a_worker_sigkilled_every_3s(servers, clean_redis, mc, store, tasks,
+                                                      unique_prefix, tmp_path):
+    folder = tmp_path / "b1"
+    make_photos(folder, 200, width=900)
+    steady = start_worker(servers.cfg, "steady")
+    victim = {"proc": start_worker(servers.cfg, "victim")}
+    stop = threading.Event()
+    kills = []
+
+    def chaos():
+        # the schedule of the scenario itself: kill and restart every 3 s
+        while not stop.wait(3.0):
+            victim["proc"].kill()
+            victim["proc"].wait()
+            kills.append(time.monotonic())
+            victim["proc"] = start_worker(servers.cfg, "victim")
+
+    killer = threading.Thread(target=chaos, daemon=True)
+    try:
+        killer.start()
+        mc("mirror", str(folder), f"local/{servers.cfg.minio.bucket}/input/{unique_prefix}/b1/")
+        summary = wait_batch_done(tasks, f"input/{unique_prefix}/b1/", 200, timeout=300)
+    finally:
+        stop.set()
+        killer.join()
+        stop_worker(victim["proc"])
+        stop_worker(steady)
+    assert len(kills) >= 2, "the victim was never killed: the batch finished too fast to test anything"
+    assert summary is not None and summary.total == 200
+    assert summary.counts["completed"] == 200, (summary.counts, [(t.input_key, t.error) for t in summary.failures])
+    for i in range(200):
+        out, mask = result_keys(f"input/{unique_prefix}/b1/img-{i:03d}.jpg")
+        assert store.exists(out) and store.exists(mask), i
+
+
+def test_redis_restart_and_minio_outage_mid_batch(servers, clean_redis, mc, store, tasks,
+                                                  unique_prefix, tmp_path):
+    stack = servers.stack
+    folder = tmp_path / "b2"
+    make_photos(folder, 120, width=900)
+    # one single-threaded worker keeps the batch running long enough to break things under it
+    cfg = replace(servers.cfg, worker={"concurrency": 1})
+    worker = start_worker(cfg, "outage")
+    prefix = f"input/{unique_prefix}/b2/"
+    try:
+        mc("mirror", str(folder), f"local/{servers.cfg.minio.bucket}/{prefix}")
+        wait_until(lambda: (tasks.batch(prefix) or None) and tasks.batch(prefix).done >= 10, "first results", 60)
+        stack.stop("redis")
+        stack.start(stack.redis_service)
+        wait_until(lambda: tasks.batch(prefix).done >= 40, "progress after Redis restart", 120)
+        done_before = tasks.batch(prefix).done
+        assert done_before < 120, "batch finished before the MinIO outage: nothing was tested"
+        stack.stop("minio")
+        outage_started = time.monotonic()
+        threading.Event().wait(10.0)  # the outage itself lasts 10 s
+        stack.start(stack.minio_service)
+        assert time.monotonic() - outage_started >= 10
+        summary = wait_batch_done(tasks, prefix, 120, timeout=300)
+    finally:
+        stop_worker(worker)
+    assert summary is not None and summary.counts["completed"] == 120, (
+        summary and summary.counts, summary and [(t.input_key, t.error) for t in summary.failures])
+    masks = [result_keys(f"{prefix}img-{i:03d}.jpg")[1] for i in range(120)]
+    assert all(store.exists(m) for m in masks)
+    img = cv2.imdecode(np.frombuffer(store.get(masks[-1]).data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None and img.ndim == 2
+
+
