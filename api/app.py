@@ -1,0 +1,110 @@
+"""The Falcon application: `create_app(deps)` wires routes; `build_deps(cfg)` makes the real adapters.
+
+Tests build the app around real local Redis/MinIO (or their own stores) through `create_app`;
+waitress (api/__main__.py) or any WSGI server calls `get_app()`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import falcon
+import redis
+import urllib3
+from minio import Minio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from api import errors
+from api.metrics import MetricsMiddleware
+from api.openapi import document
+from api.resources import (API, BatchResource, BearerAuth, Deps, HealthResource, MetricsResource,
+                           OpenApiResource, ReadyResource, StaticResource, SubmitResource,
+                           TaskLookupResource, TaskResource, UploadsResource)
+from infra.config import Config, ConfigError, load_config
+from infra.objects import ObjectStore
+from infra.tasks import TaskStore
+
+log = logging.getLogger("maskflow.api")
+
+DEV_CREDENTIALS = ("minioadmin", "minioadmin")
+PROBE_TIMEOUT_S = 0.5
+
+
+def create_app(deps: Deps) -> falcon.App:
+    middleware: list = [MetricsMiddleware(deps.http_metrics)]
+    if deps.cfg.api.token:
+        middleware.append(BearerAuth(deps.cfg.api.token))
+    app = falcon.App(middleware=middleware)
+    errors.install(app)
+
+    static = StaticResource()
+    app.add_route("/", static)
+    app.add_route("/static/{name:path}", static, suffix="file")
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(deps))
+    app.add_route("/metrics", MetricsResource(deps))
+    app.add_route(f"{API}/openapi.json", OpenApiResource(document(deps.cfg)))
+    app.add_route(f"{API}/tasks/segmentation", SubmitResource(deps))
+    app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(deps))
+    app.add_route(f"{API}/tasks", TaskLookupResource(deps))
+    app.add_route(f"{API}/uploads", UploadsResource(deps))
+    app.add_route(f"{API}/batches/{{prefix:path}}", BatchResource(deps))
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_credentials(cfg: Config) -> None:
+    """MinIO's well-known default credentials are tolerated only on a loopback-only setup."""
+    if (cfg.minio.access_key, cfg.minio.secret_key) != DEV_CREDENTIALS:
+        return
+    minio_host = cfg.minio.endpoint.rpartition(":")[0]
+    exposed = [f"{key}={host}" for key, host in (("api.host", cfg.api.host),
+                                                 ("minio.endpoint", minio_host))
+               if not _is_loopback(host)]
+    if exposed:
+        raise ConfigError(f"refusing MinIO's default credentials (minioadmin/minioadmin) with "
+                          f"{', '.join(exposed)} not on loopback: set minio.access_key and "
+                          f"minio.secret_key")
+    log.warning("!!! DEV MODE: MinIO default credentials minioadmin/minioadmin in use; "
+                "acceptable on loopback only, never in production !!!")
+
+
+def build_deps(cfg: Config) -> Deps:
+    check_credentials(cfg)
+    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
+                    socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
+                    retry=Retry(NoBackoff(), 1))  # one quick retry for a stale pooled connection
+    objects = ObjectStore(cfg)
+    # Separate short-timeout clients so /readyz answers within ~1 s even when a server hangs.
+    probe_redis = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
+                              socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S,
+                              retry=Retry(NoBackoff(), 0))
+    probe_minio = Minio(cfg.minio.endpoint, access_key=cfg.minio.access_key,
+                        secret_key=cfg.minio.secret_key, secure=cfg.minio.secure,
+                        region=cfg.minio.region,
+                        http_client=urllib3.PoolManager(
+                            timeout=urllib3.Timeout(connect=PROBE_TIMEOUT_S, read=PROBE_TIMEOUT_S),
+                            retries=False))
+    bucket = cfg.minio.bucket
+
+    def minio_bucket() -> bool:
+        if not probe_minio.bucket_exists(bucket):
+            raise LookupError(f"bucket {bucket} does not exist")
+        return True
+
+    return Deps(cfg=cfg, tasks=TaskStore(r, cfg), objects=objects, redis=r,
+                readiness={"redis": probe_redis.ping, "minio": minio_bucket})
+
+
+def get_app(cfg: Config | None = None) -> falcon.App:
+    """WSGI entry point: `waitress-serve --call api.app:get_app` or api/__main__.py."""
+    return create_app(build_deps(cfg or load_config()))

@@ -1,0 +1,188 @@
+"""Prometheus text exposition, hand-written (a few counters do not justify prometheus-client).
+
+Two sources:
+* HTTP metrics of this API process, recorded by `MetricsMiddleware` (per process: each API
+  replica exposes its own, as Prometheus expects);
+* pipeline metrics read from Redis at scrape time: task counts by status (TaskStore),
+  queue depth, dead letters, and the workers' own counters.  Workers do not serve HTTP: they
+  publish their counters in their heartbeat hash ``maskflow:worker:<id>`` (infra/queue.py) and
+  this endpoint aggregates whatever live workers have written there.
+
+Worker hash fields understood here (all optional, numbers as strings):
+  processed, failed, busy_seconds          -> summed over workers, and per worker
+  duration_bucket_<le>  (cumulative count of tasks that took <= <le> seconds, e.g.
+  duration_bucket_0.5, duration_bucket_+Inf), duration_sum, duration_count
+                                           -> maskflow_processing_seconds histogram
+Any other numeric field is exported per worker as maskflow_worker_field{worker,field}.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+
+import falcon
+import redis
+
+from infra.queue import DEAD_LETTER_KEY, WORKERS_KEY, worker_status
+from infra.tasks import TaskStore
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WORKER_COUNTERS = ("processed", "failed", "busy_seconds")
+_NOT_NUMERIC_FIELDS = ("updated", "ready", "pid", "host", "started")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: str) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class HttpMetrics:
+    """Request counts and latency histograms by method, route template and status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.buckets: dict[tuple[str, str], list[int]] = {}
+        self.sums: dict[tuple[str, str], float] = defaultdict(float)
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(method, route, str(status))] += 1
+            key = (method, route)
+            counts = self.buckets.setdefault(key, [0] * len(LATENCY_BUCKETS))
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    counts[i] += 1
+            self.sums[key] += seconds
+            self.counts[key] += 1
+
+    def render(self) -> list[str]:
+        with self._lock:
+            lines = ["# HELP maskflow_http_requests_total HTTP requests by method, route and status.",
+                     "# TYPE maskflow_http_requests_total counter"]
+            for (method, route, status), n in sorted(self.requests.items()):
+                lines.append(f"maskflow_http_requests_total"
+                             f"{_labels(method=method, route=route, status=status)} {n}")
+            lines += ["# HELP maskflow_http_request_duration_seconds HTTP request latency.",
+                      "# TYPE maskflow_http_request_duration_seconds histogram"]
+            for (method, route), counts in sorted(self.buckets.items()):
+                for bound, n in zip(LATENCY_BUCKETS, counts):
+                    lines.append("maskflow_http_request_duration_seconds_bucket"
+                                 f"{_labels(method=method, route=route, le=_num(bound))} {n}")
+                total = self.counts[(method, route)]
+                lines.append("maskflow_http_request_duration_seconds_bucket"
+                             f"{_labels(method=method, route=route, le='+Inf')} {total}")
+                lines.append("maskflow_http_request_duration_seconds_sum"
+                             f"{_labels(method=method, route=route)} {self.sums[(method, route)]:.6f}")
+                lines.append("maskflow_http_request_duration_seconds_count"
+                             f"{_labels(method=method, route=route)} {total}")
+        return lines
+
+
+class MetricsMiddleware:
+    def __init__(self, metrics: HttpMetrics):
+        self.metrics = metrics
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        started = getattr(req.context, "started", None)
+        if started is None:
+            return
+        # The route template keeps label cardinality bounded (ids are not labels).
+        route = req.uri_template or "unmatched"
+        status = int(str(resp.status).split()[0]) if not isinstance(resp.status, int) else resp.status
+        self.metrics.observe(req.method, route, status, time.perf_counter() - started)
+
+
+def _float(value: str) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if not math.isnan(number) else None
+
+
+def pipeline_lines(r: redis.Redis, tasks: TaskStore, events_key: str) -> list[str]:
+    """Metrics read from Redis at scrape time (tasks, queue, workers)."""
+    lines = ["# HELP maskflow_tasks Tasks currently in each status (retained records).",
+             "# TYPE maskflow_tasks gauge"]
+    for status, n in tasks.status_counts().items():
+        lines.append(f"maskflow_tasks{_labels(status=status)} {n}")
+    lines += ["# HELP maskflow_queue_depth Events waiting in the Redis list MinIO writes to.",
+              "# TYPE maskflow_queue_depth gauge",
+              f"maskflow_queue_depth {r.llen(events_key)}",
+              "# HELP maskflow_dead_letters Events set aside as unprocessable.",
+              "# TYPE maskflow_dead_letters gauge",
+              f"maskflow_dead_letters {r.llen(DEAD_LETTER_KEY)}"]
+
+    workers = sorted(m.decode() for m in r.smembers(WORKERS_KEY))
+    stats = {w: worker_status(r, w) for w in workers}
+    alive = {w: s for w, s in stats.items() if s}  # an expired heartbeat hash reads as empty
+    lines += ["# HELP maskflow_workers Workers with a live heartbeat in Redis.",
+              "# TYPE maskflow_workers gauge", f"maskflow_workers {len(alive)}"]
+
+    totals: dict[str, float] = defaultdict(float)
+    per_worker: list[str] = []
+    hist: dict[float, float] = defaultdict(float)
+    hist_sum = hist_count = 0.0
+    for worker, fields in alive.items():
+        for name, raw in sorted(fields.items()):
+            value = _float(raw)
+            if value is None or name in _NOT_NUMERIC_FIELDS:
+                continue
+            if name in WORKER_COUNTERS:
+                totals[name] += value
+                per_worker.append(f"maskflow_worker_{name}_total{_labels(worker=worker)} {_num(value)}")
+            elif name.startswith("duration_bucket_"):
+                bound = _float(name[len("duration_bucket_"):])
+                if bound is not None:
+                    hist[bound] += value
+            elif name == "duration_sum":
+                hist_sum += value
+            elif name == "duration_count":
+                hist_count += value
+            else:
+                per_worker.append(f"maskflow_worker_field{_labels(worker=worker, field=name)} {_num(value)}")
+
+    for name in WORKER_COUNTERS:
+        lines += [f"# HELP maskflow_worker_{name}_total Sum over live workers (from their Redis heartbeat).",
+                  f"# TYPE maskflow_worker_{name}_total counter",
+                  f"maskflow_worker_{name}_total {_num(totals[name])}"]
+    lines += per_worker
+    lines += ["# HELP maskflow_processing_seconds Time to process one task, over live workers.",
+              "# TYPE maskflow_processing_seconds histogram"]
+    if math.inf not in hist:
+        hist[math.inf] = hist_count
+    for bound in sorted(hist):
+        lines.append(f"maskflow_processing_seconds_bucket{_labels(le=_num(bound))} {_num(hist[bound])}")
+    lines += [f"maskflow_processing_seconds_sum {_num(hist_sum)}",
+              f"maskflow_processing_seconds_count {_num(hist_count)}"]
+    return lines
+
+
+def render(http: HttpMetrics, r: redis.Redis, tasks: TaskStore, events_key: str) -> str:
+    lines = http.render()
+    try:
+        lines += pipeline_lines(r, tasks, events_key)
+        up = 1
+    except redis.exceptions.RedisError:
+        up = 0  # still expose HTTP metrics while Redis is down
+    lines += ["# HELP maskflow_redis_up Whether Redis answered this scrape.",
+              "# TYPE maskflow_redis_up gauge", f"maskflow_redis_up {up}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,195 @@
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json; it describes what resources.py does.
+
+Built as a dict (not a static file) so limits from the config appear in it.
+"""
+from __future__ import annotations
+
+from infra.config import Config
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_STATUS = {"type": "string", "enum": ["pending", "processing", "completed", "failed"]}
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(description: str, ref: str, headers: dict | None = None) -> dict:
+    out = {"description": description,
+           "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_COMMON = {"401": _error("Bearer token required (only when api.token is set)"),
+           "503": _error("Redis or MinIO unavailable")}
+_LOCATION = {"Location": {"description": "URL of the task", "schema": {"type": "string"}}}
+
+
+def document(cfg: Config) -> dict:
+    limit = cfg.api.max_upload_bytes
+    schemas = {
+        "ErrorDetail": {
+            "type": "object", "required": ["status", "code", "message"],
+            "additionalProperties": False,
+            "properties": {"status": {"type": "integer"}, "code": {"type": "string"},
+                           "message": {"type": "string"}}},
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}}},
+        "Submitted": {
+            "type": "object", "required": ["task_id", "status", "created_at"],
+            "additionalProperties": False,
+            "properties": {"task_id": {"type": "string"},
+                           "status": {"type": "string", "const": "pending"},
+                           "created_at": _TIME}},
+        "Task": {
+            "type": "object", "additionalProperties": False,
+            "required": ["task_id", "status", "result", "error", "created_at", "completed_at"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": _STATUS,
+                "result": {"type": "object", "additionalProperties": False,
+                           "required": ["segmented_image_url", "mask_image_url"],
+                           "properties": {"segmented_image_url": _NULLABLE_STR,
+                                          "mask_image_url": _NULLABLE_STR},
+                           "description": "Presigned GET URLs; null until the task is completed"},
+                "error": {**_NULLABLE_STR, "description": "Why the task failed; null otherwise"},
+                "created_at": _TIME,
+                "completed_at": _NULLABLE_TIME}},
+        "UploadRequest": {
+            "type": "object", "required": ["filename", "content_type"],
+            "properties": {
+                "filename": {"type": "string", "minLength": 1, "maxLength": 255},
+                "content_type": {"type": "string", "pattern": "^image/[A-Za-z0-9.+-]+$"},
+                "size": {"type": "integer", "minimum": 1, "maximum": limit},
+                "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"}}},
+        "Upload": {
+            "type": "object",
+            "required": ["task_id", "method", "url", "object_key", "expires_at"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "method": {"type": "string", "enum": ["POST", "PUT"]},
+                "url": {"type": "string"},
+                "fields": {"type": "object", "additionalProperties": {"type": "string"},
+                           "description": "POST: form fields to send before the file field"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "PUT: headers to send with the body"},
+                "object_key": {"type": "string"},
+                "expires_at": _TIME}},
+        "Batch": {
+            "type": "object",
+            "required": ["prefix", "total", "done", "counts", "failures", "offset", "limit",
+                         "failures_total"],
+            "properties": {
+                "prefix": {"type": "string"},
+                "total": {"type": "integer"},
+                "done": {"type": "integer"},
+                "counts": {"type": "object", "required": ["pending", "processing", "completed", "failed"],
+                           "additionalProperties": {"type": "integer"}},
+                "failures": {"type": "array", "items": {
+                    "type": "object", "required": ["task_id", "key", "error", "completed_at"],
+                    "properties": {"task_id": {"type": "string"}, "key": {"type": "string"},
+                                   "error": _NULLABLE_STR, "completed_at": _NULLABLE_TIME}}},
+                "offset": {"type": "integer"},
+                "limit": {"type": "integer"},
+                "failures_total": {"type": "integer"}}},
+        "Ready": {
+            "type": "object", "required": ["status", "checks"],
+            "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},
+                           "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+                           "error": {"$ref": "#/components/schemas/ErrorDetail"}}},
+    }
+    task_id_param = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "maskflow", "version": "1.0.0",
+                 "description": "Image segmentation: submit an image (or upload it to MinIO "
+                                "under input/), then poll the task. Every error body has the "
+                                "shape of the Error schema."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "Only when api.token is set"}}},
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/api/v1/tasks/segmentation": {"post": {
+                "operationId": "submitSegmentation",
+                "summary": "Submit an image (multipart field `file`)",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"],
+                               "properties": {"file": {"type": "string",
+                                                       "contentMediaType": "application/octet-stream",
+                                                       "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"}}}}}},
+                "responses": {
+                    "202": _json("Accepted; processing starts from the storage event", "Submitted",
+                                 _LOCATION),
+                    "400": _error("No `file` field, or a malformed form"),
+                    "413": _error(f"File larger than {limit} bytes"),
+                    "415": _error("Not multipart/form-data, or not a supported image format"),
+                    "422": _error("A supported format, but empty, corrupt, truncated or too many pixels"),
+                    **_COMMON}}},
+            "/api/v1/tasks/{task_id}": {"get": {
+                "operationId": "getTask",
+                "parameters": [task_id_param,
+                               {"name": "wait", "in": "query", "required": False,
+                                "description": "Hold the request up to this many seconds until the task is completed or failed",
+                                "schema": {"type": "number", "minimum": 0, "maximum": 30}}],
+                "responses": {"200": _json("The task", "Task"),
+                              "400": _error("Bad wait value"),
+                              "404": _error("No such task"), **_COMMON}}},
+            "/api/v1/tasks": {"get": {
+                "operationId": "findTaskByKey",
+                "parameters": [{"name": "key", "in": "query", "required": True,
+                                "schema": {"type": "string", "minLength": 1},
+                                "example": "input/photo.jpg"}],
+                "responses": {"200": _json("The task of that object", "Task"),
+                              "400": _error("key missing"),
+                              "404": _error("No task for that key"), **_COMMON}}},
+            "/api/v1/uploads": {"post": {
+                "operationId": "createUpload",
+                "summary": "Presign a direct upload to MinIO (POST policy by default, or PUT)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/UploadRequest"}}}},
+                "responses": {"201": _json("Presigned upload; the task starts when the object lands",
+                                           "Upload", _LOCATION),
+                              "400": _error("Malformed body"),
+                              "413": _error(f"size over {limit} bytes"),
+                              "415": _error("content_type is not image/*"), **_COMMON}}},
+            "/api/v1/batches/{prefix}": {"get": {
+                "operationId": "getBatch",
+                "description": "Summary of all tasks under a prefix such as input/b1/ "
+                               "(URL-encoded or as the rest of the path).",
+                "parameters": [{"name": "prefix", "in": "path", "required": True,
+                                "schema": {"type": "string"}},
+                               {"name": "offset", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 0, "maximum": 10000000}},
+                               {"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                "responses": {"200": _json("Batch summary", "Batch"),
+                              "400": _error("Bad offset or limit"),
+                              "404": _error("No tasks under that prefix"), **_COMMON}}},
+            "/api/v1/openapi.json": {"get": {
+                "operationId": "openapi",
+                "responses": {"200": {"description": "This document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              "401": _COMMON["401"]}}},
+            "/healthz": {"get": {
+                "operationId": "healthz", "security": [],
+                "responses": {"200": {"description": "The process is alive", "content": {
+                    "application/json": {"schema": {"type": "object", "required": ["status"],
+                                                    "properties": {"status": {"const": "ok"}}}}}}}}},
+            "/readyz": {"get": {
+                "operationId": "readyz", "security": [],
+                "responses": {"200": _json("Redis and MinIO reachable, bucket present", "Ready"),
+                              "503": _json("Something is down; `checks` says what", "Ready")}}},
+            "/metrics": {"get": {
+                "operationId": "metrics", "security": [],
+                "responses": {"200": {"description": "Prometheus text format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        },
+    }

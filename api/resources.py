@@ -1,0 +1,378 @@
+"""HTTP resources: thin adapters over TaskStore and ObjectStore, which they get in `Deps`.
+
+The API never enqueues work: it records the task, stores (or presigns) the object under
+``input/``, and MinIO's bucket notification for that object starts processing, exactly as
+for objects uploaded with `mc cp`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import logging
+import mimetypes
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import falcon
+import redis
+
+from api import metrics as metrics_mod
+from api.errors import ApiError, bad_request, body as error_body, not_found
+from infra.config import Config
+from infra.images import ImageRejected, UnsupportedFormat, decode_image, sniff_format
+from infra.objects import ObjectStore
+from infra.tasks import Task, TaskStore, new_task_id, utc_iso
+
+log = logging.getLogger("maskflow.api")
+
+API = "/api/v1"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_WAIT_S = 30
+# A presigned upload that never arrives fails this long after its URL expired.
+UPLOAD_GRACE_S = 120
+READ_CHUNK = 256 * 1024
+
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+                 "bmp": "image/bmp", "tiff": "image/tiff", "gif": "image/gif"}
+_EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+@dataclass
+class Deps:
+    cfg: Config
+    tasks: TaskStore
+    objects: ObjectStore
+    redis: redis.Redis
+    # name -> probe raising on failure; each must answer within ~0.5 s
+    readiness: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    http_metrics: metrics_mod.HttpMetrics = field(default_factory=metrics_mod.HttpMetrics)
+
+
+def task_body(task: Task, objects: ObjectStore, expiry: int) -> dict:
+    """Exactly the original contract's shape (design section 4.2)."""
+    done = task.status == "completed" and task.output_key and task.mask_key
+    return {
+        "task_id": task.task_id,
+        "status": task.status,
+        "result": {
+            "segmented_image_url": objects.presigned_get(task.output_key, expiry) if done else None,
+            "mask_image_url": objects.presigned_get(task.mask_key, expiry) if done else None,
+        },
+        "error": task.error if task.status == "failed" else None,
+        "created_at": task.created_at,
+        "completed_at": task.completed_at if task.terminal else None,
+    }
+
+
+def _int_param(req: falcon.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = req.get_param(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"query parameter {name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise bad_request(f"query parameter {name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+# -- submission --------------------------------------------------------------------------------
+class SubmitResource:
+    """POST /api/v1/tasks/segmentation: multipart form, field `file`."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+        self.limit = deps.cfg.api.max_upload_bytes
+
+    def _read_file(self, req: falcon.Request) -> bytes:
+        kind = (req.content_type or "").split(";")[0].strip().lower()
+        if kind in ("", "application/x-www-form-urlencoded"):
+            # a form (or nothing) without the file: the contract's "missing file" case
+            raise bad_request("send the image as multipart/form-data with a field named 'file'",
+                              code="missing_file")
+        if kind != "multipart/form-data":
+            raise ApiError(415, "unsupported_media_type",
+                           "send the image as multipart/form-data with a field named 'file'")
+        # Waitress already refuses bodies over limit + multipart slack; this catches the rest
+        # without reading anything.
+        if req.content_length is not None and req.content_length > self.limit + MULTIPART_SLACK:
+            raise self._too_large()
+        form = req.get_media()
+        for part in form:
+            if part.name != "file":
+                continue  # other fields are skipped by the parser without buffering them
+            # part.stream is unbounded: read at most limit + 1 bytes to detect oversize.
+            chunks, size = [], 0
+            while True:
+                chunk = part.stream.read(min(READ_CHUNK, self.limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.limit:
+                    raise self._too_large()
+            return b"".join(chunks)
+        raise bad_request("the multipart form has no field named 'file'", code="missing_file")
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, "payload_too_large",
+                        f"the file exceeds the upload limit of {self.limit} bytes")
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = self._read_file(req)
+        try:
+            decode_image(data, self.deps.cfg.task.max_pixels)
+        except UnsupportedFormat as exc:
+            raise ApiError(415, "unsupported_image", str(exc)) from None
+        except ImageRejected as exc:
+            raise ApiError(422, f"invalid_image", f"{exc} ({exc.reason})") from None
+        fmt = sniff_format(data)
+        task_id = new_task_id()
+        key = f"input/{task_id}.{EXTENSIONS[fmt]}"
+        # Record first: the worker maps key -> task through this index when the event arrives.
+        task = self.deps.tasks.create_pending(task_id, key)
+        try:
+            self.deps.objects.put(key, data, CONTENT_TYPES[fmt])
+        except Exception as exc:  # noqa: BLE001 - any storage failure means no event will come
+            log.warning("storing %s failed: %s: %s", key, type(exc).__name__, exc)
+            self.deps.tasks.fail_pending(task_id, "storing the upload failed; submit it again")
+            raise ApiError(503, "storage_unavailable",
+                           "the image could not be stored; retry shortly",
+                           headers={"Retry-After": "5"}) from None
+        resp.status = falcon.HTTP_202
+        resp.location = f"{API}/tasks/{task_id}"
+        resp.media = {"task_id": task_id, "status": "pending", "created_at": task.created_at}
+
+
+# Multipart framing around the file (boundaries, part headers, small extra fields).
+MULTIPART_SLACK = 64 * 1024
+
+
+# -- presigned uploads -------------------------------------------------------------------------
+class UploadsResource:
+    """POST /api/v1/uploads: presigned POST (default) or PUT straight to MinIO."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        cfg = self.deps.cfg
+        doc = req.get_media()
+        if not isinstance(doc, dict):
+            raise bad_request("the body must be a JSON object")
+        filename = doc.get("filename")
+        content_type = doc.get("content_type")
+        size = doc.get("size")
+        method = doc.get("method", "POST")
+        if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
+            raise bad_request("filename must be a non-empty string of at most 255 characters")
+        if not isinstance(content_type, str) or not content_type:
+            raise bad_request("content_type must be a string such as image/jpeg")
+        if not re.fullmatch(r"image/[A-Za-z0-9.+-]+", content_type):
+            raise ApiError(415, "unsupported_media_type",
+                           f"content_type must be image/*, got {content_type!r}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise bad_request("size must be a positive integer (bytes)")
+        if size is not None and size > cfg.api.max_upload_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"size {size} exceeds the upload limit of {cfg.api.max_upload_bytes} bytes")
+        if method not in ("POST", "PUT"):
+            raise bad_request("method must be POST or PUT")
+
+        ext = Path(filename).suffix.lower().lstrip(".")
+        if not _EXT_RE.match(ext):
+            ext = content_type.split("/", 1)[1].split("+")[0].lower()
+            ext = {"jpeg": "jpg", "svg": "svg"}.get(ext, ext) if _EXT_RE.match(ext) else "img"
+        task_id = new_task_id()
+        key = f"input/{task_id}.{ext}"
+        expiry = cfg.api.presign_expiry
+        expires = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=expiry)
+        self.deps.tasks.create_pending(task_id, key,
+                                       upload_deadline=expires.timestamp() + UPLOAD_GRACE_S)
+        out: dict[str, Any] = {"task_id": task_id, "method": method, "object_key": key,
+                               "expires_at": utc_iso(expires.timestamp())}
+        if method == "POST":
+            url, fields = self.deps.objects.presigned_post(key, cfg.api.max_upload_bytes, expires)
+            # The policy pins Content-Type to image/*; pre-fill it so the form is complete.
+            out.update(url=url, fields={**fields, "Content-Type": content_type})
+        else:
+            # A presigned PUT cannot enforce size or type; the worker still validates the bytes.
+            out.update(url=self.deps.objects.presigned_put(key, expiry),
+                       headers={"Content-Type": content_type})
+        resp.status = falcon.HTTP_201
+        resp.location = f"{API}/tasks/{task_id}"
+        resp.media = out
+
+
+# -- reading tasks -----------------------------------------------------------------------------
+class TaskResource:
+    """GET /api/v1/tasks/{task_id}[?wait=N]"""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        wait = req.get_param("wait")
+        if wait is not None:
+            try:
+                seconds = float(wait)
+            except ValueError:
+                raise bad_request(f"wait must be a number of seconds, got {wait!r}") from None
+            if not 0 <= seconds <= MAX_WAIT_S:  # also rejects nan and inf
+                raise bad_request(f"wait must be between 0 and {MAX_WAIT_S} seconds")
+            task = self.deps.tasks.wait_for_terminal(task_id, seconds) if seconds else \
+                self.deps.tasks.get(task_id)
+        else:
+            task = self.deps.tasks.get(task_id)
+        if task is None:
+            raise not_found(f"no task with id {task_id!r}")
+        resp.media = task_body(task, self.deps.objects, self.deps.cfg.api.presign_expiry)
+
+
+class TaskLookupResource:
+    """GET /api/v1/tasks?key=input/... : the task of an object uploaded directly."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        key = req.get_param("key")
+        if not key:
+            raise bad_request("query parameter key is required, e.g. ?key=input/photo.jpg")
+        task = self.deps.tasks.find_by_key(key)
+        if task is None:
+            raise not_found(f"no task for object key {key!r}")
+        resp.media = task_body(task, self.deps.objects, self.deps.cfg.api.presign_expiry)
+
+
+class BatchResource:
+    """GET /api/v1/batches/{prefix}: counts and failures of every task under a prefix."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, prefix: str) -> None:
+        # WSGI hands us the path decoded, so input%2Fb1%2F and input/b1/ arrive alike.
+        prefix = prefix if prefix.endswith("/") else prefix + "/"
+        offset = _int_param(req, "offset", 0, 0, 10_000_000)
+        limit = _int_param(req, "limit", 100, 1, 1000)
+        summary = self.deps.tasks.batch(prefix, offset=offset, limit=limit)
+        if summary is None:
+            raise not_found(f"no tasks under prefix {prefix!r}")
+        resp.media = {
+            "prefix": summary.prefix,
+            "total": summary.total,
+            "done": summary.done,
+            "counts": summary.counts,
+            "failures": [{"task_id": t.task_id, "key": t.input_key, "error": t.error,
+                          "completed_at": t.completed_at} for t in summary.failures],
+            "offset": offset,
+            "limit": limit,
+            "failures_total": summary.counts.get("failed", 0),
+        }
+
+
+# -- operations --------------------------------------------------------------------------------
+class HealthResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class ReadyResource:
+    """Redis and MinIO reachable and the bucket present; probes run in parallel, ~0.5 s each."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checks: dict[str, str] = {}
+
+        def run(name: str, probe: Callable[[], Any]) -> None:
+            try:
+                result = probe()
+                checks[name] = "ok" if result is not False else "failed"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+
+        threads = [threading.Thread(target=run, args=item, daemon=True)
+                   for item in self.deps.readiness.items()]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 1.0
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for name in self.deps.readiness:
+            checks.setdefault(name, "timed out")
+        down = sorted(name for name, state in checks.items() if state != "ok")
+        if down:
+            resp.status = falcon.HTTP_503
+            resp.media = {**error_body(503, "not_ready", "not ready: " + ", ".join(
+                f"{name} ({checks[name]})" for name in down)), "status": "not_ready",
+                "checks": checks}
+        else:
+            resp.media = {"status": "ready", "checks": checks}
+
+
+class MetricsResource:
+    def __init__(self, deps: Deps):
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
+        resp.text = metrics_mod.render(self.deps.http_metrics, self.deps.redis, self.deps.tasks,
+                                       self.deps.cfg.queue.events_key)
+
+
+class OpenApiResource:
+    def __init__(self, document: dict):
+        self.document = document
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.document
+
+
+# -- web page ------------------------------------------------------------------------------
+class StaticResource:
+    """`/` -> api/static/index.html, `/static/<name>` -> api/static/<name> (if they exist)."""
+
+    def __init__(self, root: Path = STATIC_DIR):
+        self.root = root
+
+    def _send(self, resp: falcon.Response, path: Path) -> None:
+        try:
+            path = path.resolve()
+            path.relative_to(self.root.resolve())  # no escaping the folder with ../
+        except (OSError, ValueError):
+            raise not_found("no such file") from None
+        if not path.is_file():
+            raise not_found("no such file")
+        resp.content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        resp.data = path.read_bytes()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._send(resp, self.root / "index.html")
+
+    def on_get_file(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        self._send(resp, self.root / name)
+
+
+# -- access ----------------------------------------------------------------------------------
+class BearerAuth:
+    """With api.token set, every /api/v1 route needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not (req.path == API or req.path.startswith(API + "/")):
+            return
+        given = (req.get_header("Authorization") or "").encode()
+        if not hmac.compare_digest(given, self.expected):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token",
+                           headers={"WWW-Authenticate": 'Bearer realm="maskflow"'})

@@ -1,0 +1,141 @@
+"""Issue 5, offline: routing, the error shape, limits, auth, start-up checks, metrics text.
+
+The app is built with the real adapters pointed at closed ports: every case here is answered
+before Redis or MinIO would be touched (or checks the 503 the app gives when they are down).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import falcon.testing
+import pytest
+import requests
+
+from api.app import build_deps, check_credentials, create_app
+from api.metrics import HttpMetrics
+from api.openapi import document
+from infra.config import PROJECT_ROOT, ConfigError, load_config, replace
+from infra.stack import free_port
+
+PHOTO = (Path(__file__).resolve().parent.parent / "fixtures" / "photos" / "chelsea.jpg").read_bytes()
+
+
+def offline_config(**api):
+    cfg = load_config(env={})
+    return replace(cfg, redis={"port": free_port()},
+                   minio={"endpoint": f"127.0.0.1:{free_port()}"}, api=api)
+
+
+@pytest.fixture
+def client():
+    return falcon.testing.TestClient(create_app(build_deps(offline_config(max_upload_bytes=100_000))))
+
+
+def multipart(files=None, data=None):
+    form = requests.Request("POST", "http://x", files=files, data=data).prepare()
+    return {"body": form.body, "headers": {"Content-Type": form.headers["Content-Type"]}}
+
+
+def error_of(result, status):
+    assert result.status_code == status, result.text
+    assert set(result.json) == {"error"}
+    assert set(result.json["error"]) == {"status", "code", "message"}
+    assert result.json["error"]["status"] == status
+    return result.json["error"]
+
+
+URL = "/api/v1/tasks/segmentation"
+
+
+def test_submit_validation_happens_before_storage(client):
+    assert error_of(client.simulate_post(URL, **multipart({"file": ("a.jpg", b"\xff" * 100_001)})),
+                    413)["code"] == "payload_too_large"
+    assert error_of(client.simulate_post(URL, **multipart({"other": ("a.jpg", PHOTO)})),
+                    400)["code"] == "missing_file"
+    assert error_of(client.simulate_post(URL), 400)["code"] == "missing_file"
+    assert error_of(client.simulate_post(URL, body=PHOTO, headers={"Content-Type": "image/jpeg"}),
+                    415)["code"] == "unsupported_media_type"
+    assert error_of(client.simulate_post(URL, **multipart({"file": ("a.gif", b"GIF89a" + b"\0" * 3)})),
+                    422)["code"] == "invalid_image"
+    err = error_of(client.simulate_post(URL, **multipart({"file": ("a.pdf", b"%PDF-1.4 ...")})), 415)
+    assert err["code"] == "unsupported_image" and "JPEG" in err["message"]
+
+
+def test_backing_services_down_gives_503_in_the_same_shape(client):
+    err = error_of(client.simulate_post(URL, **multipart({"file": ("a.jpg", PHOTO)})), 503)
+    assert err["code"] == "service_unavailable"
+    error_of(client.simulate_get("/api/v1/tasks/abc"), 503)
+    ready = client.simulate_get("/readyz")
+    assert ready.status_code == 503 and ready.json["status"] == "not_ready"
+    assert set(ready.json["checks"]) == {"redis", "minio"}
+    assert "maskflow_redis_up 0" in client.simulate_get("/metrics").text
+
+
+def test_falcon_errors_use_our_shape(client):
+    assert error_of(client.simulate_get("/nope"), 404)["message"] == "no route for GET /nope"
+    error_of(client.simulate_put("/api/v1/uploads"), 405)
+    error_of(client.simulate_post("/api/v1/uploads", body=b"{", headers={"Content-Type": "application/json"}), 400)
+    error_of(client.simulate_get("/api/v1/tasks/x", params={"wait": "nan"}), 400)
+
+
+def test_token_guards_api_routes_only():
+    app = create_app(build_deps(offline_config(token="t0ken")))
+    c = falcon.testing.TestClient(app)
+    r = c.simulate_get("/api/v1/tasks/x")
+    assert error_of(r, 401)["code"] == "unauthorized"
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    error_of(c.simulate_get("/api/v1/tasks/x", headers={"Authorization": "Bearer t0ke"}), 401)
+    error_of(c.simulate_get("/api/v1/tasks/x", headers={"Authorization": "Bearer t0ken"}), 503)
+    assert c.simulate_get("/healthz").status_code == 200
+    assert c.simulate_get("/metrics").status_code == 200
+
+
+def test_document_covers_every_route(client):
+    doc = document(load_config(env={}))
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {
+        "/api/v1/tasks/segmentation", "/api/v1/tasks/{task_id}", "/api/v1/tasks",
+        "/api/v1/uploads", "/api/v1/batches/{prefix}", "/api/v1/openapi.json",
+        "/healthz", "/readyz", "/metrics"}
+    served = client.simulate_get("/api/v1/openapi.json").json
+    assert served["paths"].keys() == doc["paths"].keys()
+    # limits in the document come from the running config
+    assert served["components"]["schemas"]["UploadRequest"]["properties"]["size"]["maximum"] == 100_000
+
+
+def test_default_credentials_only_on_loopback():
+    check_credentials(load_config(env={}))  # loopback: allowed, with a warning
+    with pytest.raises(ConfigError, match="minioadmin"):
+        check_credentials(replace(load_config(env={}), api={"host": "0.0.0.0"}))
+    with pytest.raises(ConfigError, match="minio.endpoint=10.0.0.5"):
+        check_credentials(replace(load_config(env={}), minio={"endpoint": "10.0.0.5:9000"}))
+    check_credentials(replace(load_config(env={}), api={"host": "0.0.0.0"},
+                              minio={"access_key": "svc", "secret_key": "long-secret"}))
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MASKFLOW_API_PORT": "http"}, "config key api.port: bad value"),
+    ({"MASKFLOW_API_HOST": "0.0.0.0"}, "refusing MinIO's default credentials"),
+    ({"MASKFLOW_API_THREDS": "4"}, "no such config key api.threds"),
+])
+def test_bad_config_fails_at_start_with_one_line(env, message):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")}
+    proc = subprocess.run([sys.executable, "-m", "api"], env={**clean, **env}, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_latency_histogram_is_cumulative():
+    m = HttpMetrics()
+    m.observe("GET", "/healthz", 200, 0.003)
+    m.observe("GET", "/healthz", 200, 0.2)
+    lines = m.render()
+    assert 'maskflow_http_requests_total{method="GET",route="/healthz",status="200"} 2' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.005"} 1' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.25"} 2' in lines
+    assert 'maskflow_http_request_duration_seconds_count{method="GET",route="/healthz"} 2' in lines
