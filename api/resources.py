@@ -131,7 +131,7 @@ class SubmitResource:
         except UnsupportedFormat as exc:
             raise ApiError(415, "unsupported_image", str(exc)) from None
         except ImageRejected as exc:
-            raise ApiError(422, f"invalid_image", f"{exc} ({exc.reason})") from None
+            raise ApiError(422, "invalid_image", f"{exc} ({exc.reason})") from None
         fmt = sniff_format(data)
         task_id = new_task_id()
         key = f"input/{task_id}.{EXTENSIONS[fmt]}"
