@@ -1,0 +1,124 @@
+// maskflow web page: presigned POST straight to MinIO, then long-poll the task.
+"use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "maskflow.token";
+const tokenInput = document.getElementById("token");
+const drop = document.getElementById("drop");
+const picker = document.getElementById("picker");
+const list = document.getElementById("files");
+
+tokenInput.value = localStorage.getItem(TOKEN_KEY) || "";
+tokenInput.addEventListener("input", () => localStorage.setItem(TOKEN_KEY, tokenInput.value.trim()));
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  const token = tokenInput.value.trim();
+  if (token) h["Authorization"] = "Bearer " + token;
+  return h;
+}
+
+// API errors are {"error": {"status", "code", "message"}}; anything else gets a short text.
+async function api(method, path, body) {
+  let resp;
+  try {
+    resp = await fetch(API + path, {
+      method, headers: headers(body ? { "Content-Type": "application/json" } : {}),
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  } catch (e) {
+    throw new Error("cannot reach the API (" + e.message + ")");
+  }
+  let doc = null;
+  try { doc = await resp.json(); } catch (e) { /* not JSON */ }
+  if (!resp.ok) {
+    if (resp.status === 401) throw new Error("the API needs a valid token: enter it above");
+    const msg = doc && doc.error ? doc.error.message : "HTTP " + resp.status;
+    throw new Error(msg);
+  }
+  return doc;
+}
+
+function row(file) {
+  const li = document.createElement("li");
+  li.className = "file";
+  li.innerHTML = '<div class="head"><span class="name"></span><span class="status"></span>' +
+                 '<span class="task"></span></div><p class="error" hidden></p>' +
+                 '<div class="results" hidden></div>';
+  li.querySelector(".name").textContent = file.name;
+  list.prepend(li);
+  return {
+    li,
+    status(s) {
+      const el = li.querySelector(".status");
+      el.textContent = s; el.className = "status " + s; li.dataset.status = s;
+    },
+    error(msg) {
+      const el = li.querySelector(".error");
+      el.textContent = msg; el.hidden = false;
+      this.status("failed");
+    },
+    task(id) { li.dataset.taskId = id; li.querySelector(".task").textContent = id; },
+    results(r) {
+      const box = li.querySelector(".results");
+      box.innerHTML = "";
+      for (const [label, url, cls] of [["cut-out", r.segmented_image_url, "cutout"],
+                                       ["mask", r.mask_image_url, "mask"]]) {
+        const fig = document.createElement("figure");
+        const img = document.createElement("img");
+        img.className = cls; img.alt = label + " of " + file.name; img.src = url;
+        const cap = document.createElement("figcaption");
+        cap.textContent = label;
+        fig.append(img, cap); box.append(fig);
+      }
+      box.hidden = false;
+    },
+  };
+}
+
+async function process(file) {
+  const ui = row(file);
+  try {
+    ui.status("uploading");
+    const grant = await api("POST", "/uploads", {
+      filename: file.name, content_type: file.type || "application/octet-stream", size: file.size,
+    });
+    ui.task(grant.task_id);
+    const form = new FormData();
+    for (const [k, v] of Object.entries(grant.fields)) form.append(k, v);
+    form.append("file", file); // S3 wants the file last
+    let up;
+    try {
+      up = await fetch(grant.url, { method: "POST", body: form });
+    } catch (e) {
+      throw new Error("cannot reach object storage (" + e.message + ")");
+    }
+    if (!up.ok) {
+      const text = await up.text();
+      const code = (text.match(/<Code>([^<]*)<\/Code>/) || [])[1] || "HTTP " + up.status;
+      throw new Error("upload refused by object storage: " + code);
+    }
+    ui.status("pending");
+    for (;;) {
+      const task = await api("GET", "/tasks/" + encodeURIComponent(grant.task_id) + "?wait=20");
+      ui.status(task.status);
+      if (task.status === "completed") { ui.results(task.result); return; }
+      if (task.status === "failed") { ui.error(task.error || "failed"); return; }
+    }
+  } catch (e) {
+    ui.error(e.message);
+  }
+}
+
+function handle(files) {
+  for (const f of files) process(f);
+}
+
+picker.addEventListener("change", () => { handle(picker.files); picker.value = ""; });
+for (const ev of ["dragenter", "dragover"]) {
+  drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+}
+for (const ev of ["dragleave", "drop"]) {
+  drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+}
+drop.addEventListener("drop", (e) => handle(e.dataTransfer.files));

@@ -1,0 +1,270 @@
+"""Issue 6 acceptance: `maskflow submit/status/batch` and the documented `mc mirror` path,
+run as real processes against a real stack (Redis, MinIO, API, worker) with a token on."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, make_config
+from infra import install
+from infra.config import PROJECT_ROOT, env_for
+from infra.stack import Stack, free_port
+
+PHOTOS = FIXTURES / "photos"
+TOKEN = "cli-test-token"
+MAX_WAIT = 240.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    cfg = make_config(tmp_path_factory.mktemp("cli-stack"), api={"token": TOKEN},
+                      task={"poll_interval": 1})
+    s = Stack(cfg)
+    try:
+        s.up(app=True)
+    except install.InstallError as exc:
+        pytest.skip(f"real servers unavailable: {exc}")
+    yield s
+    s.down()
+
+
+def _env(cfg, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")}
+    return {**env, **env_for(cfg), **extra}
+
+
+def maskflow(stack, *args, cwd: Path, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infra.cli", *args], cwd=cwd, env=_env(stack.cfg),
+                          capture_output=True, text=True, timeout=MAX_WAIT, **popen)
+
+
+def _err_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def _read(path: Path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert img is not None, path
+    return img
+
+
+def _check_pair(cutout: Path, mask: Path, source: Path) -> None:
+    src = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+    c, m = _read(cutout), _read(mask)
+    assert c.ndim == 3 and c.shape[2] == 4, cutout
+    assert m.ndim == 2 and m.shape == c.shape[:2], mask
+    if "exif6" not in source.name:  # rotated on decode
+        assert m.shape == src.shape[:2]
+    assert np.array_equal(c[:, :, 3], m)
+
+
+def make_variants(root: Path, n: int = 100) -> list[str]:
+    """n small, distinct photos (resized/cropped/flipped fixtures) in nested subfolders."""
+    sources = sorted(p for p in PHOTOS.iterdir() if p.suffix in (".jpg", ".png"))
+    rels = []
+    for i in range(n):
+        src = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR)
+        h, w = src.shape[:2]
+        x, y = (i * 7) % (w // 4), (i * 5) % (h // 4)
+        crop = src[y:y + h * 3 // 4, x:x + w * 3 // 4]
+        if i % 3 == 0:
+            crop = cv2.flip(crop, 1)
+        size = 64 + (i % 5) * 16
+        img = cv2.resize(crop, (size, size * crop.shape[0] // crop.shape[1]))
+        folder = ["", "a", "a/b", "c", "c/d/e"][i % 5]
+        ext = ".png" if i % 4 == 0 else ".jpg"
+        rel = f"{folder}/p{i:03d}{ext}".lstrip("/")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / rel), img)
+        rels.append(rel)
+    return rels
+
+
+def _stem_path(rel: str) -> str:
+    return str(Path(rel).with_suffix(""))
+
+
+def test_submit_wait_out_writes_cutout_and_mask(stack, tmp_path):
+    (tmp_path / "photo.jpg").write_bytes((PHOTOS / "chelsea.jpg").read_bytes())
+    proc = maskflow(stack, "submit", "photo.jpg", "--wait", "--out", "out/", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    task_id = re.search(r"\b([0-9a-f]{32})\b", proc.stdout).group(1)
+    assert "completed" in proc.stderr and "Traceback" not in proc.stderr
+    _check_pair(tmp_path / "out/photo.png", tmp_path / "out/photo.mask.png", tmp_path / "photo.jpg")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo.mask.png", "photo.png"]
+
+    status = maskflow(stack, "status", task_id, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"^status\s+completed$", status.stdout, re.M)
+    assert "mask" in status.stdout and "http" in status.stdout
+
+
+def test_submit_presigned_and_status_by_key(stack, tmp_path):
+    proc = maskflow(stack, "submit", str(PHOTOS / "coffee.jpg"), str(PHOTOS / "camera_gray.png"),
+                    "--presigned", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ids = re.findall(r"^([0-9a-f]{32})\s", proc.stdout, re.M)
+    assert len(ids) == 2
+    _check_pair(tmp_path / "out/coffee.png", tmp_path / "out/coffee.mask.png", PHOTOS / "coffee.jpg")
+    _check_pair(tmp_path / "out/camera_gray.png", tmp_path / "out/camera_gray.mask.png",
+                PHOTOS / "camera_gray.png")
+    # The API names presigned objects input/<task_id>.<ext>.
+    by_key = maskflow(stack, "status", "--key", f"input/{ids[0]}.jpg", "--json", cwd=tmp_path)
+    assert by_key.returncode == 0, by_key.stderr
+    assert f'"task_id": "{ids[0]}"' in by_key.stdout and '"completed"' in by_key.stdout
+
+
+def test_errors_are_one_line_with_documented_exit_codes(stack, tmp_path):
+    (tmp_path / "notes.jpg").write_text("not an image at all\n")
+    photo = str(PHOTOS / "chelsea.jpg")
+    cases = [
+        (["submit", photo, "--api-url", f"http://127.0.0.1:{free_port()}"], 2, "cannot reach the API"),
+        (["submit", photo, "--token", "wrong"], 2, "401"),
+        (["batch", str(PHOTOS), "--token", "wrong"], 2, "401"),
+        (["submit", "notes.jpg", "--wait"], 1, "notes.jpg"),
+        (["submit", "missing.jpg"], 2, "no such file"),
+        (["status", "0" * 32], 2, "no task"),
+    ]
+    for args, code, text in cases:
+        proc = maskflow(stack, *args, cwd=tmp_path)
+        lines = _err_lines(proc)
+        assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+        assert len(lines) == 1 and text in lines[0], (args, lines)
+        assert lines[0].startswith("maskflow: "), lines
+    # Named .jpg, so the presigned upload goes through and the worker fails it.
+    proc = maskflow(stack, "submit", "notes.jpg", "--presigned", "--wait", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert _err_lines(proc)[-1].startswith("maskflow: FAILED notes.jpg: "), proc.stderr
+    assert len(_err_lines(proc)[-1]) > 40 and "Traceback" not in proc.stderr
+
+
+def test_batch_100_nested_interrupt_then_rerun_finishes_rest(stack, tmp_path):
+    photos = tmp_path / "photos"
+    rels = make_variants(photos)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "infra.cli", "batch", str(photos), "--prefix", "hundred",
+            "--out", str(out)]
+    first = subprocess.Popen(argv, cwd=tmp_path, env=_env(stack.cfg), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    worker = stack.running("worker-0")
+    assert worker
+    stopped = False
+    try:
+        # Once some results are in, freeze the worker so the run is surely mid-way, then Ctrl-C.
+        deadline = time.monotonic() + MAX_WAIT
+        while len(list(out.rglob("*.mask.png"))) < 5:
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "no results appeared"
+            time.sleep(0.05)
+        os.killpg(worker, signal.SIGSTOP)
+        stopped = True
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        if stopped:
+            os.killpg(worker, signal.SIGCONT)
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 2, err
+    assert "interrupted" in err.splitlines()[-1] and "Traceback" not in err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    for p in out.rglob("*.png"):  # whatever is there is whole
+        _read(p)
+    # A pair is done once its cut-out is there (the mask is written first).
+    finished = [r for r in rels if (out / (_stem_path(r) + ".png")).exists()]
+    assert 5 <= len(finished) < len(rels)
+    done = {p: p.stat().st_mtime_ns for r in finished
+            for p in (out / (_stem_path(r) + ".png"), out / (_stem_path(r) + ".mask.png"))}
+
+    second = maskflow(stack, "batch", str(photos), "--prefix", "hundred", "--out", str(out),
+                      cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"{len(finished)} already done" in second.stderr
+    assert "100 completed, 0 failed" in second.stderr
+    for p, mtime in done.items():  # nothing done was written again
+        assert p.stat().st_mtime_ns == mtime, p
+    for rel in rels:
+        stem = _stem_path(rel)
+        _check_pair(out / f"{stem}.png", out / f"{stem}.mask.png", photos / rel)
+    assert len(list(out.rglob("*.png"))) == 200
+    # The same tree: every result folder is an input folder.
+    assert {p.parent.relative_to(out) for p in out.rglob("*.png")} == \
+        {(photos / r).parent.relative_to(photos) for r in rels}
+
+    status = maskflow(stack, "status", "--batch", "input/hundred/", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("input/hundred/: 100/100 done")
+
+
+def test_batch_via_api_lists_failures_and_keeps_tree(stack, tmp_path):
+    photos = tmp_path / "mixed"
+    rels = make_variants(photos, n=6)
+    (photos / "a/broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 50)  # JPEG magic, no image
+    (photos / "notes.txt").write_text("ignored")
+    proc = maskflow(stack, "batch", str(photos), "--via", "api", "--out", "res", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    failed = [l for l in proc.stderr.splitlines() if "FAILED" in l]
+    assert len(failed) == 1 and "a/broken.jpg" in failed[0] and len(failed[0]) > 40, failed
+    assert "6 completed, 1 failed" in proc.stderr
+    for rel in rels:
+        stem = _stem_path(rel)
+        _check_pair(tmp_path / "res" / f"{stem}.png", tmp_path / "res" / f"{stem}.mask.png",
+                    photos / rel)
+    assert (tmp_path / "res/.maskflow-batch.json").exists()
+
+
+def _documented_mc_commands() -> list[str]:
+    text = (PROJECT_ROOT / "docs/usage.md").read_text()
+    block = text.split("<!-- mc-mirror-commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_documented_mc_mirror_commands_process_100_photos(stack, tmp_path):
+    cfg = stack.cfg
+    try:
+        mc_bin = install.resolve_binary(install.MC, cfg.stack.mc_bin)
+    except install.InstallError as exc:
+        pytest.skip(f"mc unavailable: {exc}")
+    rels = make_variants(tmp_path / "photos")
+    lines = _documented_mc_commands()
+    assert [l.split()[:2] for l in lines] == [["mc", "alias"], ["mc", "mirror"],
+                                             ["maskflow", "status"], ["mc", "mirror"],
+                                             ["mc", "mirror"]]
+    name = f"mirror{os.getpid()}"
+    # MC_CONFIG_DIR keeps the alias out of ~/.mc; the commands themselves run as documented.
+    env = _env(cfg, MC_CONFIG_DIR=str(tmp_path / "mc"))
+    for line in lines:
+        line = line.replace("http://127.0.0.1:9000", f"http://{cfg.minio.endpoint}")
+        line = line.replace("holiday", name)
+        argv = shlex.split(line)
+        if argv[0] == "mc":
+            proc = subprocess.run([str(mc_bin), *argv[1:]], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=MAX_WAIT)
+            assert proc.returncode == 0, (line, proc.stdout, proc.stderr)
+            continue
+        # `maskflow status --batch`: repeat until the whole batch is done (a polling loop).
+        deadline = time.monotonic() + MAX_WAIT
+        while True:
+            proc = subprocess.run([sys.executable, "-m", "infra.cli", *argv[1:]], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)
+            if "100/100 done" in proc.stdout:
+                break
+            assert time.monotonic() < deadline, (proc.stdout, proc.stderr)
+            time.sleep(0.5)
+        assert proc.returncode == 0 and "completed 100" in proc.stdout, proc.stdout
+    for rel in rels:
+        _check_pair(tmp_path / "results/output" / f"{rel}.png",
+                    tmp_path / "results/masks" / f"{rel}.png", tmp_path / "photos" / rel)
+    assert len(list((tmp_path / "results").rglob("*.png"))) == 200
