@@ -1,0 +1,393 @@
+"""ONNX segmentation models behind one contract: a manifest JSON beside each model.
+
+Pure compute (numpy, OpenCV, onnxruntime): no Redis/MinIO here.
+
+    seg = Segmenter.load("models/segmentation.onnx")      # checks sha256 + graph
+    mask = seg.predict(rgb)                               # H x W uint8, 0..255
+
+The manifest (same stem + ".json") declares how to feed the model and read its
+output; see models/README.md for the field list.  Anything that does not agree
+with the ONNX graph is a ModelError at start-up, not a wrong mask later.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+from dataclasses import MISSING, dataclass, field, fields
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+
+class ModelError(Exception):
+    """The model file, its manifest or the configuration disagree."""
+
+
+LAYOUTS = ("NHWC", "NCHW")
+COLOR_ORDERS = ("RGB", "BGR")
+SCALINGS = ("divide_255", "divide_max")
+RESIZES = ("warp_bilinear", "bilinear", "pil_lanczos")
+OUTPUT_KINDS = ("probability", "logits")
+OUTPUT_NORMALIZATIONS = ("none", "minmax")
+OUTPUT_RESIZES = ("bilinear", "pil_lanczos", "nearest")
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    file: str
+    sha256: str
+    input_name: str
+    layout: str                 # NHWC | NCHW
+    input_height: int
+    input_width: int
+    color_order: str            # RGB | BGR
+    scaling: str                # divide_255 | divide_max (x / max(x), as rembg)
+    resize: str                 # warp_bilinear (MediaPipe) | bilinear | pil_lanczos (rembg/PIL)
+    output_name: str
+    output_layout: str          # NHWC | NCHW
+    output_kind: str            # probability (1 channel foreground) | logits (argmax over labels)
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (1.0, 1.0, 1.0)
+    output_normalization: str = "none"   # none | minmax (per image, as the U2-Net authors)
+    output_resize: str = "bilinear"      # bilinear | pil_lanczos | nearest (logits: label map)
+    labels: tuple = ()
+    palette: tuple = ()
+    license: str = ""
+    source: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "manifest") -> "ModelManifest":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        missing = [f.name for f in fields(cls)
+                   if f.default is MISSING and f.default_factory is MISSING and f.name not in d]
+        if missing:
+            raise ModelError(f"{where}: missing field(s) {', '.join(missing)}")
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("mean", "std", "labels"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        if "palette" in kw:
+            kw["palette"] = tuple(tuple(int(c) for c in p) for p in kw["palette"])
+        kw["extra"] = {k: v for k, v in d.items() if k not in known}
+        try:
+            m = cls(**kw)
+        except TypeError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
+        m._validate(where)
+        return m
+
+    @classmethod
+    def from_json(cls, path: str) -> "ModelManifest":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ModelError(f"{path}: model manifest not found (expected beside the model)") from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot read manifest: {exc}") from exc
+        if not isinstance(d, dict):
+            raise ModelError(f"{path}: manifest must be a JSON object")
+        return cls.from_dict(d, path)
+
+    def _validate(self, where: str) -> None:
+        def check(name, value, allowed):
+            if value not in allowed:
+                raise ModelError(f"{where}: {name}={value!r}, expected one of {', '.join(allowed)}")
+        check("layout", self.layout, LAYOUTS)
+        check("output_layout", self.output_layout, LAYOUTS)
+        check("color_order", self.color_order, COLOR_ORDERS)
+        check("scaling", self.scaling, SCALINGS)
+        check("resize", self.resize, RESIZES)
+        check("output_kind", self.output_kind, OUTPUT_KINDS)
+        check("output_normalization", self.output_normalization, OUTPUT_NORMALIZATIONS)
+        check("output_resize", self.output_resize, OUTPUT_RESIZES)
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise ModelError(f"{where}: mean/std need 3 values, std non-zero")
+        if self.input_height <= 0 or self.input_width <= 0:
+            raise ModelError(f"{where}: input size must be positive")
+        if self.output_kind == "logits":
+            if len(self.labels) < 2:
+                raise ModelError(f"{where}: logits output needs at least 2 labels (label 0 = background)")
+            if self.palette and len(self.palette) != len(self.labels):
+                raise ModelError(f"{where}: palette has {len(self.palette)} colours for {len(self.labels)} labels")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------- resampling
+def mediapipe_warp(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """MediaPipe ImageToTensorCalculator (OpenCV backend), full-image ROI:
+    perspective warp mapping image corners to tensor corners, INTER_LINEAR on
+    uint8, BORDER_REPLICATE."""
+    h, w = rgb.shape[:2]
+    src = np.float32([[0, h], [0, 0], [w, 0], [w, h]])
+    dst = np.float32([[0, out_h], [0, 0], [out_w, 0], [out_w, out_h]])
+    m = cv2.getPerspectiveTransform(src, dst)
+    return cv2.warpPerspective(rgb, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+_PIL_PRECISION_BITS = 32 - 8 - 2
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _pil_coefficients(in_size: int, out_size: int) -> np.ndarray:
+    """Dense (out, in) fixed-point Lanczos weights exactly as Pillow's
+    ImagingResample (antialiased: support widened by the scale when shrinking)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    center = (np.arange(out_size) + 0.5) * scale
+    # Pillow truncates with (int) casts; values are >= -support so trunc == floor+1 issues do not arise
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size)
+    x = np.arange(in_size)[None, :]
+    inside = (x >= xmin[:, None]) & (x < xmax[:, None])
+    k = np.where(inside, _lanczos((x - center[:, None] + 0.5) / filterscale), 0.0)
+    total = k.sum(axis=1, keepdims=True)
+    k = np.divide(k, total, out=np.zeros_like(k), where=total != 0)
+    # Pillow rounds the normalised weights to fixed point, half away from zero
+    coeffs = np.trunc(k * (1 << _PIL_PRECISION_BITS) + np.where(k < 0, -0.5, 0.5))
+    coeffs[~inside] = 0.0
+    coeffs.setflags(write=False)
+    return coeffs
+
+
+def _pil_pass(img: np.ndarray, coeffs: np.ndarray, axis: int) -> np.ndarray:
+    acc = np.tensordot(img.astype(np.float64), coeffs, axes=([axis], [1]))  # new axis goes last
+    acc = np.moveaxis(acc, -1, axis)
+    out = np.floor((acc + (1 << (_PIL_PRECISION_BITS - 1))) / (1 << _PIL_PRECISION_BITS))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def pil_lanczos_resize(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Pillow's Image.resize(..., LANCZOS) for uint8 (H,W) or (H,W,C):
+    horizontal pass first, 8-bit intermediate, as Pillow does."""
+    h, w = img.shape[:2]
+    out = img
+    if out_w != w:
+        out = _pil_pass(out, _pil_coefficients(w, out_w), 1)
+    if out_h != h:
+        out = _pil_pass(out, _pil_coefficients(h, out_h), 0)
+    return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------- segmenter
+def _dim_ok(actual, expected: int) -> bool:
+    return not isinstance(actual, int) or actual == expected
+
+
+class Segmenter:
+    """One ONNX Runtime session plus the manifest's pre/post-processing.
+    Create once per process (Segmenter.load) and reuse; it is thread-safe for
+    predict() as ONNX Runtime sessions are."""
+
+    def __init__(self, manifest: ModelManifest, session: ort.InferenceSession, model_path: str):
+        self.manifest = manifest
+        self.session = session
+        self.model_path = model_path
+        shape = session.get_inputs()[[i.name for i in session.get_inputs()].index(manifest.input_name)].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+    # ---------------------------------------------------------- loading
+    @classmethod
+    def load(cls, model_path: str, input_size=None, intra_op_threads: int = 1, inter_op_threads: int = 1,
+             optimization_level: str = "all") -> "Segmenter":
+        model_path = os.fspath(model_path)
+        if not os.path.isfile(model_path):
+            raise ModelError(f"{model_path}: model file not found")
+        manifest_path = os.path.splitext(model_path)[0] + ".json"
+        m = ModelManifest.from_json(manifest_path)
+        if os.path.basename(model_path) != m.file:
+            raise ModelError(f"{manifest_path}: manifest describes {m.file!r}, not {os.path.basename(model_path)!r}")
+        digest = _sha256(model_path)
+        if digest != m.sha256:
+            raise ModelError(f"{model_path}: sha256 {digest} does not match manifest {m.sha256}")
+        if input_size is not None:  # int (square) or [width, height]
+            want = (int(input_size), int(input_size)) if isinstance(input_size, (int, float)) \
+                else tuple(int(v) for v in input_size)
+            if len(want) == 2 and not isinstance(input_size, (int, float)):
+                want = (want[1], want[0])  # config gives [width, height]
+            if want != (m.input_height, m.input_width):
+                raise ModelError(f"{model_path}: model.input_size {input_size!r} does not match the model's "
+                                 f"{m.input_width}x{m.input_height} (manifest {manifest_path})")
+        if optimization_level not in OPT_LEVELS:
+            raise ModelError(f"optimization_level {optimization_level!r}: expected one of {', '.join(OPT_LEVELS)}")
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(intra_op_threads)
+        opts.inter_op_num_threads = int(inter_op_threads)
+        opts.graph_optimization_level = OPT_LEVELS[optimization_level]
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if int(inter_op_threads) <= 1 \
+            else ort.ExecutionMode.ORT_PARALLEL
+        try:
+            session = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"{model_path}: onnxruntime cannot load the model: {exc}") from exc
+        cls._check_graph(m, session, model_path)
+        return cls(m, session, model_path)
+
+    _shared: dict = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, model_path: str, input_size=None, intra_op_threads: int = 1, inter_op_threads: int = 1,
+               optimization_level: str = "all") -> "Segmenter":
+        """load() once per process per (path, options); later calls return the same
+        instance, so a worker never holds two sessions of one model."""
+        key = (os.path.abspath(os.fspath(model_path)), None if input_size is None else str(input_size),
+               int(intra_op_threads), int(inter_op_threads), optimization_level)
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls.load(model_path, input_size, intra_op_threads, inter_op_threads,
+                                            optimization_level)
+            return cls._shared[key]
+
+    @staticmethod
+    def _check_graph(m: ModelManifest, session: ort.InferenceSession, path: str) -> None:
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = {o.name: o for o in session.get_outputs()}
+        if m.input_name not in inputs:
+            raise ModelError(f"{path}: manifest input {m.input_name!r} not in graph inputs {sorted(inputs)}")
+        if m.output_name not in outputs:
+            raise ModelError(f"{path}: manifest output {m.output_name!r} not in graph outputs {sorted(outputs)}")
+        others = [n for n in inputs if n != m.input_name]
+        if others:
+            raise ModelError(f"{path}: graph has extra inputs {others}; only {m.input_name!r} can be fed")
+        inp = inputs[m.input_name]
+        if inp.type != "tensor(float)":
+            raise ModelError(f"{path}: input {m.input_name!r} is {inp.type}, expected tensor(float)")
+        shape = list(inp.shape)
+        if len(shape) != 4:
+            raise ModelError(f"{path}: input {m.input_name!r} has rank {len(shape)} {shape}, expected 4 ({m.layout})")
+        h, w, c = (shape[1], shape[2], shape[3]) if m.layout == "NHWC" else (shape[2], shape[3], shape[1])
+        if not (_dim_ok(h, m.input_height) and _dim_ok(w, m.input_width) and _dim_ok(c, 3)):
+            raise ModelError(f"{path}: input {m.input_name!r} shape {shape} does not match manifest "
+                             f"{m.layout} {m.input_height}x{m.input_width}x3")
+        out = outputs[m.output_name]
+        oshape = list(out.shape)
+        if len(oshape) != 4:
+            raise ModelError(f"{path}: output {m.output_name!r} has rank {len(oshape)} {oshape}, expected 4")
+        oc = oshape[3] if m.output_layout == "NHWC" else oshape[1]
+        want_c = 1 if m.output_kind == "probability" else len(m.labels)
+        if not _dim_ok(oc, want_c):
+            raise ModelError(f"{path}: output {m.output_name!r} shape {oshape} has {oc} channels; manifest "
+                             f"output_kind={m.output_kind} needs {want_c}")
+
+    # ---------------------------------------------------------- pipeline
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) fed to the network."""
+        return self.manifest.input_width, self.manifest.input_height
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> one float32 tensor (no batch dim) in the model's layout."""
+        m = self.manifest
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected H x W x 3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        w, h = m.input_width, m.input_height
+        if m.resize == "warp_bilinear":
+            x = mediapipe_warp(rgb, w, h)
+        elif m.resize == "bilinear":
+            x = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            x = pil_lanczos_resize(rgb, w, h)
+        if m.color_order == "BGR":
+            x = x[:, :, ::-1]
+        if m.scaling == "divide_255":
+            x = x.astype(np.float32) / np.float32(255.0)
+        else:  # rembg: x / max(x) in float64
+            x = x / max(float(x.max()), 1e-6)
+        if m.mean != (0.0, 0.0, 0.0) or m.std != (1.0, 1.0, 1.0):
+            x = (x - np.asarray(m.mean, x.dtype)) / np.asarray(m.std, x.dtype)
+        x = x.astype(np.float32, copy=False)
+        if m.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a preprocessed batch; returns the raw output tensor."""
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            return np.concatenate([self.infer(batch[i:i + self.fixed_batch])
+                                   for i in range(0, batch.shape[0], self.fixed_batch)])
+        return self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})[0]
+
+    def _channels_last(self, out: np.ndarray) -> np.ndarray:
+        return out if self.manifest.output_layout == "NHWC" else out.transpose(1, 2, 0)
+
+    def postprocess(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """One raw output (no batch dim) -> uint8 mask at size=(height, width)."""
+        m = self.manifest
+        if m.output_kind == "logits":
+            return np.where(self.labels_from_output(out, size) != 0, 255, 0).astype(np.uint8)
+        prob = self._channels_last(out)[:, :, 0].astype(np.float32)
+        if m.output_normalization == "minmax":
+            lo, hi = float(prob.min()), float(prob.max())
+            prob = (prob - lo) / (hi - lo) if hi > lo else np.zeros_like(prob)
+        h, w = size
+        if m.output_resize == "pil_lanczos":
+            # rembg: (pred * 255).astype(uint8) then PIL LANCZOS to the original size
+            return pil_lanczos_resize((prob * 255).astype(np.uint8), w, h)
+        interp = cv2.INTER_LINEAR if m.output_resize == "bilinear" else cv2.INTER_NEAREST
+        if prob.shape != (h, w):
+            prob = cv2.resize(prob, (w, h), interpolation=interp)
+        return (np.clip(prob, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def labels_from_output(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        # argmax at model resolution, then nearest-neighbour upsampling of the
+        # label map: upsampling C logit planes to full size would cost C x memory
+        labels = np.argmax(self._channels_last(out), axis=2).astype(np.uint8 if len(self.manifest.labels) <= 256
+                                                                   else np.uint16)
+        h, w = size
+        if labels.shape != (h, w):
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        return labels
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> H x W uint8 foreground mask (0..255)."""
+        return self.predict_batch([rgb])[0]
+
+    def predict_batch(self, images: list) -> list:
+        if not images:
+            return []
+        batch = np.stack([self.preprocess(im) for im in images])
+        out = self.infer(batch)
+        return [self.postprocess(out[i], im.shape[:2]) for i, im in enumerate(images)]
+
+    def predict_labels(self, rgb: np.ndarray) -> np.ndarray:
+        """logits models only: H x W label indices (0 = background)."""
+        if self.manifest.output_kind != "logits":
+            raise ModelError(f"{self.model_path}: predict_labels needs output_kind=logits, "
+                             f"manifest says {self.manifest.output_kind}")
+        out = self.infer(self.preprocess(rgb)[None])
+        return self.labels_from_output(out[0], rgb.shape[:2])
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """Label map -> H x W x 3 RGB using the manifest palette."""
+        if not self.manifest.palette:
+            raise ModelError(f"{self.model_path}: manifest has no palette")
+        return np.asarray(self.manifest.palette, np.uint8)[labels]
+
+
+__all__ = ["ModelError", "ModelManifest", "Segmenter", "mediapipe_warp", "pil_lanczos_resize"]

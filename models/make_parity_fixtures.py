@@ -1,0 +1,190 @@
+"""Generate the parity fixtures in tests/fixtures/ (photos + reference outputs).
+
+The references come from the upstream pipelines themselves, each run in its own
+virtualenv OUTSIDE the repo (never install mediapipe/rembg into .venv):
+
+    # 0. sample photos from scikit-image's bundled data (re-encoded small)
+    .venv/bin/pip download --no-deps scikit-image==0.26.0 -d /tmp/wheels
+    .venv/bin/python models/make_parity_fixtures.py photos --skimage-wheel /tmp/wheels/scikit_image-0.26.0-*.whl
+
+    # 1. decode them with OUR decoder (infra/images.py) so both sides see the same RGB
+    .venv/bin/python models/make_parity_fixtures.py decode --inputs /tmp/parity_inputs.npz
+
+    # 2. MediaPipe reference: mp.solutions.selfie_segmentation, model_selection=0
+    python3.11 -m venv /tmp/mpenv && /tmp/mpenv/bin/pip install mediapipe==0.10.14
+    /tmp/mpenv/bin/python models/make_parity_fixtures.py mediapipe --inputs /tmp/parity_inputs.npz
+
+    # 3. rembg reference (u2netp), model file pre-placed so nothing is downloaded
+    python3.11 -m venv /tmp/rbenv && /tmp/rbenv/bin/pip install rembg onnxruntime
+    mkdir -p /tmp/u2home && cp models/u2netp.onnx /tmp/u2home/
+    U2NET_HOME=/tmp/u2home /tmp/rbenv/bin/python models/make_parity_fixtures.py rembg --inputs /tmp/parity_inputs.npz
+
+Outputs (tests/fixtures/parity/): <name>.mediapipe.npz (probability as uint16,
+p*65535 rounded, at the photo's resolution), <name>.rembg_u2netp.npz (rembg's
+uint8 mask), and index.json (photo list, person flag, sha256 of the decoded RGB
+so the test can tell a decoder change from a model change, tool versions).
+Steps 2 and 3 need only numpy plus the upstream package: no repo imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import sys
+import zipfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+PHOTOS = os.path.join(FIXTURES, "photos")
+PARITY = os.path.join(FIXTURES, "parity")
+INDEX = os.path.join(PARITY, "index.json")
+
+# name -> (has a person, what it exercises)
+PHOTO_SET = {
+    "astronaut.jpg": (True, "RGB JPEG, 512x512 (skimage astronaut)"),
+    "camera_gray.png": (True, "8-bit grayscale PNG, 512x512 (skimage camera)"),
+    "astronaut_exif6.jpg": (True, "JPEG stored rotated with EXIF orientation 6, crop of astronaut"),
+    "chelsea.jpg": (False, "cat, no person"),
+    "coffee.jpg": (False, "coffee cup, no person"),
+    "rocket.jpg": (False, "rocket launch, no person"),
+    "astronaut_rgba.png": (True, "RGBA PNG: astronaut at 256x256 with a soft elliptical alpha cut-out"),
+    "motorcycle.jpg": (False, "motorcycle, no person (skimage motorcycle_left)"),
+}
+
+
+def _exif_orientation_app1(orientation: int) -> bytes:
+    """Minimal APP1 Exif segment with one IFD0 entry: Orientation (274)."""
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 274, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def make_photos(wheel: str) -> None:
+    import cv2
+
+    os.makedirs(PHOTOS, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        def load(name, flags=cv2.IMREAD_UNCHANGED):
+            return cv2.imdecode(np.frombuffer(zf.read("skimage/data/" + name), np.uint8), flags)
+        jpg = [cv2.IMWRITE_JPEG_QUALITY, 90]
+        astro = load("astronaut.png")
+        cv2.imwrite(os.path.join(PHOTOS, "astronaut.jpg"), astro, jpg)
+        cam = load("camera.png")
+        assert cam.ndim == 2
+        cv2.imwrite(os.path.join(PHOTOS, "camera_gray.png"), cam, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        # upright crop (head and shoulders), stored rotated 90 deg CCW + EXIF 6
+        upright = astro[0:400, 60:360]
+        stored = np.ascontiguousarray(np.rot90(upright, 1))
+        ok, enc = cv2.imencode(".jpg", stored, jpg)
+        data = enc.tobytes()
+        data = data[:2] + _exif_orientation_app1(6) + data[2:]
+        with open(os.path.join(PHOTOS, "astronaut_exif6.jpg"), "wb") as f:
+            f.write(data)
+        cv2.imwrite(os.path.join(PHOTOS, "chelsea.jpg"), load("chelsea.png"), jpg)
+        cv2.imwrite(os.path.join(PHOTOS, "coffee.jpg"), load("coffee.png"), jpg)
+        cv2.imwrite(os.path.join(PHOTOS, "rocket.jpg"), load("rocket.jpg"), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        cv2.imwrite(os.path.join(PHOTOS, "motorcycle.jpg"), load("motorcycle_left.png"), jpg)
+        # skimage has no photo with real transparency: give one a soft elliptical alpha
+        small = cv2.resize(astro, (256, 256), interpolation=cv2.INTER_AREA)
+        y, x = np.mgrid[0:256, 0:256]
+        r = np.sqrt(((x - 128) / 110.0) ** 2 + ((y - 140) / 125.0) ** 2)
+        alpha = np.clip((1.1 - r) * 5 * 255, 0, 255).astype(np.uint8)
+        cv2.imwrite(os.path.join(PHOTOS, "astronaut_rgba.png"), np.dstack([small, alpha]),
+                    [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    for name in PHOTO_SET:
+        print(name, os.path.getsize(os.path.join(PHOTOS, name)), "bytes")
+
+
+def decode(inputs: str) -> None:
+    sys.path.insert(0, ROOT)
+    from infra.images import decode_image
+
+    arrays = {}
+    index = {"photos": {}}
+    for name, (person, note) in PHOTO_SET.items():
+        with open(os.path.join(PHOTOS, name), "rb") as f:
+            rgb = decode_image(f.read())
+        arrays[name] = rgb
+        index["photos"][name] = {"person": person, "note": note, "shape": list(rgb.shape),
+                                 "rgb_sha256": hashlib.sha256(rgb.tobytes()).hexdigest()}
+    np.savez(inputs, **arrays)
+    os.makedirs(PARITY, exist_ok=True)
+    old = json.load(open(INDEX)) if os.path.exists(INDEX) else {}
+    old.update(index)
+    with open(INDEX, "w") as f:
+        json.dump(old, f, indent=2, sort_keys=True)
+    print("decoded", len(arrays), "photos ->", inputs)
+
+
+def _record_tool(key: str, value: dict) -> None:
+    idx = json.load(open(INDEX))
+    idx.setdefault("tools", {})[key] = value
+    with open(INDEX, "w") as f:
+        json.dump(idx, f, indent=2, sort_keys=True)
+
+
+def run_mediapipe(inputs: str) -> None:
+    import mediapipe as mp
+
+    data = np.load(inputs)
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        for name in PHOTO_SET:
+            rgb = np.ascontiguousarray(data[name])
+            prob = seg.process(rgb).segmentation_mask
+            assert prob.shape == rgb.shape[:2], (name, prob.shape)
+            q = np.round(np.clip(prob, 0, 1) * 65535).astype(np.uint16)
+            np.savez_compressed(os.path.join(PARITY, name + ".mediapipe.npz"), prob=q)
+            print(name, "mediapipe mean prob %.4f" % prob.mean())
+    _record_tool("mediapipe", {"version": mp.__version__, "api": "mp.solutions.selfie_segmentation",
+                               "model_selection": 0, "numpy": np.__version__})
+
+
+def run_rembg(inputs: str) -> None:
+    import rembg
+    from PIL import Image
+
+    home = os.environ.get("U2NET_HOME")
+    if not home or not os.path.exists(os.path.join(home, "u2netp.onnx")):
+        raise SystemExit("set U2NET_HOME to a directory holding u2netp.onnx (no downloads wanted)")
+    session = rembg.new_session("u2netp")
+    data = np.load(inputs)
+    for name in PHOTO_SET:
+        rgb = np.ascontiguousarray(data[name])
+        mask = rembg.remove(Image.fromarray(rgb), session=session, only_mask=True)
+        mask = np.asarray(mask)
+        assert mask.shape == rgb.shape[:2] and mask.dtype == np.uint8, (name, mask.shape, mask.dtype)
+        np.savez_compressed(os.path.join(PARITY, name + ".rembg_u2netp.npz"), mask=mask)
+        print(name, "rembg mean mask %.2f" % mask.mean())
+    import importlib.metadata as md
+    _record_tool("rembg", {"version": md.version("rembg"), "session": "u2netp", "call": "remove(only_mask=True)",
+                           "pillow": md.version("pillow"), "onnxruntime": md.version("onnxruntime")})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="parity fixtures (see module docstring)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("photos")
+    p.add_argument("--skimage-wheel", required=True)
+    for cmd in ("decode", "mediapipe", "rembg"):
+        q = sub.add_parser(cmd)
+        q.add_argument("--inputs", default="/tmp/parity_inputs.npz")
+    args = ap.parse_args(argv)
+    if args.cmd == "photos":
+        make_photos(args.skimage_wheel)
+    elif args.cmd == "decode":
+        decode(args.inputs)
+    elif args.cmd == "mediapipe":
+        run_mediapipe(args.inputs)
+    else:
+        run_rembg(args.inputs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

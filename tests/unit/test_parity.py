@@ -1,0 +1,77 @@
+"""Fidelity against the upstream pipelines, using fixtures made once by
+models/make_parity_fixtures.py (MediaPipe 0.10.14 and rembg, isolated venvs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from functions.segmenter import Segmenter
+from infra.images import decode_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+with open(os.path.join(FIX, "parity", "index.json")) as _f:
+    INDEX = json.load(_f)
+PHOTOS = sorted(INDEX["photos"])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    fa, fb = a >= 0.5, b >= 0.5
+    union = (fa | fb).sum()
+    return 1.0 if union == 0 else float((fa & fb).sum() / union)
+
+
+@pytest.fixture(scope="module")
+def selfie():
+    return Segmenter.load(os.path.join(ROOT, "models", "segmentation.onnx"))
+
+
+@pytest.fixture(scope="module")
+def u2netp():
+    return Segmenter.load(os.path.join(ROOT, "models", "u2netp.onnx"))
+
+
+def load_rgb(name):
+    with open(os.path.join(FIX, "photos", name), "rb") as f:
+        return decode_image(f.read())
+
+
+def test_fixture_set_covers_required_cases():
+    photos = INDEX["photos"]
+    assert len(photos) >= 6
+    assert sum(p["person"] for p in photos.values()) >= 2 and sum(not p["person"] for p in photos.values()) >= 2
+    notes = " ".join(p["note"] for p in photos.values())
+    assert "grayscale" in notes and "EXIF" in notes and "RGBA" in notes
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_decoder_unchanged_since_fixtures(name):
+    rgb = load_rgb(name)
+    assert hashlib.sha256(rgb.tobytes()).hexdigest() == INDEX["photos"][name]["rgb_sha256"], \
+        "decode_image output changed; regenerate fixtures (models/make_parity_fixtures.py)"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_selfie_matches_mediapipe(selfie, name):
+    rgb = load_rgb(name)
+    ref = np.load(os.path.join(FIX, "parity", name + ".mediapipe.npz"))["prob"].astype(np.float64) / 65535
+    ours = selfie.predict(rgb).astype(np.float64) / 255
+    assert ours.shape == ref.shape
+    mad = np.abs(ours - ref).mean()
+    assert mad <= 0.003, f"{name}: mean |p - p_mediapipe| = {mad:.5f}"
+    if INDEX["photos"][name]["person"]:
+        assert iou(ours, ref) >= 0.99, f"{name}: IoU {iou(ours, ref):.4f}"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_u2netp_matches_rembg(u2netp, name):
+    rgb = load_rgb(name)
+    ref = np.load(os.path.join(FIX, "parity", name + ".rembg_u2netp.npz"))["mask"].astype(np.float64) / 255
+    ours = u2netp.predict(rgb).astype(np.float64) / 255
+    assert ours.shape == ref.shape
+    assert iou(ours, ref) >= 0.99, f"{name}: IoU {iou(ours, ref):.4f}"

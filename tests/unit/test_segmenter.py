@@ -1,0 +1,285 @@
+"""functions/segmenter.py: manifest contract, loader checks, pre/post-processing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from functions.segmenter import ModelError, ModelManifest, Segmenter, mediapipe_warp, pil_lanczos_resize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODELS = os.path.join(ROOT, "models")
+SELFIE = os.path.join(MODELS, "segmentation.onnx")
+U2NETP = os.path.join(MODELS, "u2netp.onnx")
+rng = np.random.default_rng(7)
+
+
+@pytest.fixture(scope="module")
+def selfie():
+    return Segmenter.load(SELFIE)
+
+
+def copy_model(tmp_path, src=SELFIE, **manifest_changes):
+    """Copy a model + manifest into tmp_path, applying manifest edits."""
+    dst = tmp_path / os.path.basename(src)
+    shutil.copy(src, dst)
+    with open(os.path.splitext(src)[0] + ".json") as f:
+        man = json.load(f)
+    man.update(manifest_changes)
+    (tmp_path / (dst.stem + ".json")).write_text(json.dumps(man))
+    return str(dst)
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# ---------------------------------------------------------------- manifest + loader
+def test_manifests_describe_their_models():
+    for path in (SELFIE, U2NETP):
+        m = ModelManifest.from_json(os.path.splitext(path)[0] + ".json")
+        assert m.file == os.path.basename(path)
+        assert m.sha256 == sha256(path)
+        assert m.license.startswith("Apache-2.0") and m.source
+
+
+def test_load_default_model(selfie):
+    m = selfie.manifest
+    assert (m.input_name, m.layout, m.input_height, m.input_width) == ("image", "NHWC", 256, 256)
+    assert m.output_kind == "probability" and selfie.fixed_batch is None
+    assert selfie.input_size == (256, 256)
+
+
+def test_sha256_mismatch_names_file(tmp_path):
+    path = copy_model(tmp_path, sha256="0" * 64)
+    with pytest.raises(ModelError) as ei:
+        Segmenter.load(path)
+    assert "segmentation.onnx" in str(ei.value) and "sha256" in str(ei.value)
+
+
+def test_tampered_model_detected(tmp_path):
+    path = copy_model(tmp_path)
+    with open(path, "r+b") as f:
+        f.seek(-10, os.SEEK_END)
+        f.write(b"\x00" * 4)
+    with pytest.raises(ModelError, match="does not match manifest"):
+        Segmenter.load(path)
+
+
+def test_declared_input_size_must_match_graph(tmp_path):
+    path = copy_model(tmp_path, input_height=320, input_width=320)
+    with pytest.raises(ModelError) as ei:
+        Segmenter.load(path)
+    assert "[" in str(ei.value) and "320x320x3" in str(ei.value)
+
+
+def test_declared_layout_must_match_graph(tmp_path):
+    path = copy_model(tmp_path, layout="NCHW")
+    with pytest.raises(ModelError, match="NCHW"):
+        Segmenter.load(path)
+
+
+def test_declared_input_and_output_names_must_exist(tmp_path):
+    with pytest.raises(ModelError, match="'pixels' not in graph inputs"):
+        Segmenter.load(copy_model(tmp_path, input_name="pixels"))
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ModelError, match="'mask' not in graph outputs"):
+        Segmenter.load(copy_model(tmp_path / "b", output_name="mask"))
+
+
+def test_logits_manifest_on_probability_model_fails(tmp_path):
+    path = copy_model(tmp_path, output_kind="logits", labels=["bg", "a", "b"])
+    with pytest.raises(ModelError, match="needs 3"):
+        Segmenter.load(path)
+
+
+def test_missing_manifest_and_model(tmp_path):
+    shutil.copy(SELFIE, tmp_path / "segmentation.onnx")
+    with pytest.raises(ModelError, match="manifest not found"):
+        Segmenter.load(str(tmp_path / "segmentation.onnx"))
+    with pytest.raises(ModelError, match="model file not found"):
+        Segmenter.load(str(tmp_path / "nope.onnx"))
+
+
+def test_manifest_missing_field_and_bad_enum(tmp_path):
+    d = json.load(open(os.path.join(MODELS, "segmentation.json")))
+    del d["output_name"]
+    with pytest.raises(ModelError, match="output_name"):
+        ModelManifest.from_dict(d)
+    d = json.load(open(os.path.join(MODELS, "segmentation.json")))
+    d["resize"] = "magic"
+    with pytest.raises(ModelError, match="resize='magic'"):
+        ModelManifest.from_dict(d)
+
+
+def test_config_input_size_must_equal_manifest():
+    assert Segmenter.load(SELFIE, input_size=256).input_size == (256, 256)
+    assert Segmenter.load(SELFIE, input_size=[256, 256]).input_size == (256, 256)
+    with pytest.raises(ModelError) as ei:
+        Segmenter.load(SELFIE, input_size=320)
+    assert "input_size" in str(ei.value) and "256x256" in str(ei.value)
+
+
+def test_shared_returns_one_session_per_options():
+    a = Segmenter.shared(SELFIE)
+    assert Segmenter.shared(SELFIE) is a
+    assert Segmenter.shared(SELFIE, intra_op_threads=2) is not a
+
+
+def test_session_options_are_applied():
+    s = Segmenter.load(SELFIE, intra_op_threads=2, inter_op_threads=1, optimization_level="basic")
+    assert s.session.get_session_options().intra_op_num_threads == 2
+    with pytest.raises(ModelError, match="optimization_level"):
+        Segmenter.load(SELFIE, optimization_level="turbo")
+
+
+# ---------------------------------------------------------------- pre/post-processing
+def test_mediapipe_warp_is_corner_aligned_bilinear():
+    # tensor pixel (u, v) samples the image at (u * W/out, v * H/out): corner-aligned,
+    # not pixel-centre aligned as cv2.resize would be
+    img = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    out = mediapipe_warp(img, 32, 24).astype(np.float64)
+    src = img.astype(np.float64)
+    v, u = np.mgrid[0:24, 0:32]
+    x, y = u * 90 / 32, v * 60 / 24
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, 89), np.minimum(y0 + 1, 59)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    ref = (src[y0, x0] * (1 - fx) * (1 - fy) + src[y0, x1] * fx * (1 - fy)
+           + src[y1, x0] * (1 - fx) * fy + src[y1, x1] * fx * fy)
+    assert np.abs(out - ref).max() <= 2  # OpenCV uses 1/32-pixel fixed point weights
+    half_pixel = cv2.resize(img, (32, 24), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+    assert np.abs(half_pixel - ref).mean() > 5 * np.abs(out - ref).mean()
+
+
+@pytest.mark.parametrize("src_hw,dst_wh", [((50, 70), (320, 320)), ((512, 512), (320, 320)), ((320, 320), (97, 141))])
+def test_pil_lanczos_resize_equals_pillow(src_hw, dst_wh):
+    from PIL import Image
+
+    img = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    img = cv2.GaussianBlur(img, (5, 5), 0)
+    ours = pil_lanczos_resize(img, *dst_wh)
+    theirs = np.asarray(Image.fromarray(img).resize(dst_wh, Image.Resampling.LANCZOS))
+    assert ours.shape == theirs.shape
+    assert np.abs(ours.astype(int) - theirs).max() <= 1
+    assert (ours == theirs).mean() > 0.99
+    gray = img[:, :, 0].copy()
+    theirs_g = np.asarray(Image.fromarray(gray).resize(dst_wh, Image.Resampling.LANCZOS))
+    assert np.abs(pil_lanczos_resize(gray, *dst_wh).astype(int) - theirs_g).max() <= 1
+
+
+def test_preprocess_selfie_tensor(selfie):
+    img = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    x = selfie.preprocess(img)
+    assert x.shape == (256, 256, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, mediapipe_warp(img, 256, 256).astype(np.float32) / 255)
+
+
+def test_preprocess_u2netp_tensor():
+    s = Segmenter.load(U2NETP)
+    img = rng.integers(0, 200, (64, 80, 3), dtype=np.uint8)
+    x = s.preprocess(img)
+    assert x.shape == (3, 320, 320) and x.dtype == np.float32
+    r = pil_lanczos_resize(img, 320, 320) / max(pil_lanczos_resize(img, 320, 320).max(), 1e-6)
+    np.testing.assert_allclose(x[0], (r[:, :, 0] - 0.485) / 0.229, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x[2], (r[:, :, 2] - 0.406) / 0.225, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_output_at_input_resolution(selfie):
+    img = rng.integers(0, 256, (123, 77, 3), dtype=np.uint8)
+    mask = selfie.predict(img)
+    assert mask.shape == (123, 77) and mask.dtype == np.uint8
+    raw = selfie.infer(selfie.preprocess(img)[None])[0, :, :, 0]
+    want = cv2.resize(raw, (77, 123), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(mask / 255.0 - want).max() <= 0.5 / 255 + 1e-6
+
+
+def test_predict_batch_equals_single(selfie):
+    imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((64, 64), (40, 90), (300, 200))]
+    batch = selfie.predict_batch(imgs)
+    for im, m in zip(imgs, batch):
+        assert m.shape == im.shape[:2]
+        assert np.abs(m.astype(int) - selfie.predict(im)).max() <= 1
+    assert selfie.predict_batch([]) == []
+
+
+def test_fixed_batch_model_handles_batches():
+    s = Segmenter.load(U2NETP)
+    assert s.fixed_batch == 1
+    imgs = [rng.integers(0, 256, (50, 60, 3), dtype=np.uint8) for _ in range(2)]
+    out = s.predict_batch(imgs)
+    assert [m.shape for m in out] == [(50, 60), (50, 60)]
+    assert np.array_equal(out[1], s.predict(imgs[1]))
+
+
+def test_predict_rejects_wrong_input(selfie):
+    with pytest.raises(ValueError):
+        selfie.predict(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError):
+        selfie.predict(np.zeros((10, 10, 3), np.float32))
+
+
+# ---------------------------------------------------------------- multi-class logits
+def make_logits_model(tmp_path, labels=("background", "green", "blue")):
+    """Tiny real ONNX graph: NCHW input 8x8, 1x1 Conv whose class scores are the
+    R, G, B channels, then a 2x2 average pool -> logits [N,3,4,4]."""
+    w = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[1, 1]),
+         helper.make_node("AveragePool", ["c"], ["logits"], kernel_shape=[2, 2], strides=[2, 2])],
+        "tiny_logits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    manifest = {
+        "file": "tiny.onnx", "sha256": sha256(path), "input_name": "x", "layout": "NCHW",
+        "input_height": 8, "input_width": 8, "color_order": "RGB", "scaling": "divide_255",
+        "resize": "bilinear", "output_name": "logits", "output_layout": "NCHW", "output_kind": "logits",
+        "output_resize": "nearest", "labels": list(labels),
+        "palette": [[0, 0, 0], [0, 255, 0], [0, 0, 255]][:len(labels)],
+        "license": "test", "source": "generated in test",
+    }
+    (tmp_path / "tiny.json").write_text(json.dumps(manifest))
+    return str(path)
+
+
+def test_logits_model_argmax_labels_and_mask(tmp_path):
+    s = Segmenter.load(make_logits_model(tmp_path))
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[:, :20] = (200, 10, 10)      # red -> label 0 (background)
+    img[:20, 20:] = (10, 200, 10)    # green -> label 1
+    img[20:, 20:] = (10, 10, 200)    # blue -> label 2
+    labels = s.predict_labels(img)
+    assert labels.shape == (40, 40)
+    assert (labels[:, :20] == 0).all() and (labels[:20, 20:] == 1).all() and (labels[20:, 20:] == 2).all()
+    mask = s.predict(img)
+    assert mask.dtype == np.uint8 and mask.shape == (40, 40)
+    assert (mask[:, :20] == 0).all() and (mask[:, 20:] == 255).all()
+    colors = s.colorize(labels)
+    assert colors[30, 30].tolist() == [0, 0, 255] and colors[5, 5].tolist() == [0, 0, 0]
+
+
+def test_logits_label_count_must_match_graph(tmp_path):
+    path = make_logits_model(tmp_path, labels=("background", "person"))
+    with pytest.raises(ModelError) as ei:
+        Segmenter.load(path)
+    assert "tiny.onnx" in str(ei.value) and "3 channels" in str(ei.value)
+
+
+def test_predict_labels_refused_for_probability_model(selfie):
+    with pytest.raises(ModelError, match="logits"):
+        selfie.predict_labels(np.zeros((8, 8, 3), np.uint8))
