@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from minio import Minio
 from minio.notificationconfig import (NotificationConfig, PrefixFilterRule, QueueConfig,
                                       SuffixFilterRule)
 
-from infra.config import PROJECT_ROOT, Config
+from infra.config import PROJECT_ROOT, Config, ConfigError, load_config
+from infra.objects import ObjectStore
 
 NOTIFY_FILE = PROJECT_ROOT / "minio-notify.json"
 
@@ -63,3 +65,20 @@ def bootstrap(cfg: Config, client: Minio, redis_client: redis.Redis) -> None:
     if kind not in ("none", "list"):
         raise BootstrapError(f"Redis key {cfg.queue.events_key} is a {kind}, not a list: "
                              f"MinIO cannot deliver events into it. Delete it or change queue.events_key.")
+
+
+def main() -> int:
+    """`python -m infra.bootstrap`: the compose stack's one-shot init service."""
+    try:
+        cfg = load_config()
+        r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
+        bootstrap(cfg, ObjectStore(cfg).client, r)
+    except (ConfigError, BootstrapError) as exc:
+        print(f"maskflow bootstrap: {exc}", file=sys.stderr)
+        return 2
+    print(f"bucket {cfg.minio.bucket} ready; events go to Redis list {cfg.queue.events_key}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -226,7 +226,7 @@ def test_batch_via_api_lists_failures_and_keeps_tree(stack, tmp_path):
 
 
 def _documented_mc_commands() -> list[str]:
-    text = (PROJECT_ROOT / "docs/usage.md").read_text()
+    text = (PROJECT_ROOT / "README.md").read_text()
     block = text.split("<!-- mc-mirror-commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip()]
 

@@ -1,0 +1,79 @@
+"""No Docker engine runs here: check docker-compose.yml agrees with the config and the notify file."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from infra.bootstrap import NOTIFY_FILE, load_rules, redis_target_arn
+from infra.config import PROJECT_ROOT, load_config
+from infra.install import MC, MINIO
+
+COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def app_env() -> dict[str, str]:
+    return SERVICES["api"]["environment"]
+
+
+def test_services_are_the_production_shape():
+    assert set(SERVICES) == {"redis", "minio", "init", "api", "worker"}
+    assert SERVICES["init"]["restart"] == "no"
+    assert SERVICES["worker"]["environment"] is SERVICES["api"]["environment"] or \
+        SERVICES["worker"]["environment"] == SERVICES["api"]["environment"]
+    assert "ports" not in SERVICES["worker"], "workers must scale: no fixed host port"
+
+
+def test_app_environment_is_valid_config_matching_minio_and_redis():
+    env = {k: v for k, v in app_env().items() if not str(v).startswith("${")}
+    cfg = load_config(env=env)  # unknown or malformed MASKFLOW_* keys fail here
+    minio_env = SERVICES["minio"]["environment"]
+    target = cfg.queue.target_id
+    assert cfg.minio.bucket == load_config(env={}).minio.bucket == "ai-segmentation"
+    assert minio_env[f"MINIO_NOTIFY_REDIS_KEY_{target}"] == cfg.queue.events_key
+    assert minio_env[f"MINIO_NOTIFY_REDIS_ADDRESS_{target}"] == f"{cfg.redis.host}:{cfg.redis.port}"
+    assert minio_env[f"MINIO_NOTIFY_REDIS_FORMAT_{target}"] == "access"
+    assert minio_env[f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{target}"] == "/events"
+    assert minio_env["MINIO_API_SYNC_EVENTS"] == "on"
+    assert any(v.endswith(":/events") for v in SERVICES["minio"]["volumes"])
+    assert cfg.minio.endpoint == "minio:9000"
+    assert SERVICES["api"]["ports"] == [f"127.0.0.1:{cfg.api.port}:{cfg.api.port}"]
+    assert load_rules(cfg)[0].arn == redis_target_arn(cfg)
+
+
+def test_credentials_have_no_defaults():
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    assert "minioadmin" not in text
+    for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert re.search(r"\$\{" + var + r":\?", text), f"{var} must be required from .env"
+
+
+def test_redis_is_persistent_and_never_evicts():
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_minio_image_builds_the_pinned_source():
+    dockerfile = (PROJECT_ROOT / "infra/docker/minio.Dockerfile").read_text()
+    assert f"MINIO_VERSION={MINIO.version}" in dockerfile
+    assert f"MC_VERSION={MC.version}" in dockerfile
+
+
+def test_notify_file_filters_input_created_events_only():
+    doc = json.loads(NOTIFY_FILE.read_text())
+    (rule,) = doc["queue"]
+    assert rule["prefix"] == "input/"
+    assert rule["events"] == ["s3:ObjectCreated:*"]
+    assert rule["arn"] in doc["operator_command"] and "--prefix input/" in doc["operator_command"]
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "init"])
+def test_app_services_wait_for_bootstrap(name):
+    if name == "init":
+        assert SERVICES[name]["depends_on"]["minio"]["condition"] == "service_healthy"
+    else:
+        assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
