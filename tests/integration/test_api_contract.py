@@ -217,7 +217,7 @@ def test_completed_and_failed_tasks_render_like_the_contract(api, servers, store
     task_id = "done" + str(time.monotonic_ns())
     key = f"input/{task_id}.jpg"
     store.create_pending(task_id, key)
-    assert store.begin(task_id, key, "etag", "1", "test-worker")[0] == "start"
+    assert store.begin(task_id, key, "etag", "1", "test-worker", "run-1")[0] == "start"
     objects.put(f"output/{task_id}.png", b"segmented", "image/png")
     objects.put(f"masks/{task_id}.png", b"mask", "image/png")
     assert store.complete(task_id, "1", f"output/{task_id}.png", f"masks/{task_id}.png")
@@ -232,7 +232,7 @@ def test_completed_and_failed_tasks_render_like_the_contract(api, servers, store
 
     failed_id = "failed" + str(time.monotonic_ns())
     store.create_pending(failed_id, f"input/{failed_id}.jpg")
-    store.begin(failed_id, f"input/{failed_id}.jpg", "e", "1", "test-worker")
+    store.begin(failed_id, f"input/{failed_id}.jpg", "e", "1", "test-worker", "run-1")
     store.fail(failed_id, "1", "image is corrupt")
     task = requests.get(f"{api.url}/api/v1/tasks/{failed_id}", timeout=5).json()
     assert task["status"] == "failed" and task["error"] == "image is corrupt"

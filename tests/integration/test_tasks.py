@@ -1,0 +1,92 @@
+"""Task transitions against the real Redis: idempotent, versioned, never backwards."""
+from __future__ import annotations
+
+import pytest
+
+from infra.queue import EventQueue, heartbeat_key
+from infra.tasks import TaskStore, batch_prefixes, derive_task_id
+
+
+@pytest.fixture
+def store(servers, clean_redis):
+    return TaskStore(clean_redis, servers.cfg)
+
+
+def test_duplicate_event_after_completion_changes_nothing(store):
+    tid = derive_task_id("b", "input/x/a.jpg")
+    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w1", "r1") == ("start", 1)
+    assert store.complete(tid, "0A", "output/x/a.jpg.png", "masks/x/a.jpg.png")
+    done = store.get(tid)
+    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w2", "r2")[0] == "duplicate"
+    assert store.get(tid) == done and done.status == "completed"
+
+
+def test_older_event_is_stale_and_newer_version_restarts(store):
+    tid = derive_task_id("b", "input/x/a.jpg")
+    store.begin(tid, "input/x/a.jpg", "e2", "0B", "w1", "r1")
+    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w1", "r1")[0] == "stale"
+    store.complete(tid, "0B", "o", "m")
+    assert store.begin(tid, "input/x/a.jpg", "e3", "0C", "w1", "r1") == ("start", 1)
+    task = store.get(tid)
+    assert task.status == "processing" and task.etag == "e3" and task.output_key is None
+    # finishing the old version is refused: only the version being processed may finish
+    assert not store.complete(tid, "0B", "o", "m")
+    assert store.get(tid).status == "processing"
+
+
+def test_busy_only_while_the_claiming_process_lives(servers, store, clean_redis):
+    tid = derive_task_id("b", "input/k.jpg")
+    queue = EventQueue(clean_redis, servers.cfg, "w1")
+    queue.heartbeat(ready="1")
+    assert store.begin(tid, "input/k.jpg", "e", "01", "w1", queue.run_id)[0] == "start"
+    assert store.begin(tid, "input/k.jpg", "e", "01", "w2", "other")[0] == "busy"
+    # w1 restarted: same id, new run -> the old claim is orphaned and may be taken over
+    EventQueue(clean_redis, servers.cfg, "w1").heartbeat(ready="1")
+    assert store.begin(tid, "input/k.jpg", "e", "01", "w2", "other") == ("start", 2)
+    clean_redis.delete(heartbeat_key("w1"))
+
+
+def test_attempts_exhausted_fail_the_task(servers, store):
+    tid = derive_task_id("b", "input/poison.jpg")
+    for attempt in range(1, servers.cfg.task.max_attempts + 1):
+        assert store.begin(tid, "input/poison.jpg", "e", "01", f"w{attempt}", "r") == ("start", attempt)
+    decision, _ = store.begin(tid, "input/poison.jpg", "e", "01", "w9", "r")
+    assert decision == "exhausted"
+    assert store.get(tid).status == "failed" and "gave up" in store.get(tid).error
+
+
+def test_batch_counters_follow_transitions(store):
+    keys = [f"input/b1/sub/{i}.jpg" for i in range(4)]
+    ids = [derive_task_id("b", k) for k in keys]
+    for tid, key in zip(ids, keys):
+        store.begin(tid, key, "e", "01", "w", "r")
+    store.complete(ids[0], "01", "o", "m")
+    store.fail(ids[1], "01", "broken image")
+    for prefix in batch_prefixes(keys[0]):
+        summary = store.batch(prefix)
+        assert summary.total == 4 and summary.done == 2
+        assert summary.counts == {"pending": 0, "processing": 2, "completed": 1, "failed": 1}
+        assert [(t.input_key, t.error) for t in summary.failures] == [(keys[1], "broken image")]
+    # a re-upload of the failed key leaves the failure list
+    store.begin(ids[1], keys[1], "e2", "02", "w", "r")
+    assert store.batch("input/b1/").failures == []
+    assert store.status_counts()["failed"] == 0
+
+
+def test_overdue_processing_and_missing_uploads_fail(store):
+    store.create_pending("announced", "input/announced.jpg", upload_deadline=1.0)
+    tid = derive_task_id("b", "input/slow.jpg")
+    store.begin(tid, "input/slow.jpg", "e", "01", "w", "r")
+    expired = store.expire_overdue(now=10**12)
+    assert set(expired) == {"announced", tid}
+    assert store.get("announced").error == "upload not received"
+    assert "timed out" in store.get(tid).error
+    assert not store.complete(tid, "01", "o", "m"), "a late finish must not revive a failed task"
+
+
+def test_records_expire_after_retention(servers, store, clean_redis):
+    tid = derive_task_id("b", "input/r.jpg")
+    store.begin(tid, "input/r.jpg", "e", "01", "w", "r")
+    ttl = clean_redis.ttl(f"maskflow:task:{tid}")
+    assert 0 < ttl <= servers.cfg.task.retention
+    assert 0 < clean_redis.ttl("maskflow:key:input/r.jpg") <= servers.cfg.task.retention
