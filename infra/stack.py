@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from infra import install
 from infra.bootstrap import bootstrap
@@ -271,14 +272,22 @@ class Stack:
             raise
 
     def bootstrap(self) -> None:
+        # MinIO answers 503 to bucket calls for a moment after /minio/health/ready turns 200.
+        starting_up = retry_if_exception(lambda e: isinstance(e, ServerError) or (
+            isinstance(e, S3Error) and e.code == "XMinioServerNotInitialized"))
         try:
-            bootstrap(self.cfg, ObjectStore(self.cfg).client, self.redis_client())
+            for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
+                                    wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
+                with attempt:
+                    bootstrap(self.cfg, ObjectStore(self.cfg).client, self.redis_client())
         except S3Error as exc:
             if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 raise StackError(f"MinIO at {self.cfg.minio.endpoint} rejected the credentials "
                                  f"({exc.code}): set MASKFLOW_MINIO_ACCESS_KEY and "
                                  f"MASKFLOW_MINIO_SECRET_KEY to its root user") from None
             raise StackError(f"MinIO bootstrap failed: {exc.code}: {exc.message}") from None
+        except ServerError as exc:
+            raise StackError(f"MinIO bootstrap failed: {exc}") from None
 
     def services(self) -> list[str]:
         if not self.run_dir.exists():
