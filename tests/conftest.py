@@ -8,6 +8,7 @@ binaries built elsewhere).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -66,6 +67,20 @@ def servers(tmp_path_factory) -> Iterator[Servers]:
         pytest.skip(f"real servers unavailable: {exc}")
     try:
         yield Servers(cfg, stack)
+    finally:
+        stack.down()
+
+
+@contextlib.contextmanager
+def app_stack(data_dir: Path, **overrides) -> Iterator[Stack]:
+    """A whole private stack (Redis, MinIO, API, workers) for tests that need their own config."""
+    stack = Stack(make_config(data_dir, **overrides))
+    try:
+        stack.up(app=True)
+    except install.InstallError as exc:
+        pytest.skip(f"real servers unavailable: {exc}")
+    try:
+        yield stack
     finally:
         stack.down()
 
@@ -133,4 +148,4 @@ def wait_for_task(tasks, task_id: str, timeout: float = 60.0):
     return task
 
 
-__all__ = ["Servers", "make_config", "FIXTURES", "StackError", "wait_for_task"]
+__all__ = ["Servers", "app_stack", "make_config", "FIXTURES", "StackError", "wait_for_task"]

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, make_config
+from conftest import FIXTURES, app_stack
 from infra import install
 from infra.config import PROJECT_ROOT, env_for
-from infra.stack import Stack, free_port
+from infra.stack import free_port
 
 PHOTOS = FIXTURES / "photos"
 TOKEN = "cli-test-token"
@@ -27,15 +27,9 @@ MAX_WAIT = 240.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    cfg = make_config(tmp_path_factory.mktemp("cli-stack"), api={"token": TOKEN},
-                      task={"poll_interval": 1})
-    s = Stack(cfg)
-    try:
-        s.up(app=True)
-    except install.InstallError as exc:
-        pytest.skip(f"real servers unavailable: {exc}")
-    yield s
-    s.down()
+    with app_stack(tmp_path_factory.mktemp("cli-stack"), api={"token": TOKEN},
+                   task={"poll_interval": 1}) as s:
+        yield s
 
 
 def _env(cfg, **extra) -> dict[str, str]:

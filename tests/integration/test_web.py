@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, make_config
-from infra import install
-from infra.stack import Stack
+from conftest import FIXTURES, app_stack
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -37,13 +35,8 @@ DROP_JS = """([files]) => {
 def stack(tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium: apt-get install -y chromium")
-    s = Stack(make_config(tmp_path_factory.mktemp("web-stack"), api={"token": TOKEN}))
-    try:
-        s.up(app=True)
-    except install.InstallError as exc:
-        pytest.skip(f"real servers unavailable: {exc}")
-    yield s
-    s.down()
+    with app_stack(tmp_path_factory.mktemp("web-stack"), api={"token": TOKEN}) as s:
+        yield s
 
 
 def _file(path: Path, name: str | None = None, ctype: str = "image/jpeg") -> dict:
