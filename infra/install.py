@@ -71,7 +71,8 @@ def go_install(pin: GoPin) -> Path:
     if proc.returncode != 0 or not target.is_file():
         errors = [line for line in proc.stdout.splitlines() if not line.startswith("go: downloading")]
         detail = "\n".join(errors[-6:]) or f"exit code {proc.returncode}"
-        raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed:\n{detail}")
+        raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed (to use a {pin.name} "
+                           f"built elsewhere, set MASKFLOW_STACK_{pin.name.upper()}_BIN):\n{detail}")
     _log(f"built {target}")
     return target
 

@@ -251,6 +251,7 @@ class Stack:
         """Start Redis and MinIO, bootstrap the bucket, then (with app) the API and workers."""
         _require_loopback("redis.host", self.cfg.redis.host)
         _require_loopback("minio.endpoint", _split(self.cfg.minio.endpoint)[0])
+        install.resolve_binary(install.MINIO, self.cfg.stack.minio_bin)  # build before starting anything
         services = [self.redis_service, self.minio_service, self.bootstrap]
         if app:
             _require_loopback("api.host", self.cfg.api.host)
