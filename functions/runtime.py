@@ -200,9 +200,27 @@ class Worker:
                 self._busy += 1
             try:
                 self.process(raw)
+            except Exception:  # noqa: BLE001 - e.g. Redis gone past all retries: keep the worker alive
+                log.exception("could not settle an event; handing it back to the queue")
+                self._hand_back(raw)
             finally:
                 with self._busy_lock:
                     self._busy -= 1
+
+    def _hand_back(self, raw: bytes) -> None:
+        """Requeue an event we could not settle; our heartbeat keeps the reaper off it meanwhile."""
+        delay = 0.5
+        while True:
+            try:
+                self.queue.give_back(raw)
+                return
+            except redis.RedisError as exc:
+                if self.stopping.is_set():
+                    # stays in our in-flight list: the reaper, or our next start, requeues it
+                    log.warning("event left in flight at shutdown: %s", exc)
+                    return
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.cfg.worker.retry_max_wait)
 
     def process(self, raw: bytes) -> None:
         """Process one list item; it leaves our in-flight list only once its tasks are settled."""

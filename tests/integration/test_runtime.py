@@ -1,0 +1,79 @@
+"""The worker loop in-process, against real Redis and MinIO, with faults injected into collaborators."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from checks import PHOTOS, check_result
+from functions.runtime import Worker
+from infra.objects import ObjectStore
+from infra.queue import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
+from infra.stack import wait_until
+from infra.tasks import derive_task_id
+
+
+@pytest.fixture
+def quiet_queue(servers, clean_redis):
+    """No worker processes run here; MinIO's events for these tests land in the list."""
+    return clean_redis
+
+
+def make_worker(servers, model, worker_id: str) -> Worker:
+    return Worker(servers.cfg, worker_id, servers.redis(), ObjectStore(servers.cfg), lambda: model)
+
+
+def upload_and_wait_for_event(servers, store, r, key: str, data: bytes) -> None:
+    store.put(key, data, "image/jpeg")
+    wait_until(lambda: r.llen(servers.cfg.queue.events_key) >= 1, "MinIO event", 10)
+
+
+def test_unsettled_event_is_handed_back_and_worker_survives(servers, quiet_queue, store, model, tasks,
+                                                            unique_prefix):
+    r = quiet_queue
+    key = f"input/{unique_prefix}/flaky.jpg"
+    data = (PHOTOS / "coffee.jpg").read_bytes()
+    upload_and_wait_for_event(servers, store, r, key, data)
+    worker = make_worker(servers, model, "flaky")
+    real_begin, calls = worker.tasks.begin, []
+
+    def begin_failing_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("injected: task store unavailable")
+        return real_begin(*args)
+
+    worker.tasks.begin = begin_failing_once
+    worker.run(burst=True)
+    assert len(calls) == 2, "the event must come back and be taken again"
+    check_result(servers, store, model, key, data, tasks)
+    assert r.llen(inflight_key("flaky")) == 0
+    assert not r.sismember(WORKERS_KEY, "flaky"), "a clean exit deregisters the worker"
+
+
+def test_handler_bug_fails_one_task_and_is_dead_lettered(servers, quiet_queue, store, model, tasks,
+                                                         unique_prefix):
+    r = quiet_queue
+    bad_key, good_key = f"input/{unique_prefix}/bug.jpg", f"input/{unique_prefix}/fine.jpg"
+    data = (PHOTOS / "rocket.jpg").read_bytes()
+    upload_and_wait_for_event(servers, store, r, bad_key, data)
+
+    class ModelWithBug:
+        def predict(self, rgb):
+            if predicted:
+                return model.predict(rgb)
+            predicted.append(True)
+            raise ValueError("injected bug")
+
+    predicted: list = []
+    worker = Worker(servers.cfg, "buggy", r, ObjectStore(servers.cfg), ModelWithBug)
+    worker.run(burst=True)
+    task = tasks.get(derive_task_id(servers.cfg.minio.bucket, bad_key))
+    assert task.status == "failed" and task.error == "internal error: ValueError: injected bug"
+    dead = [json.loads(x) for x in r.lrange(DEAD_LETTER_KEY, 0, -1)]
+    assert any(bad_key in d["reason"] and "ValueError" in d["reason"] for d in dead)
+    # the same worker object goes on to process the next event normally
+    upload_and_wait_for_event(servers, store, r, good_key, data)
+    worker.stopping.clear()
+    worker.run(burst=True)
+    check_result(servers, store, model, good_key, data, tasks)
