@@ -216,6 +216,17 @@ class TaskResource:
 
     def __init__(self, deps: Deps):
         self.deps = deps
+        # Long-polls hold a waitress thread each: let at most half the threads wait, so a page
+        # watching many files cannot starve everyone else; past that, answer at once.
+        self.waiters = threading.BoundedSemaphore(max(1, deps.cfg.api.threads // 2))
+
+    def _wait(self, task_id: str, seconds: float) -> Task | None:
+        if not self.waiters.acquire(blocking=False):
+            return self.deps.tasks.get(task_id)
+        try:
+            return self.deps.tasks.wait_for_terminal(task_id, seconds)
+        finally:
+            self.waiters.release()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         wait = req.get_param("wait")
@@ -226,8 +237,7 @@ class TaskResource:
                 raise bad_request(f"wait must be a number of seconds, got {wait!r}") from None
             if not 0 <= seconds <= MAX_WAIT_S:  # also rejects nan and inf
                 raise bad_request(f"wait must be between 0 and {MAX_WAIT_S} seconds")
-            task = self.deps.tasks.wait_for_terminal(task_id, seconds) if seconds else \
-                self.deps.tasks.get(task_id)
+            task = self._wait(task_id, seconds) if seconds else self.deps.tasks.get(task_id)
         else:
             task = self.deps.tasks.get(task_id)
         if task is None:

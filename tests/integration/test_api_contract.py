@@ -426,3 +426,30 @@ def test_bearer_token(servers, tmp_path):
         assert requests.get(f"{url}/", timeout=5).status_code in (200, 404)
     finally:
         locked.stop()
+
+
+def test_long_polls_never_take_every_thread(servers, tmp_path):
+    """With 2 threads, one request may long-poll; a second long-poll is answered at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc = start_api(api_config(servers, threads=2), tmp_path / "api.log")
+    try:
+        task = TaskStore(servers.redis(), servers.cfg).create_pending("waitcap", "input/waitcap.jpg")
+        url = f"{proc.url}/api/v1/tasks/{task.task_id}?wait=4"
+        with ThreadPoolExecutor(2) as pool:
+            holder = pool.submit(requests.get, url, timeout=10)
+            wait_until(lambda: _waiting(servers, task.task_id) >= 1, "first long-poll subscribed", 5)
+            started = time.monotonic()
+            second = requests.get(url, timeout=10)
+            answered_in = time.monotonic() - started
+            first = holder.result()
+        assert second.status_code == first.status_code == 200
+        assert second.json()["status"] == "pending" and answered_in < 2.0, answered_in
+        assert requests.get(f"{proc.url}/healthz", timeout=2).status_code == 200
+    finally:
+        proc.stop()
+
+
+def _waiting(servers, task_id: str) -> int:
+    """Subscribers on the task's change channel: the long-polls holding a thread right now."""
+    return dict(servers.redis().pubsub_numsub(f"maskflow:changed:{task_id}"))[f"maskflow:changed:{task_id}".encode()]
