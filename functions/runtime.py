@@ -238,6 +238,9 @@ class Worker:
 
     def process_event(self, event: ObjectCreated) -> str | None:
         """Run the handler for one event; returns a reason when it should be dead-lettered."""
+        if event.key.endswith("/"):
+            log.info("%s is a folder marker, not an image: skipped", event.key)
+            return None
         task_id = (self._retrying(self.tasks.task_id_for_key, event.key)
                    or derive_task_id(event.bucket, event.key))
         decision, attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,

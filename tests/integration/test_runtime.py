@@ -24,8 +24,9 @@ def make_worker(servers, model, worker_id: str) -> Worker:
 
 
 def upload_and_wait_for_event(servers, store, r, key: str, data: bytes) -> None:
+    queued = r.llen(servers.cfg.queue.events_key)
     store.put(key, data, "image/jpeg")
-    wait_until(lambda: r.llen(servers.cfg.queue.events_key) >= 1, "MinIO event", 10)
+    wait_until(lambda: r.llen(servers.cfg.queue.events_key) > queued, "MinIO event", 10)
 
 
 def test_unsettled_event_is_handed_back_and_worker_survives(servers, quiet_queue, store, model, tasks,
@@ -77,3 +78,14 @@ def test_handler_bug_fails_one_task_and_is_dead_lettered(servers, quiet_queue, s
     worker.stopping.clear()
     worker.run(burst=True)
     check_result(servers, store, model, good_key, data, tasks)
+
+
+def test_folder_markers_make_no_task(servers, quiet_queue, store, model, tasks, unique_prefix):
+    r = quiet_queue
+    marker, photo = f"input/{unique_prefix}/folder/", f"input/{unique_prefix}/folder/a.jpg"
+    data = (PHOTOS / "chelsea.jpg").read_bytes()
+    upload_and_wait_for_event(servers, store, r, marker, b"")
+    upload_and_wait_for_event(servers, store, r, photo, data)
+    make_worker(servers, model, "markers").run(burst=True)
+    assert tasks.find_by_key(marker) is None
+    check_result(servers, store, model, photo, data, tasks)
