@@ -98,11 +98,13 @@ def _tail(log: Path | None, lines: int = 8) -> str:
 
 
 def _alive(pid: int, marker: str) -> bool:
+    """Is `pid` a running (not zombie) process whose command line contains `marker`?"""
     try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+    except (OSError, IndexError):
         return False
-    return marker in cmdline
+    return state != "Z" and marker in cmdline
 
 
 @dataclass
