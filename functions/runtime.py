@@ -50,8 +50,10 @@ from infra.tasks import TaskStore, derive_task_id
 
 log = logging.getLogger("maskflow.worker")
 
-TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                      "XMinioServerNotInitialized", "XMinioStorageFull", "OperationTimedOut"}
+# S3 errors worth retrying besides any 5xx.  ClientDisconnected (MinIO's 499) is what an
+# upload gets while MinIO shuts down.
+TRANSIENT_S3_CODES = {"SlowDown", "RequestTimeout", "ClientDisconnected", "OperationTimedOut",
+                      "XMinioServerNotInitialized"}
 HISTOGRAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -59,7 +61,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, urllib3.exceptions.HTTPError,
                         ConnectionError, TimeoutError, ServerError)):
         return True
-    return isinstance(exc, S3Error) and exc.code in TRANSIENT_S3_CODES
+    if isinstance(exc, S3Error):
+        status = exc.response.status if exc.response is not None else 0
+        return exc.code in TRANSIENT_S3_CODES or status >= 500
+    return False
 
 
 @dataclass
