@@ -275,9 +275,11 @@ class Stack:
             raise
 
     def bootstrap(self) -> None:
-        # MinIO answers 503 to bucket calls for a moment after /minio/health/ready turns 200.
+        # For a moment after /minio/health/ready turns 200, MinIO answers bucket calls with 503
+        # and does not know its notification targets yet (they connect in the background).
         starting_up = retry_if_exception(lambda e: isinstance(e, ServerError) or (
-            isinstance(e, S3Error) and e.code == "XMinioServerNotInitialized"))
+            isinstance(e, S3Error) and (e.code == "XMinioServerNotInitialized" or (
+                e.code == "InvalidArgument" and "ARN" in (e.message or "")))))
         try:
             for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
                                     wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
