@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import mimetypes
 import os
-import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -67,12 +67,13 @@ def sniff_content_type(data: bytes, filename: str = "") -> str | None:
 def atomic_write(path: Path, chunks) -> None:
     """Write to a temp file beside `path`, then rename: an interrupt never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # Named here and created inside the try, so an interrupt at any point is cleaned up
+    # (with mkstemp, one landing between its open() and its return leaked the file).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
