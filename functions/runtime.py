@@ -248,7 +248,7 @@ class Worker:
             return None
         task_id = (self._retrying(self.tasks.task_id_for_key, event.key)
                    or derive_task_id(event.bucket, event.key))
-        decision, attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,
+        decision, _attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,
                                            event.sequencer, self.worker_id, self.queue.run_id)
         if decision != "start":
             log.info("task %s (%s): %s, skipped", task_id, event.key, decision)

@@ -280,11 +280,12 @@ class Stack:
         starting_up = retry_if_exception(lambda e: isinstance(e, ServerError) or (
             isinstance(e, S3Error) and (e.code == "XMinioServerNotInitialized" or (
                 e.code == "InvalidArgument" and "ARN" in (e.message or "")))))
+        minio_client, redis_client = ObjectStore(self.cfg).client, self.redis_client()
         try:
             for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
                                     wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
                 with attempt:
-                    bootstrap(self.cfg, ObjectStore(self.cfg).client, self.redis_client())
+                    bootstrap(self.cfg, minio_client, redis_client)
         except S3Error as exc:
             if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 raise StackError(f"MinIO at {self.cfg.minio.endpoint} rejected the credentials "

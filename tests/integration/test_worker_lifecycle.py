@@ -37,7 +37,7 @@ def stop_worker(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def make_photos(folder: Path, count: int, width: int = 200, nested: bool = False) -> list[Path]:
+def make_photos(folder: Path, count: int, width: int = 200) -> list[Path]:
     """`count` distinct real photos: the fixture photos resized to `width`..`width`+130 px."""
     sources = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
     paths = []
@@ -45,9 +45,8 @@ def make_photos(folder: Path, count: int, width: int = 200, nested: bool = False
         img = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR)
         w = width + (i * 7) % 130
         img = cv2.resize(img, (w, int(img.shape[0] * w / img.shape[1])), interpolation=cv2.INTER_AREA)
-        sub = folder / (f"part{i % 3}/day{i % 2}" if nested else "")
-        sub.mkdir(parents=True, exist_ok=True)
-        path = sub / f"img-{i:03d}.jpg"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img-{i:03d}.jpg"
         cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
         paths.append(path)
     return paths

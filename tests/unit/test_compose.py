@@ -22,8 +22,7 @@ def app_env() -> dict[str, str]:
 def test_services_are_the_production_shape():
     assert set(SERVICES) == {"redis", "minio", "init", "api", "worker"}
     assert SERVICES["init"]["restart"] == "no"
-    assert SERVICES["worker"]["environment"] is SERVICES["api"]["environment"] or \
-        SERVICES["worker"]["environment"] == SERVICES["api"]["environment"]
+    assert SERVICES["worker"]["environment"] == SERVICES["api"]["environment"]
     assert "ports" not in SERVICES["worker"], "workers must scale: no fixed host port"
 
 
