@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     waitress.serve(app, host=cfg.api.host, port=cfg.api.port, threads=cfg.api.threads,
                    channel_timeout=cfg.api.channel_timeout,
                    # Waitress buffers the whole body before the app runs; cap it near the limit.
-                   max_request_body_size=cfg.api.max_upload_bytes + MULTIPART_SLACK,
+                   max_request_body_size=cfg.task.max_upload_bytes + MULTIPART_SLACK,
                    ident="maskflow")
     return 0
 

@@ -31,7 +31,7 @@ _LOCATION = {"Location": {"description": "URL of the task", "schema": {"type": "
 
 
 def document(cfg: Config) -> dict:
-    limit = cfg.api.max_upload_bytes
+    limit = cfg.task.max_upload_bytes
     schemas = {
         "ErrorDetail": {
             "type": "object", "required": ["status", "code", "message"],

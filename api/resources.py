@@ -88,7 +88,7 @@ class SubmitResource:
 
     def __init__(self, deps: Deps):
         self.deps = deps
-        self.limit = deps.cfg.api.max_upload_bytes
+        self.limit = deps.cfg.task.max_upload_bytes
 
     def _read_file(self, req: falcon.Request) -> bytes:
         kind = (req.content_type or "").split(";")[0].strip().lower()
@@ -179,9 +179,9 @@ class UploadsResource:
                            f"content_type must be image/*, got {content_type!r}")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise bad_request("size must be a positive integer (bytes)")
-        if size is not None and size > cfg.api.max_upload_bytes:
+        if size is not None and size > cfg.task.max_upload_bytes:
             raise ApiError(413, "payload_too_large",
-                           f"size {size} exceeds the upload limit of {cfg.api.max_upload_bytes} bytes")
+                           f"size {size} exceeds the upload limit of {cfg.task.max_upload_bytes} bytes")
         if method not in ("POST", "PUT"):
             raise bad_request("method must be POST or PUT")
 
@@ -198,7 +198,7 @@ class UploadsResource:
         out: dict[str, Any] = {"task_id": task_id, "method": method, "object_key": key,
                                "expires_at": utc_iso(expires.timestamp())}
         if method == "POST":
-            url, fields = self.deps.objects.presigned_post(key, cfg.api.max_upload_bytes, expires)
+            url, fields = self.deps.objects.presigned_post(key, cfg.task.max_upload_bytes, expires)
             # The policy pins Content-Type to image/*; pre-fill it so the form is complete.
             out.update(url=url, fields={**fields, "Content-Type": content_type})
         else:

@@ -61,6 +61,8 @@ class TaskConfig:
     max_attempts: int = 3
     retention: int = 7 * 24 * 3600
     max_pixels: int = 40_000_000
+    # Largest input accepted on every path: API upload, presigned upload, direct S3 upload.
+    max_upload_bytes: int = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,6 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 8
-    max_upload_bytes: int = 20 * 1024 * 1024
     channel_timeout: int = 120
     presign_expiry: int = 3600
     token: str = ""
@@ -189,7 +190,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key redis.db: must be 0..15, got {cfg.redis.db}")
     for key in ("task.timeout", "task.poll_interval", "task.max_polls", "task.max_attempts",
                 "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
-                "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "api.max_upload_bytes", "api.presign_expiry",
+                "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "task.max_upload_bytes", "api.presign_expiry",
                 "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
                 "stack.workers"):
         section, name = key.split(".")

@@ -59,6 +59,8 @@ case "${1:-}" in
     export RUN_TAG_FOR_MASKFLOW=$tag
     trap 'kill_tagged "$tag"' EXIT
     shift
+    # The whole suite (no arguments, as CI runs it) must execute the integration tests.
+    [ $# -eq 0 ] && set -- --require-integration
     .venv/bin/python -m pytest "$@"
     ;;
   *)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +20,22 @@ from pathlib import Path
 class GoPin:
     name: str
     module: str
-    version: str  # the Go pseudo-version of the release commit
-    release: str
+    version: str  # the Go pseudo-version of the pinned commit
+    label: str
 
     @property
     def spec(self) -> str:
         return f"{self.module}@{self.version}"
 
 
-# MinIO RELEASE.2025-10-15T17-29-55Z = commit 9e49d5e7a648.
-MINIO = GoPin("minio", "github.com/minio/minio", "v0.0.0-20251015172955-9e49d5e7a648",
-              "RELEASE.2025-10-15T17-29-55Z")
-# mc RELEASE.2025-08-13T08-35-41Z = commit 7394ce0dd2a8.
-MC = GoPin("mc", "github.com/minio/mc", "v0.0.0-20250813083541-7394ce0dd2a8",
-           "RELEASE.2025-08-13T08-35-41Z")
+# Commits, not release tags: the Go module proxy refuses the RELEASE.* tags (403 "This module
+# version is not available"; mc's also fails sum.golang.org), and serves these two, the
+# community repositories' latest.  MinIO 7aac2a2c5b7c (2026-02-12) is that repository's final
+# commit and needs Go >= 1.26.
+MINIO = GoPin("minio", "github.com/minio/minio", "v0.0.0-20260212201848-7aac2a2c5b7c",
+              "commit 7aac2a2c5b7c (2026-02-12)")
+MC = GoPin("mc", "github.com/minio/mc", "v0.0.0-20250313080218-cf909e1063a9",
+           "commit cf909e1063a9 (2025-03-13)")
 REDIS_DEBIAN_PACKAGE = "redis-server"
 
 
@@ -62,8 +65,9 @@ def go_install(pin: GoPin) -> Path:
     if go is None:
         raise InstallError(f"cannot build {pin.name}: no Go toolchain on PATH. Install Go "
                            f"(https://go.dev/doc/install), then run this command again.")
-    _log(f"building {pin.name} {pin.release} from source ({pin.spec}); "
+    _log(f"building {pin.name} {pin.label} from source ({pin.spec}); "
          f"the first build takes several minutes ...")
+    started = time.monotonic()
     env = dict(os.environ, GOTOOLCHAIN="local", GOBIN=str(target.parent))
     target.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([go, "install", pin.spec], env=env, cwd=target.parent,
@@ -73,7 +77,7 @@ def go_install(pin: GoPin) -> Path:
         detail = "\n".join(errors[-6:]) or f"exit code {proc.returncode}"
         raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed (to use a {pin.name} "
                            f"built elsewhere, set MASKFLOW_STACK_{pin.name.upper()}_BIN):\n{detail}")
-    _log(f"built {target}")
+    _log(f"built {pin.name} in {time.monotonic() - started:.0f} s: {target}")
     return target
 
 

@@ -1,8 +1,9 @@
 # MinIO built from the pinned source (infra/install.py holds the same pin): community
 # binaries and images are no longer published, so production builds what CI builds.
-FROM golang:1.24-bookworm AS build
-ARG MINIO_VERSION=v0.0.0-20251015172955-9e49d5e7a648
-ARG MC_VERSION=v0.0.0-20250813083541-7394ce0dd2a8
+# Commits rather than release tags: the module proxy serves only these (see infra/install.py).
+FROM golang:1.26-bookworm AS build
+ARG MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+ARG MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 RUN GOTOOLCHAIN=local GOBIN=/out go install github.com/minio/minio@${MINIO_VERSION} \
  && GOTOOLCHAIN=local GOBIN=/out go install github.com/minio/mc@${MC_VERSION}
 

@@ -64,7 +64,7 @@ def start_api(cfg: Config, log: Path) -> ApiProcess:
 
 
 def api_config(servers, **api) -> Config:
-    return replace(servers.cfg, api={"port": free_port(), "max_upload_bytes": LIMIT, **api})
+    return replace(servers.cfg, api={"port": free_port(), **api}, task={"max_upload_bytes": LIMIT})
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FIXTURES, app_stack
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api as playwright_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "web-test-token"
@@ -33,8 +33,7 @@ DROP_JS = """([files]) => {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium: apt-get install -y chromium")
+    assert CHROMIUM.exists(), "needs Debian's chromium: apt-get install -y chromium"
     with app_stack(tmp_path_factory.mktemp("web-stack"), api={"token": TOKEN}) as s:
         yield s
 

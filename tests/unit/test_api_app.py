@@ -23,10 +23,11 @@ from infra.stack import free_port
 PHOTO = (Path(__file__).resolve().parent.parent / "fixtures" / "photos" / "chelsea.jpg").read_bytes()
 
 
-def offline_config(**api):
+def offline_config(max_upload_bytes=None, **api):
     cfg = load_config(env={})
+    task = {"max_upload_bytes": max_upload_bytes} if max_upload_bytes else {}
     return replace(cfg, redis={"port": free_port()},
-                   minio={"endpoint": f"127.0.0.1:{free_port()}"}, api=api)
+                   minio={"endpoint": f"127.0.0.1:{free_port()}"}, api=api, task=task)
 
 
 @pytest.fixture
