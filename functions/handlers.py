@@ -5,6 +5,11 @@ the runtime's business (functions/runtime.py).  Result naming keeps the whole in
 adds ``.png``, so inputs that differ only by extension never overwrite each other:
 
     input/b1/cat.jpg  ->  output/b1/cat.jpg.png  (RGBA cut-out)  +  masks/b1/cat.jpg.png  (mask)
+
+Both results come from the version of the input the event names: the read is conditional on
+the event's ETag, and each result is published only over results of the same or an older
+version (infra/objects.py), so when a key is re-uploaded mid-run the newest upload's results
+win whatever order the runs finish in.  A run that loses raises ObjectChanged.
 """
 from __future__ import annotations
 
@@ -17,13 +22,15 @@ import numpy as np
 from functions.events import ObjectCreated
 from infra.images import decode_image, encode_cutout_png, encode_mask_png
 from infra.objects import StoredObject
+from infra.tasks import normalise_sequencer
 
 INPUT_PREFIX = "input/"
 
 
 class Objects(Protocol):
-    def get(self, key: str) -> StoredObject: ...
-    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> str: ...
+    def get(self, key: str, etag: str = "") -> StoredObject: ...
+    def publish(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
+                version: str) -> None: ...
 
 
 class Model(Protocol):
@@ -52,13 +59,14 @@ def result_keys(input_key: str) -> tuple[str, str]:
 
 
 def handle_object_created(event: ObjectCreated, ctx: Context) -> Result:
-    source = ctx.objects.get(event.key)
+    source = ctx.objects.get(event.key, etag=event.etag)
     rgb = decode_image(source.data, ctx.max_pixels)
     mask = ctx.model.predict(rgb)
     output_key, mask_key = result_keys(event.key)
     # S3 metadata travels in HTTP headers: ASCII only, hence the quoting.
     metadata = {"task-id": ctx.task_id, "source-key": urllib.parse.quote(event.key),
                 "source-etag": source.etag}
-    ctx.objects.put(mask_key, encode_mask_png(mask), "image/png", metadata)
-    ctx.objects.put(output_key, encode_cutout_png(rgb, mask), "image/png", metadata)
+    version = normalise_sequencer(event.sequencer)
+    ctx.objects.publish(mask_key, encode_mask_png(mask), "image/png", metadata, version)
+    ctx.objects.publish(output_key, encode_cutout_png(rgb, mask), "image/png", metadata, version)
     return Result(output_key, mask_key, width=rgb.shape[1], height=rgb.shape[0])

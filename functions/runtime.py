@@ -44,7 +44,7 @@ from functions.events import ObjectCreated, PoisonEvent, parse_message
 from functions.handlers import Context, Model, handle_object_created
 from infra.config import Config
 from infra.images import ImageRejected
-from infra.objects import ObjectMissing, ObjectStore
+from infra.objects import ObjectChanged, ObjectMissing, ObjectStore
 from infra.queue import EventQueue
 from infra.tasks import TaskStore, derive_task_id
 
@@ -259,6 +259,10 @@ class Worker:
         started = time.monotonic()
         try:
             result = self._retrying(handle_object_created, event, ctx)
+        except ObjectChanged as exc:
+            # A newer upload replaced the input: its own event settles the task.
+            log.info("task %s (%s): superseded, nothing written: %s", task_id, event.key, exc)
+            return None
         except (ImageRejected, ObjectMissing) as exc:
             error, dead = str(exc), None
         except Exception as exc:  # noqa: BLE001 - a failure of one task must not stop the worker

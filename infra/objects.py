@@ -1,5 +1,11 @@
 """MinIO adapter: get/put objects and presign URLs for clients.
 
+Results follow one version of their input.  The worker reads the exact version its event
+names (a GET conditional on the event's ETag), and writes each result with ``publish``, a
+compare-and-swap on the result object (S3 conditional writes, which MinIO supports): it
+replaces a result only when that result came from the same or an older input version, so a
+slow run on an old upload can never overwrite the results of a newer one.
+
 Two SDK clients: one for the endpoint the services reach, one for the public endpoint that
 goes into presigned URLs (a signature covers the host, so it must be signed for the host
 the client will actually call).  Both pin the region so presigning needs no network call.
@@ -30,8 +36,18 @@ def _client(endpoint: str, cfg: Config) -> Minio:
                  secure=cfg.minio.secure, region=cfg.minio.region, http_client=http)
 
 
+# How often `publish` re-reads a result that changed under it before giving up; each round
+# means another writer won a race on the same key, which takes a new upload of the input.
+_PUBLISH_ROUNDS = 5
+SOURCE_VERSION = "source-version"
+
+
 class ObjectMissing(LookupError):
     """The object (or bucket) does not exist."""
+
+
+class ObjectChanged(RuntimeError):
+    """The object is no longer the version an event announced: a newer upload replaced it."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +67,16 @@ class ObjectStore:
         scheme = "https" if cfg.minio.secure else "http"
         self._post_url = f"{scheme}://{cfg.minio_public_endpoint}/{self.bucket}"
 
-    def get(self, key: str) -> StoredObject:
+    def get(self, key: str, etag: str = "") -> StoredObject:
+        """The object; with `etag`, exactly that version of it, else ObjectChanged."""
+        headers = {"If-Match": f'"{etag}"'} if etag else None
         try:
-            response = self.client.get_object(self.bucket, key)
+            response = self.client.get_object(self.bucket, key, request_headers=headers)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 raise ObjectMissing(f"{self.bucket}/{key}: {exc.code}") from None
+            if exc.code == "PreconditionFailed":
+                raise ObjectChanged(f"{self.bucket}/{key} no longer has ETag {etag}") from None
             raise
         try:
             data = response.read()
@@ -74,6 +94,38 @@ class ObjectStore:
         result = self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                         content_type=content_type, metadata=metadata or None)
         return result.etag
+
+    def publish(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
+                version: str) -> None:
+        """Write a result of input `version` unless `key` holds one of a newer version.
+
+        `version` must compare as a string in version order (fixed-width hex).  Raises
+        ObjectChanged when a newer result is already there.
+        """
+        headers = {"Content-Type": content_type,
+                   **{f"x-amz-meta-{k}": v for k, v in {**metadata, SOURCE_VERSION: version}.items()}}
+        condition = {"If-None-Match": "*"}
+        for _ in range(_PUBLISH_ROUNDS):
+            try:
+                # put_object() cannot send If-Match/If-None-Match; _put_object is the SDK's
+                # plain single-request PutObject underneath it.
+                self.client._put_object(self.bucket, key, data, headers={**headers, **condition})
+                return
+            except S3Error as exc:
+                if exc.code != "PreconditionFailed":
+                    raise
+            try:
+                current = self.client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code not in ("NoSuchKey", "NoSuchObject"):
+                    raise
+                condition = {"If-None-Match": "*"}
+                continue
+            theirs = current.metadata.get(f"x-amz-meta-{SOURCE_VERSION}", "")
+            if theirs > version:
+                raise ObjectChanged(f"{self.bucket}/{key} already holds the result of a newer upload")
+            condition = {"If-Match": f'"{current.etag}"'}
+        raise ObjectChanged(f"{self.bucket}/{key} kept changing while it was written")
 
     def exists(self, key: str) -> bool:
         try:
