@@ -8,6 +8,10 @@ infra/tasks.py.  Per event:
     -> handler, with tenacity retries for transient faults -> complete / fail -> ack
 
 Failure policy:
+* poison (not MinIO's access format, a wrong type or value anywhere): dead letter at once;
+* a message that cannot be settled (the task store raises, say) is handed back with its
+  delivery count; after `worker.max_deliveries` deliveries, counting requeues by the reaper,
+  it is dead-lettered with its last error instead, so nothing is retaken forever;
 * transient (S3 or Redis unreachable, timeouts, 5xx, SlowDown): retried with exponential
   backoff and jitter, `worker.retry_attempts` times; then the task fails and the event is
   dead-lettered with the reason;
@@ -45,7 +49,7 @@ from functions.handlers import Context, Model, handle_object_created
 from infra.config import Config
 from infra.images import ImageRejected
 from infra.objects import ObjectChanged, ObjectMissing, ObjectStore
-from infra.queue import EventQueue
+from infra.queue import Delivery, EventQueue
 from infra.tasks import TaskStore, derive_task_id
 
 log = logging.getLogger("maskflow.worker")
@@ -190,34 +194,37 @@ class Worker:
         backoff = 0.1
         while not self.stopping.is_set():
             try:
-                raw = self.queue.take(timeout=0.5 if burst else 1.0)
+                delivery = self.queue.take(timeout=0.5 if burst else 1.0)
             except redis.RedisError as exc:
                 log.warning("cannot take events: %s", exc)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.worker.retry_max_wait)
                 continue
             backoff = 0.1
-            if raw is None:
+            if delivery is None:
                 if burst:
                     return
                 continue
             with self._busy_lock:
                 self._busy += 1
             try:
-                self.process(raw)
-            except Exception:  # noqa: BLE001 - e.g. Redis gone past all retries: keep the worker alive
-                log.exception("could not settle an event; handing it back to the queue")
-                self._hand_back(raw)
+                self.process(delivery)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis gone past all retries: keep the worker alive
+                log.exception("could not settle an event (delivery %d)", delivery.attempt)
+                self._hand_back(delivery, f"{type(exc).__name__}: {exc}")
             finally:
                 with self._busy_lock:
                     self._busy -= 1
 
-    def _hand_back(self, raw: bytes) -> None:
-        """Requeue an event we could not settle; our heartbeat keeps the reaper off it meanwhile."""
+    def _hand_back(self, delivery: Delivery, error: str) -> None:
+        """Requeue an event we could not settle, with its delivery count and why (see process).
+
+        Our heartbeat keeps the reaper off it meanwhile.
+        """
         delay = 0.5
         while True:
             try:
-                self.queue.give_back(raw)
+                self.queue.give_back(delivery, error)
                 return
             except redis.RedisError as exc:
                 if self.stopping.is_set():
@@ -227,19 +234,30 @@ class Worker:
                 self.stopping.wait(delay)
                 delay = min(delay * 2, self.cfg.worker.retry_max_wait)
 
-    def process(self, raw: bytes) -> None:
+    def process(self, delivery: Delivery) -> None:
         """Process one list item; it leaves our in-flight list only once its tasks are settled."""
+        if delivery.attempt > self.cfg.worker.max_deliveries:
+            # the one bound on redelivery: hand-backs and the reaper's requeues all count up
+            done = delivery.attempt - 1
+            log.error("giving up after %d deliveries: %s", done, delivery.last_error)
+            self._retrying(self.queue.dead_letter, delivery,
+                           f"gave up after {done} deliveries; last error: {delivery.last_error}", done)
+            return
         try:
-            events = parse_message(raw)
+            events = parse_message(delivery.message)
         except PoisonEvent as exc:
             log.error("poison event dead-lettered: %s", exc)
-            self._retrying(self.queue.dead_letter, raw, f"poison event: {exc}")
+            self._retrying(self.queue.dead_letter, delivery, f"poison event: {exc}")
             return
-        failures = [reason for event in events if (reason := self.process_event(event))]
+        failures = []
+        for event in events:
+            reason = self.process_event(event)
+            if reason:
+                failures.append(reason)
         if failures:
-            self._retrying(self.queue.dead_letter, raw, "; ".join(failures))
+            self._retrying(self.queue.dead_letter, delivery, "; ".join(failures))
         else:
-            self._retrying(self.queue.ack, raw)
+            self._retrying(self.queue.ack, delivery)
 
     def process_event(self, event: ObjectCreated) -> str | None:
         """Run the handler for one event; returns a reason when it should be dead-lettered."""

@@ -71,6 +71,8 @@ class QueueConfig:
     events_key: str = "maskflow:events"
     # MinIO's ARN suffix for the Redis target (MINIO_NOTIFY_REDIS_*_<ID>).
     target_id: str = "MASKFLOW"
+    # Dead letters kept; past this the oldest are trimmed, so the list cannot fill Redis.
+    dead_letter_max: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class WorkerConfig:
     # backoff 0.5 s, 1 s, 2 s ... capped at retry_max_wait: 8 attempts ride out ~45 s of outage.
     retry_attempts: int = 8
     retry_max_wait: int = 10
+    # A message taken this many times without being settled goes to the dead letters.
+    max_deliveries: int = 5
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def _validate(cfg: Config) -> None:
                 "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
                 "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "task.max_upload_bytes", "api.presign_expiry",
                 "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
-                "stack.workers"):
+                "stack.workers", "worker.max_deliveries", "queue.dead_letter_max"):
         section, name = key.split(".")
         positive(key, getattr(getattr(cfg, section), name))
     for size in cfg.model.input_size:

@@ -10,10 +10,22 @@ onto the events list, so an event taken by a worker that is SIGKILLed or loses p
 processed again by another one.  Redelivery means duplicates are possible: task transitions
 are idempotent (see infra/tasks.py).
 
+Redelivery is counted.  A message handed back after a failure, or requeued by the reaper,
+goes back with a one-line header in front of MinIO's bytes (kept verbatim: they need not even
+be UTF-8)::
+
+    #maskflow-redelivery {"deliveries": 2, "last_error": "..."}<LF><MinIO's message>
+
+Only this module writes or reads that header; `take` returns the message and its attempt
+number, and the worker dead-letters a message once it has had `worker.max_deliveries`.
+Dead letters keep the reason, the first 64 KiB of the message and its delivery count; the
+list is trimmed to `queue.dead_letter_max`.
+
 Every Redis key name for events, in-flight work, workers and dead letters lives here.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -26,6 +38,33 @@ from infra.config import Config
 PREFIX = "maskflow"
 WORKERS_KEY = f"{PREFIX}:workers"
 DEAD_LETTER_KEY = f"{PREFIX}:dead"
+# '#' never starts JSON, so a message MinIO wrote is never mistaken for a redelivery.
+REDELIVERY_MARK = b"#maskflow-redelivery "
+DEAD_PAYLOAD_BYTES = 64 * 1024
+MAX_REASON_CHARS = 4000
+
+# Requeue a dead worker's in-flight messages, each with its delivery count + 1, atomically.
+# KEYS: in-flight list, events list. ARGV: REDELIVERY_MARK, why the delivery did not settle.
+_REQUEUE = """
+local mark, moved = ARGV[1], 0
+while true do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then return moved end
+  local deliveries, message = 0, item
+  if string.sub(item, 1, #mark) == mark then
+    local newline = string.find(item, '\\n', #mark + 1, true)
+    if newline then
+      local ok, meta = pcall(cjson.decode, string.sub(item, #mark + 1, newline - 1))
+      if ok and type(meta) == 'table' and type(meta.deliveries) == 'number' then
+        deliveries, message = meta.deliveries, string.sub(item, newline + 1)
+      end
+    end
+  end
+  local header = cjson.encode({deliveries = deliveries + 1, last_error = ARGV[2]})
+  redis.call('LPUSH', KEYS[2], mark .. header .. '\\n' .. message)
+  moved = moved + 1
+end
+"""
 
 
 def inflight_key(worker_id: str) -> str:
@@ -42,11 +81,52 @@ def worker_status(r: redis.Redis, worker_id: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One message taken from the events list."""
+    item: bytes          # the list item as stored: what ack, give_back and dead_letter remove
+    message: bytes       # the message MinIO wrote
+    attempt: int         # 1 the first time a message is taken
+    last_error: str = ""  # why the previous delivery did not settle it
+
+
+def wrap(message: bytes, deliveries: int, last_error: str) -> bytes:
+    header = json.dumps({"deliveries": deliveries, "last_error": last_error[:MAX_REASON_CHARS]})
+    return REDELIVERY_MARK + header.encode() + b"\n" + message  # ensure_ascii: no raw newline
+
+
+def unwrap(item: bytes) -> Delivery:
+    if item.startswith(REDELIVERY_MARK):
+        header, newline, message = item[len(REDELIVERY_MARK):].partition(b"\n")
+        try:
+            meta = json.loads(header) if newline else None
+        except (ValueError, RecursionError):
+            meta = None
+        if isinstance(meta, dict):
+            count, error = meta.get("deliveries"), meta.get("last_error", "")
+            if type(count) is int and count >= 0 and isinstance(error, str):
+                return Delivery(item, message, count + 1, error)
+    # MinIO's own message, or a header we never wrote: parsing decides what it is
+    return Delivery(item, item, 1)
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     reason: str
     payload: str
     worker: str
     at: float
+    deliveries: int = 0
+    size: int = 0
+    truncated: bool = False
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "DeadLetter":
+        data = json.loads(raw)
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+def dead_letter_count(r: redis.Redis) -> int:
+    return int(r.llen(DEAD_LETTER_KEY))
 
 
 class EventQueue:
@@ -58,28 +138,43 @@ class EventQueue:
         self.worker_id = worker_id
         self.inflight = inflight_key(worker_id)
         self.lease = cfg.worker.lease
+        self.dead_letter_max = cfg.queue.dead_letter_max
+        self._requeue = r.register_script(_REQUEUE)
 
     # -- consuming ---------------------------------------------------------------------------
-    def take(self, timeout: float) -> bytes | None:
-        """Block up to `timeout` s for the next event; it stays in our in-flight list until acked."""
-        return self.r.blmove(self.events_key, self.inflight, timeout, "LEFT", "RIGHT")
+    def take(self, timeout: float) -> Delivery | None:
+        """Block up to `timeout` s for the next event; it stays in our in-flight list until acked.
 
-    def ack(self, raw: bytes) -> None:
-        self.r.lrem(self.inflight, 1, raw)
+        The caller must check `attempt` against `worker.max_deliveries`: requeues count up.
+        """
+        item = self.r.blmove(self.events_key, self.inflight, timeout, "LEFT", "RIGHT")
+        return None if item is None else unwrap(item)
 
-    def give_back(self, raw: bytes) -> None:
-        """Return an event we could not finish (shutdown) to the head of the queue."""
+    def ack(self, delivery: Delivery) -> None:
+        self.r.lrem(self.inflight, 1, delivery.item)
+
+    def give_back(self, delivery: Delivery, error: str) -> None:
+        """Requeue a message we could not settle, counting this delivery and saying why.
+
+        It goes to the tail, so a message that keeps failing does not hold up the others.
+        """
         with self.r.pipeline(transaction=True) as p:
-            p.lpush(self.events_key, raw)
-            p.lrem(self.inflight, 1, raw)
+            p.rpush(self.events_key, wrap(delivery.message, delivery.attempt, error))
+            p.lrem(self.inflight, 1, delivery.item)
             p.execute()
 
-    def dead_letter(self, raw: bytes, reason: str) -> None:
-        record = json.dumps({"reason": reason, "payload": raw.decode("utf-8", "replace"),
-                             "worker": self.worker_id, "at": time.time()})
+    def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
+        """Set the message aside for good; `deliveries` defaults to this delivery's attempt."""
+        message = delivery.message
+        record = json.dumps({
+            "reason": reason[:MAX_REASON_CHARS], "at": time.time(), "worker": self.worker_id,
+            "deliveries": delivery.attempt if deliveries is None else deliveries,
+            "size": len(message), "truncated": len(message) > DEAD_PAYLOAD_BYTES,
+            "payload": message[:DEAD_PAYLOAD_BYTES].decode("utf-8", "replace")})
         with self.r.pipeline(transaction=True) as p:
             p.rpush(DEAD_LETTER_KEY, record)
-            p.lrem(self.inflight, 1, raw)
+            p.ltrim(DEAD_LETTER_KEY, -self.dead_letter_max, -1)
+            p.lrem(self.inflight, 1, delivery.item)
             p.execute()
 
     # -- liveness ----------------------------------------------------------------------------
@@ -101,7 +196,7 @@ class EventQueue:
 
     def reclaim_own(self) -> int:
         """At start-up: events left in our in-flight list belong to a dead previous incarnation."""
-        return self._requeue_all(self.worker_id)
+        return self._requeue_all(self.worker_id, f"worker {self.worker_id} restarted before settling it")
 
     def reap(self) -> int:
         """Requeue the in-flight events of every worker whose heartbeat has expired."""
@@ -110,20 +205,18 @@ class EventQueue:
             worker = member.decode()
             if worker == self.worker_id or self.r.exists(heartbeat_key(worker)):
                 continue
-            moved += self._requeue_all(worker)
+            moved += self._requeue_all(worker, f"worker {worker} stopped heartbeating before settling it")
             self.r.srem(WORKERS_KEY, worker)
         return moved
 
-    def _requeue_all(self, worker: str) -> int:
-        moved = 0
-        # LMOVE is atomic per event: a crash here leaves each event in exactly one list.
-        while self.r.lmove(inflight_key(worker), self.events_key, "RIGHT", "LEFT") is not None:
-            moved += 1
-        return moved
+    def _requeue_all(self, worker: str, why: str) -> int:
+        # One script: a crash or a second reaper never sees an event in both lists, or uncounted.
+        return int(self._requeue(keys=[inflight_key(worker), self.events_key],
+                                 args=[REDELIVERY_MARK, why]))
 
     # -- introspection -----------------------------------------------------------------------
     def depth(self) -> int:
         return self.r.llen(self.events_key)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return [DeadLetter(**json.loads(x)) for x in self.r.lrange(DEAD_LETTER_KEY, 0, limit - 1)]
+        return [DeadLetter.from_json(x) for x in self.r.lrange(DEAD_LETTER_KEY, 0, limit - 1)]

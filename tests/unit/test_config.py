@@ -40,6 +40,8 @@ def test_environment_names_every_key():
     ({"MASKFLOW_MODEL_INPUT_SIZE": "256"}, "model.input_size"),
     ({"MASKFLOW_MINIO_ENDPOINT": "no-port"}, "minio.endpoint"),
     ({"MASKFLOW_MINIO_SECURE": "maybe"}, "minio.secure"),
+    ({"MASKFLOW_WORKER_MAX_DELIVERIES": "0"}, "worker.max_deliveries"),
+    ({"MASKFLOW_QUEUE_DEAD_LETTER_MAX": "0"}, "queue.dead_letter_max"),
 ])
 def test_bad_values_name_the_key(env, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
