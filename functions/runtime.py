@@ -4,11 +4,13 @@ Delivery is at-least-once through the reliable-queue pattern in infra/queue.py (
 in-flight list, heartbeat, reaper); duplicates are absorbed by the task transitions in
 infra/tasks.py.  Per event:
 
-    take (LMOVE into our in-flight list) -> parse (poison -> dead letter) -> begin task
-    -> handler, with tenacity retries for transient faults -> complete / fail -> ack
+    take (LMOVE into our in-flight list) -> parse (poison -> dead letter) -> trust checks
+    -> begin task -> handler, with tenacity retries for transient faults -> complete / fail -> ack
 
 Failure policy:
 * poison (not MinIO's access format, a wrong type or value anywhere): dead letter at once;
+* outside the trust boundary (another bucket, a key outside input/): dead letter; an object
+  larger than `task.max_upload_bytes` by its event's size fails its task without being read;
 * a message that cannot be settled (the task store raises, say) is handed back with its
   delivery count; after `worker.max_deliveries` deliveries, counting requeues by the reaper,
   it is dead-lettered with its last error instead, so nothing is retaken forever;
@@ -45,7 +47,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
                       wait_exponential, wait_random)
 
 from functions.events import ObjectCreated, PoisonEvent, parse_message
-from functions.handlers import Context, Model, handle_object_created
+from functions.handlers import INPUT_PREFIX, Context, Model, handle_object_created
 from infra.config import Config
 from infra.images import ImageRejected
 from infra.objects import ObjectChanged, ObjectMissing, ObjectStore
@@ -251,13 +253,21 @@ class Worker:
             return
         failures = []
         for event in events:
-            reason = self.process_event(event)
+            reason = self.untrusted(event) or self.process_event(event)
             if reason:
                 failures.append(reason)
         if failures:
             self._retrying(self.queue.dead_letter, delivery, "; ".join(failures))
         else:
             self._retrying(self.queue.ack, delivery)
+
+    def untrusted(self, event: ObjectCreated) -> str | None:
+        """Why an event MinIO would never send us must not reach a handler, or None."""
+        if event.bucket != self.cfg.minio.bucket:
+            return f"{event.key}: event for bucket {event.bucket!r}, not {self.cfg.minio.bucket!r}"
+        if not event.key.startswith(INPUT_PREFIX) or ".." in event.key.split("/"):
+            return f"{event.key}: key outside {INPUT_PREFIX}"
+        return None
 
     def process_event(self, event: ObjectCreated) -> str | None:
         """Run the handler for one event; returns a reason when it should be dead-lettered."""
@@ -271,6 +281,14 @@ class Worker:
         if decision != "start":
             log.info("task %s (%s): %s, skipped", task_id, event.key, decision)
             return f"task {task_id} gave up after repeated worker deaths" if decision == "exhausted" else None
+        limit = self.cfg.task.max_upload_bytes
+        if event.size > limit:
+            # decided from the event alone: an oversized object is never downloaded
+            error = f"object of {event.size} bytes exceeds the limit of {limit} bytes"
+            self._retrying(self.tasks.fail, task_id, event.sequencer, error)
+            self.stats.observe(0.0, ok=False)
+            log.warning("task %s (%s) failed: %s", task_id, event.key, error)
+            return None
         assert self.model is not None
         ctx = Context(task_id=task_id, objects=self.objects, model=self.model,
                       max_pixels=self.cfg.task.max_pixels)

@@ -1,17 +1,22 @@
-"""Issue 9: poison never stalls the pipeline (real Redis, real MinIO, real workers)."""
+"""Issue 9: poison never stalls the pipeline (real Redis, real MinIO, real worker processes)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
-from checks import PHOTOS
+from checks import PHOTOS, check_result, wait_for_task
 from functions.runtime import Worker
-from infra.config import replace
+from infra.config import PROJECT_ROOT, env_for, replace
 from infra.objects import ObjectStore
-from infra.queue import (DEAD_LETTER_KEY, EventQueue, dead_letter_count, heartbeat_key,
-                         inflight_key, unwrap)
+from infra.queue import (DEAD_LETTER_KEY, DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count,
+                         heartbeat_key, inflight_key, unwrap, worker_status)
 from infra.stack import wait_until
 from infra.tasks import derive_task_id, index_key
 
@@ -24,6 +29,29 @@ def record(bucket: str, key, name="s3:ObjectCreated:Put", **obj) -> dict:
 
 def message(rec: dict) -> bytes:
     return json.dumps([{"Event": [rec], "EventTime": "2026-11-28T00:00:00.000Z"}]).encode()
+
+
+def start_worker(cfg, worker_id: str, log_path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "functions", "--id", worker_id],
+                                env={**os.environ, **env_for(cfg)}, cwd=PROJECT_ROOT, stderr=log)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (/proc/<pid>/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dead_letters(r) -> list[dict]:
@@ -39,6 +67,73 @@ def run_in_thread(worker: Worker, timeout: float) -> None:
         worker.stop()
         thread.join(30)
         pytest.fail(f"burst worker still busy after {timeout} s: a message is being retaken")
+
+
+def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, model, tasks,
+                                                  unique_prefix, tmp_path):
+    r, cfg = clean_redis, replace(servers.cfg, worker={"concurrency": 2})
+    bucket, p = cfg.minio.bucket, f"input/{unique_prefix}"
+    key_number = record(bucket, f"{p}/k.jpg")
+    key_number["s3"]["object"]["key"] = 12345
+    name_not_text = record(bucket, f"{p}/n.jpg")
+    name_not_text["eventName"] = {"s3:ObjectCreated:Put": True}
+    # message -> what its dead letter's reason must say
+    poison = {
+        message(record(bucket, f"{p}/abc.jpg", size="abc")): 'size: expected a non-negative integer, got "abc"',
+        message(key_number): "key: expected a string, got 12345",
+        message(name_not_text): "eventName: expected a string, got an object",
+        b"null": "expected a list of {Event: [...]} entries, got null",
+        b"[]": "got an empty list",
+        b"7" * 2_000_000: "message of 2000000 bytes exceeds the limit of 65536 bytes",
+        message(record(bucket, f"{p}/seq.jpg", sequencer=None)): "sequencer: expected 1 to 32 hex digits, got null",
+        message(record("someone-elses-bucket", f"{p}/b.jpg")): "event for bucket 'someone-elses-bucket'",
+        message(record(bucket, f"output/{unique_prefix}/o.jpg")): "key outside input/",
+        message(record(bucket, f"{p}/../../output/x.jpg")): "key outside input/",
+        b"\xff\xfe\x00 not JSON \x80": "not JSON",
+    }
+    # never uploaded: reading it would fail with NoSuchKey, so the error shows it was never read
+    huge_key = f"{p}/huge.jpg"
+    huge = message(record(bucket, huge_key, size=cfg.task.max_upload_bytes + 1))
+    r.rpush(cfg.queue.events_key, *poison, huge)
+
+    log = tmp_path / "worker.log"
+    worker = start_worker(cfg, "poison-eater", log)
+    try:
+        wait_until(lambda: worker_status(r, "poison-eater").get("ready") == "1", "worker", 60, worker, log)
+        good_key = f"{p}/good.jpg"
+        data = (PHOTOS / "coffee.jpg").read_bytes()
+        store.put(good_key, data, "image/jpeg")
+        task = wait_for_task(tasks, derive_task_id(bucket, good_key), timeout=20)
+        assert task is not None and task.status == "completed", (task, log.read_text()[-3000:])
+        check_result(servers, store, model, good_key, data, tasks)
+
+        wait_until(lambda: r.llen(cfg.queue.events_key) == 0 and r.llen(inflight_key("poison-eater")) == 0,
+                   "events drained", 20)
+        expected = {raw[:DEAD_PAYLOAD_BYTES].decode("utf-8", "replace"): why for raw, why in poison.items()}
+        wait_until(lambda: expected.keys() <= {d["payload"] for d in dead_letters(r)}, "every poison dead-lettered", 20)
+        by_payload = {d["payload"]: d for d in dead_letters(r)}
+        for payload, why in expected.items():
+            dead = by_payload[payload]
+            assert why in dead["reason"], (why, dead["reason"])
+            assert dead["worker"] == "poison-eater" and dead["deliveries"] == 1 and dead["at"] > 0
+        big = by_payload["7" * DEAD_PAYLOAD_BYTES]
+        assert big["truncated"] and big["size"] == 2_000_000
+        assert not any(d["truncated"] for d in by_payload.values() if d is not big)
+        assert huge.decode() not in by_payload, "an oversized upload is a failed task, not a dead letter"
+        failed = wait_for_task(tasks, derive_task_id(bucket, huge_key), timeout=10)
+        assert failed.status == "failed"
+        assert failed.error == (f"object of {cfg.task.max_upload_bytes + 1} bytes exceeds the limit of "
+                                f"{cfg.task.max_upload_bytes} bytes")
+        assert dead_letter_count(r) == len(dead_letters(r))
+
+        # idle once drained: a message retaken in a loop would keep a core busy
+        before, started = cpu_seconds(worker.pid), time.monotonic()
+        threading.Event().wait(3.0)  # the measurement window itself
+        share = (cpu_seconds(worker.pid) - before) / (time.monotonic() - started)
+        assert share < 0.2, f"worker uses {share:.0%} of a core while the queue is empty"
+        assert worker.poll() is None, "the worker died"
+    finally:
+        stop_worker(worker)
 
 
 def test_message_failing_every_time_is_dead_lettered_after_max_deliveries(servers, clean_redis, store,
