@@ -108,3 +108,19 @@ def redis_server() -> Path:
     if not Path("/usr/bin/redis-server").exists():
         raise InstallError("redis-server still missing after apt-get install")
     return Path("/usr/bin/redis-server")
+
+
+def main() -> int:
+    """`python -m infra.install`: build (or find) the pinned MinIO and mc, and Redis."""
+    try:
+        for pin in (MINIO, MC):
+            _log(f"{pin.name}: {go_install(pin)}")
+        _log(f"redis-server: {redis_server()}")
+    except InstallError as exc:
+        _log(str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
