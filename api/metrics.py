@@ -25,7 +25,7 @@ from collections import defaultdict
 import falcon
 import redis
 
-from infra.queue import DEAD_LETTER_KEY, WORKERS_KEY, worker_status
+from infra.queue import WORKERS_KEY, dead_letter_count, worker_status
 from infra.tasks import TaskStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -104,10 +104,12 @@ class MetricsMiddleware:
         started = getattr(req.context, "started", None)
         if started is None:
             return
-        # The route template keeps label cardinality bounded (ids are not labels).
+        # Labels come from fixed sets whatever clients send: the method (HTTP's nine, else
+        # OTHER), the route template (ids are not labels), the status the app answered.
+        method = req.method if req.method in falcon.HTTP_METHODS else "OTHER"
         route = req.uri_template or "unmatched"
         status = int(str(resp.status).split()[0]) if not isinstance(resp.status, int) else resp.status
-        self.metrics.observe(req.method, route, status, time.perf_counter() - started)
+        self.metrics.observe(method, route, status, time.perf_counter() - started)
 
 
 def _float(value: str) -> float | None:
@@ -129,7 +131,7 @@ def pipeline_lines(r: redis.Redis, tasks: TaskStore, events_key: str) -> list[st
               f"maskflow_queue_depth {r.llen(events_key)}",
               "# HELP maskflow_dead_letters Events set aside as unprocessable.",
               "# TYPE maskflow_dead_letters gauge",
-              f"maskflow_dead_letters {r.llen(DEAD_LETTER_KEY)}"]
+              f"maskflow_dead_letters {dead_letter_count(r)}"]
 
     workers = sorted(m.decode() for m in r.smembers(WORKERS_KEY))
     stats = {w: worker_status(r, w) for w in workers}

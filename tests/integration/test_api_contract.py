@@ -19,7 +19,7 @@ import requests
 
 from infra.config import PROJECT_ROOT, Config, env_for, replace
 from infra.objects import ObjectStore
-from infra.queue import EventQueue
+from infra.queue import DEAD_LETTER_KEY, EventQueue
 from infra.stack import free_port, wait_until
 from infra.tasks import UPLOAD_DEADLINES, TaskStore
 
@@ -402,6 +402,20 @@ def test_metrics(api, servers):
     assert 'maskflow_processing_seconds_bucket{le="+Inf"} 7' in lines
     assert "maskflow_processing_seconds_count 7" in lines
     assert "maskflow_redis_up 1" in lines
+
+    def dead_letters() -> int:
+        text = requests.get(f"{api.url}/metrics", timeout=5).text
+        return int(next(line.split()[1] for line in text.splitlines()
+                        if line.startswith("maskflow_dead_letters ")))
+
+    r = servers.redis()
+    before = dead_letters()
+    assert before == r.llen(DEAD_LETTER_KEY)
+    r.rpush(DEAD_LETTER_KEY, b"metrics-test")
+    try:
+        assert dead_letters() == before + 1
+    finally:
+        r.lrem(DEAD_LETTER_KEY, 1, b"metrics-test")
 
 
 # -- access ----------------------------------------------------------------------------------

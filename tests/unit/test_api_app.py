@@ -140,3 +140,37 @@ def test_latency_histogram_is_cumulative():
     assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.005"} 1' in lines
     assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.25"} 2' in lines
     assert 'maskflow_http_request_duration_seconds_count{method="GET",route="/healthz"} 2' in lines
+
+
+def test_metrics_labels_come_from_a_fixed_set(client):
+    """Random methods and paths add no series: method OTHER, route template or unmatched."""
+    import random
+    import string
+    import warnings
+    from wsgiref.validate import WSGIWarning
+
+    rng = random.Random(9)
+
+    def series() -> list[str]:
+        text = client.simulate_get("/metrics").text
+        return [line.rpartition(" ")[0] for line in text.splitlines() if not line.startswith("#")]
+
+    def hammer(n: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WSGIWarning)  # wsgiref's lint dislikes odd methods
+            for i in range(n):
+                method = "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 12)))
+                if method in falcon.COMBINED_METHODS:
+                    continue
+                path = rng.choice([f"/api/v1/tasks/{rng.getrandbits(64):x}",
+                                   f"/no/such/{rng.getrandbits(64):x}", "/healthz"])
+                client.simulate_request(method, path)
+
+    hammer(100)
+    series()  # the scrape itself is a series too
+    before = series()
+    hammer(20_000)
+    after = series()
+    assert after == before
+    assert any('method="OTHER"' in s for s in after)
+    assert not any("/api/v1/tasks/" in s and "{task_id}" not in s for s in after)
