@@ -18,9 +18,9 @@ from redis.retry import Retry
 from api import errors
 from api.metrics import MetricsMiddleware
 from api.openapi import document
-from api.resources import (API, BatchResource, BearerAuth, Deps, HealthResource, MetricsResource,
-                           OpenApiResource, ReadyResource, StaticResource, SubmitResource,
-                           TaskLookupResource, TaskResource, UploadsResource)
+from api.resources import (API, BatchResource, BearerAuth, BodyLimit, Deps, HealthResource,
+                           MetricsResource, OpenApiResource, ReadyResource, StaticResource,
+                           SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
 from infra.config import Config, ConfigError, load_config
 from infra.objects import ObjectStore
 from infra.tasks import TaskStore
@@ -35,6 +35,7 @@ def create_app(deps: Deps) -> falcon.App:
     middleware: list = [MetricsMiddleware(deps.http_metrics)]
     if deps.cfg.api.token:
         middleware.append(BearerAuth(deps.cfg.api.token))
+    middleware.append(BodyLimit())
     app = falcon.App(middleware=middleware)
     errors.install(app)
 

@@ -4,6 +4,7 @@ Built as a dict (not a static file) so limits from the config appear in it.
 """
 from __future__ import annotations
 
+from api.resources import DEFAULT_MAX_BODY, UPLOAD_TYPES
 from infra.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -64,10 +65,18 @@ def document(cfg: Config) -> dict:
         "UploadRequest": {
             "type": "object", "required": ["filename", "content_type"],
             "properties": {
-                "filename": {"type": "string", "minLength": 1, "maxLength": 255},
-                "content_type": {"type": "string", "pattern": "^image/[A-Za-z0-9.+-]+$"},
-                "size": {"type": "integer", "minimum": 1, "maximum": limit},
-                "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"}}},
+                "filename": {"type": "string", "minLength": 1, "maxLength": 255,
+                             "not": {"pattern": "[\\x00-\\x1f\\x7f]"},
+                             "description": "No control characters"},
+                "content_type": {"type": "string", "enum": list(UPLOAD_TYPES),
+                                 "description": "The formats the service decodes; the "
+                                                "upload must carry exactly this type"},
+                "size": {"type": "integer", "minimum": 1, "maximum": limit,
+                         "description": "Bytes; required with PUT, whose URL admits exactly "
+                                        "this Content-Length"},
+                "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"}},
+            "if": {"required": ["method"], "properties": {"method": {"const": "PUT"}}},
+            "then": {"required": ["size"]}},
         "Upload": {
             "type": "object",
             "required": ["task_id", "method", "url", "object_key", "expires_at"],
@@ -78,7 +87,8 @@ def document(cfg: Config) -> dict:
                 "fields": {"type": "object", "additionalProperties": {"type": "string"},
                            "description": "POST: form fields to send before the file field"},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                            "description": "PUT: headers to send with the body"},
+                            "description": "PUT: headers to send with the body (Content-Type "
+                                           "and Content-Length are signed)"},
                 "object_key": {"type": "string"},
                 "expires_at": _TIME}},
         "Batch": {
@@ -122,13 +132,13 @@ def document(cfg: Config) -> dict:
                 "summary": "Submit an image (multipart field `file`)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["file"],
-                               "properties": {"file": {"type": "string",
+                               "properties": {"file": {"type": "string", "minLength": 1,
                                                        "contentMediaType": "application/octet-stream",
                                                        "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"}}}}}},
                 "responses": {
                     "202": _json("Accepted; processing starts from the storage event", "Submitted",
                                  _LOCATION),
-                    "400": _error("No `file` field, or a malformed form"),
+                    "400": _error("No `file` field, two of them, or a malformed form"),
                     "413": _error(f"File larger than {limit} bytes"),
                     "415": _error("Not multipart/form-data, or not a supported image format"),
                     "422": _error("A supported format, but empty, corrupt, truncated or too many pixels"),
@@ -157,9 +167,10 @@ def document(cfg: Config) -> dict:
                     "schema": {"$ref": "#/components/schemas/UploadRequest"}}}},
                 "responses": {"201": _json("Presigned upload; the task starts when the object lands",
                                            "Upload", _LOCATION),
-                              "400": _error("Malformed body"),
-                              "413": _error(f"size over {limit} bytes"),
-                              "415": _error("content_type is not image/*"), **_COMMON}}},
+                              "400": _error("Malformed body, or PUT without size"),
+                              "413": _error(f"Request body over {DEFAULT_MAX_BODY} bytes"),
+                              "415": _error("content_type is not one of the supported types"),
+                              "422": _error(f"size over {limit} bytes"), **_COMMON}}},
             "/api/v1/batches/{prefix}": {"get": {
                 "operationId": "getBatch",
                 "description": "Summary of all tasks under a prefix such as input/b1/ "

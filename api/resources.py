@@ -23,7 +23,8 @@ import redis
 from api import metrics as metrics_mod
 from api.errors import ApiError, bad_request, body as error_body, not_found
 from infra.config import Config
-from infra.images import ImageRejected, UnsupportedFormat, decode_image, sniff_format
+from infra.images import (SUPPORTED_FORMATS, ImageRejected, UnsupportedFormat, decode_image,
+                          sniff_format)
 from infra.objects import ObjectStore
 from infra.tasks import Task, TaskStore, new_task_id, utc_iso
 
@@ -39,7 +40,13 @@ READ_CHUNK = 256 * 1024
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
                  "bmp": "image/bmp", "tiff": "image/tiff", "gif": "image/gif"}
-_EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
+# What a presigned upload may declare: exactly the formats the worker decodes.
+UPLOAD_TYPES = {CONTENT_TYPES[fmt]: EXTENSIONS[fmt] for fmt in SUPPORTED_FORMATS}
+# A file name: no control characters (a newline must not end up in an object key).
+FILENAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
+_EXT_RE = re.compile(r"[a-z0-9]{1,8}")
+# Body limit of every route that does not set its own `max_body_bytes` (JSON documents).
+DEFAULT_MAX_BODY = 64 * 1024
 
 
 @dataclass
@@ -89,6 +96,7 @@ class SubmitResource:
     def __init__(self, deps: Deps):
         self.deps = deps
         self.limit = deps.cfg.task.max_upload_bytes
+        self.max_body_bytes = self.limit + MULTIPART_SLACK  # enforced by BodyLimit
 
     def _read_file(self, req: falcon.Request) -> bytes:
         kind = (req.content_type or "").split(";")[0].strip().lower()
@@ -99,14 +107,12 @@ class SubmitResource:
         if kind != "multipart/form-data":
             raise ApiError(415, "unsupported_media_type",
                            "send the image as multipart/form-data with a field named 'file'")
-        # Waitress already refuses bodies over limit + multipart slack; this catches the rest
-        # without reading anything.
-        if req.content_length is not None and req.content_length > self.limit + MULTIPART_SLACK:
-            raise self._too_large()
-        form = req.get_media()
-        for part in form:
+        data = None
+        for part in req.get_media():
             if part.name != "file":
                 continue  # other fields are skipped by the parser without buffering them
+            if data is not None:
+                raise bad_request("the multipart form has more than one field named 'file'")
             # part.stream is unbounded: read at most limit + 1 bytes to detect oversize.
             chunks, size = [], 0
             while True:
@@ -117,8 +123,10 @@ class SubmitResource:
                 size += len(chunk)
                 if size > self.limit:
                     raise self._too_large()
-            return b"".join(chunks)
-        raise bad_request("the multipart form has no field named 'file'", code="missing_file")
+            data = b"".join(chunks)
+        if data is None:
+            raise bad_request("the multipart form has no field named 'file'", code="missing_file")
+        return data
 
     def _too_large(self) -> ApiError:
         return ApiError(413, "payload_too_large",
@@ -170,25 +178,30 @@ class UploadsResource:
         content_type = doc.get("content_type")
         size = doc.get("size")
         method = doc.get("method", "POST")
-        if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
-            raise bad_request("filename must be a non-empty string of at most 255 characters")
+        if not isinstance(filename, str) or not FILENAME_RE.fullmatch(filename):
+            raise bad_request("filename must be 1 to 255 characters, without control characters")
         if not isinstance(content_type, str) or not content_type:
             raise bad_request("content_type must be a string such as image/jpeg")
-        if not re.fullmatch(r"image/[A-Za-z0-9.+-]+", content_type):
+        if content_type not in UPLOAD_TYPES:
             raise ApiError(415, "unsupported_media_type",
-                           f"content_type must be image/*, got {content_type!r}")
+                           f"content_type must be one of {', '.join(UPLOAD_TYPES)}, "
+                           f"got {content_type!r}")
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)  # JSON does not tell 267034.0 from 267034
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise bad_request("size must be a positive integer (bytes)")
         if size is not None and size > cfg.task.max_upload_bytes:
-            raise ApiError(413, "payload_too_large",
+            # 422, not 413: this small request is fine, the file it announces is not.
+            raise ApiError(422, "file_too_large",
                            f"size {size} exceeds the upload limit of {cfg.task.max_upload_bytes} bytes")
         if method not in ("POST", "PUT"):
             raise bad_request("method must be POST or PUT")
+        if method == "PUT" and size is None:
+            raise bad_request("size is required with method PUT: it is signed into the URL")
 
         ext = Path(filename).suffix.lower().lstrip(".")
-        if not _EXT_RE.match(ext):
-            ext = content_type.split("/", 1)[1].split("+")[0].lower()
-            ext = {"jpeg": "jpg", "svg": "svg"}.get(ext, ext) if _EXT_RE.match(ext) else "img"
+        if not _EXT_RE.fullmatch(ext):
+            ext = UPLOAD_TYPES[content_type]
         task_id = new_task_id()
         key = f"input/{task_id}.{ext}"
         expiry = cfg.api.presign_expiry
@@ -198,13 +211,13 @@ class UploadsResource:
         out: dict[str, Any] = {"task_id": task_id, "method": method, "object_key": key,
                                "expires_at": utc_iso(expires.timestamp())}
         if method == "POST":
-            url, fields = self.deps.objects.presigned_post(key, cfg.task.max_upload_bytes, expires)
-            # The policy pins Content-Type to image/*; pre-fill it so the form is complete.
-            out.update(url=url, fields={**fields, "Content-Type": content_type})
+            url, fields = self.deps.objects.presigned_post(key, content_type,
+                                                           cfg.task.max_upload_bytes, expires)
+            out.update(url=url, fields=fields)
         else:
-            # A presigned PUT cannot enforce size or type; the worker still validates the bytes.
-            out.update(url=self.deps.objects.presigned_put(key, expiry),
-                       headers={"Content-Type": content_type})
+            # Both headers are signed into the URL: MinIO refuses any other size or type.
+            out.update(url=self.deps.objects.presigned_put(key, expiry, content_type, size),
+                       headers={"Content-Type": content_type, "Content-Length": str(size)})
         resp.status = falcon.HTTP_201
         resp.location = f"{API}/tasks/{task_id}"
         resp.media = out
@@ -377,12 +390,28 @@ class BearerAuth:
     """With api.token set, every /api/v1 route needs `Authorization: Bearer <token>`."""
 
     def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not (req.path == API or req.path.startswith(API + "/")):
             return
-        given = (req.get_header("Authorization") or "").encode()
-        if not hmac.compare_digest(given, self.expected):
+        # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
+        scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
+        if not (scheme.lower() == "bearer"
+                and hmac.compare_digest(token.lstrip(" ").encode(), self.expected)):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token",
                            headers={"WWW-Authenticate": 'Bearer realm="maskflow"'})
+
+
+class BodyLimit:
+    """Refuse a body over its route's limit (`max_body_bytes`, else DEFAULT_MAX_BODY) with 413.
+
+    Checked on Content-Length before anything is read. Waitress de-chunks a chunked body and
+    sets Content-Length, so chunked bodies are covered too (Falcon reads a body without
+    Content-Length as empty, under any server).
+    """
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        limit = getattr(resource, "max_body_bytes", DEFAULT_MAX_BODY)
+        if req.content_length is not None and req.content_length > limit:
+            raise ApiError(413, "payload_too_large", f"the request body exceeds {limit} bytes")

@@ -13,7 +13,10 @@ the client will actually call).  Both pin the region so presigning needs no netw
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import io
+import urllib.parse
 from dataclasses import dataclass
 
 import certifi
@@ -21,6 +24,8 @@ import urllib3
 from minio import Minio
 from minio.datatypes import PostPolicy
 from minio.error import S3Error
+from minio.signer import get_credential_string
+from minio.time import to_amz_date, to_signer_date
 
 from infra.config import Config
 
@@ -66,6 +71,8 @@ class ObjectStore:
         self._public = _client(cfg.minio_public_endpoint, cfg)
         scheme = "https" if cfg.minio.secure else "http"
         self._post_url = f"{scheme}://{cfg.minio_public_endpoint}/{self.bucket}"
+        self._region = cfg.minio.region
+        self._credentials = (cfg.minio.access_key, cfg.minio.secret_key)
 
     def get(self, key: str, etag: str = "") -> StoredObject:
         """The object; with `etag`, exactly that version of it, else ObjectChanged."""
@@ -140,19 +147,47 @@ class ObjectStore:
         return self._public.presigned_get_object(self.bucket, key,
                                                  expires=dt.timedelta(seconds=expiry_seconds))
 
-    def presigned_put(self, key: str, expiry_seconds: int) -> str:
-        return self._public.presigned_put_object(self.bucket, key,
-                                                 expires=dt.timedelta(seconds=expiry_seconds))
+    def presigned_put(self, key: str, expiry_seconds: int, content_type: str, size: int) -> str:
+        """A PUT URL whose signature also covers Content-Type and Content-Length.
 
-    def presigned_post(self, key: str, max_bytes: int, expires_at: dt.datetime,
-                       content_type_prefix: str = "image/") -> tuple[str, dict[str, str]]:
-        """A browser-style POST policy pinned to one key, image/* and a size limit."""
+        SigV4 query signing as in minio's presign_v4, which signs only `host`: with these two
+        headers signed, MinIO refuses a body of any other size or type (or a chunked one).
+        """
+        now = dt.datetime.now(dt.timezone.utc)
+        public = urllib.parse.urlsplit(self._post_url)  # scheme://public endpoint/bucket
+        headers = {"content-length": str(size), "content-type": content_type,
+                   "host": public.netloc}
+        signed = ";".join(sorted(headers))
+        access_key, secret_key = self._credentials
+        path = urllib.parse.quote(f"/{self.bucket}/{key}", safe="/~")
+        query = urllib.parse.urlencode(sorted({
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Credential": get_credential_string(access_key, now, self._region),
+            "X-Amz-Date": to_amz_date(now),
+            "X-Amz-Expires": str(expiry_seconds),
+            "X-Amz-SignedHeaders": signed,
+        }.items()), quote_via=urllib.parse.quote, safe="~")
+        canonical = "\n".join(["PUT", path, query,
+                               "".join(f"{name}:{headers[name]}\n" for name in sorted(headers)),
+                               signed, "UNSIGNED-PAYLOAD"])
+        scope = f"{to_signer_date(now)}/{self._region}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", to_amz_date(now), scope,
+                             hashlib.sha256(canonical.encode()).hexdigest()])
+        signing_key = ("AWS4" + secret_key).encode()
+        for part in (to_signer_date(now), self._region, "s3", "aws4_request"):
+            signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return f"{public.scheme}://{public.netloc}{path}?{query}&X-Amz-Signature={signature}"
+
+    def presigned_post(self, key: str, content_type: str, max_bytes: int,
+                       expires_at: dt.datetime) -> tuple[str, dict[str, str]]:
+        """A browser-style POST policy pinned to one key, one content type and a size limit."""
         policy = PostPolicy(self.bucket, expires_at)
         policy.add_equals_condition("key", key)
-        policy.add_starts_with_condition("Content-Type", content_type_prefix)
+        policy.add_equals_condition("Content-Type", content_type)
         policy.add_content_length_range_condition(1, max_bytes)
         fields = self._public.presigned_post_policy(policy)
-        return self._post_url, {"key": key, **fields}
+        return self._post_url, {"key": key, "Content-Type": content_type, **fields}
 
     def bucket_exists(self) -> bool:
         return self.client.bucket_exists(self.bucket)

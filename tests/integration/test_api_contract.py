@@ -154,6 +154,8 @@ def test_rejected_uploads_store_nothing(api, store):
                        "payload_too_large")
     assert str(LIMIT) in err["message"]
     assert_error(_submit(api, files={"image": ("a.jpg", photo(), "image/jpeg")}), 400, "missing_file")
+    assert_error(_submit(api, files=[("file", ("a.jpg", photo(), "image/jpeg")),
+                                     ("file", ("b.jpg", photo(), "image/jpeg"))]), 400)
     assert_error(_submit(api, data={"note": "no file"}), 400, "missing_file")
     assert_error(_submit(api, data=b"raw bytes", headers={"Content-Type": "image/jpeg"}), 415)
     err = assert_error(_submit(api, files={"file": ("a.txt", b"hello, not an image", "text/plain")}),
@@ -282,6 +284,10 @@ def test_minio_rejects_uploads_outside_the_policy(api, servers):
     text = dict(up["fields"], **{"Content-Type": "text/plain"})
     r = requests.post(up["url"], data=text, files={"file": ("c.txt", b"hello", "text/plain")}, timeout=10)
     assert r.status_code == 403, r.text
+    # the declared type exactly, not any image/*
+    png = dict(up["fields"], **{"Content-Type": "image/png"})
+    r = requests.post(up["url"], data=png, files={"file": ("c.png", photo(), "image/png")}, timeout=10)
+    assert r.status_code == 403, r.text
 
     r = requests.post(up["url"], data=up["fields"],
                       files={"file": ("big.jpg", b"\xff" * (LIMIT + 1), "image/jpeg")}, timeout=30)
@@ -289,28 +295,53 @@ def test_minio_rejects_uploads_outside_the_policy(api, servers):
     assert not objects.exists(up["object_key"])
 
 
-def test_presigned_put(api, servers):
-    up = _presign(api, filename="logo.png", content_type="image/png", method="PUT")
-    assert up["method"] == "PUT" and up["headers"] == {"Content-Type": "image/png"}
-    assert "fields" not in up
+def test_presigned_put_admits_only_the_declared_size_and_type(api, servers):
+    objects = ObjectStore(servers.cfg)
     data = photo("camera_gray.png")
-    r = requests.put(up["url"], data=data, headers=up["headers"], timeout=10)
+    up = _presign(api, filename="logo.png", content_type="image/png", method="PUT", size=len(data))
+    assert up["method"] == "PUT" and "fields" not in up
+    assert up["headers"] == {"Content-Type": "image/png", "Content-Length": str(len(data))}
+    url = up["url"]
+    png = {"Content-Type": "image/png"}
+    refused = [  # (what MinIO answers, the request)
+        (403, requests.put(url, data=data + b"\0", headers=png, timeout=10)),
+        (403, requests.put(url, data=b"\xff" * (LIMIT + 1), headers=png, timeout=30)),
+        (403, requests.put(url, data=data[:-1], headers=png, timeout=10)),
+        (403, requests.put(url, data=data, headers={"Content-Type": "image/svg+xml"}, timeout=10)),
+        (400, requests.put(url, data=data, timeout=10)),  # no Content-Type: "not signed"
+        (411, requests.put(url, data=iter([data]), headers=png, timeout=10)),  # chunked
+    ]
+    for status, r in refused:
+        assert r.status_code == status, (r.request.headers, r.text)
+    assert not objects.exists(up["object_key"])
+
+    r = requests.put(url, data=data, headers=up["headers"], timeout=10)
     assert r.status_code == 200, r.text
-    assert ObjectStore(servers.cfg).get(up["object_key"]).data == data
+    stored = objects.get(up["object_key"])
+    assert stored.data == data and stored.content_type == "image/png"
 
 
 def test_presign_errors(api):
     url = f"{api.url}/api/v1/uploads"
     assert_error(requests.post(url, json={"filename": "a.txt", "content_type": "text/plain"}, timeout=5),
                  415, "unsupported_media_type")
+    assert_error(requests.post(url, json={"filename": "a.svg", "content_type": "image/svg+xml"},
+                               timeout=5), 415, "unsupported_media_type")
     assert_error(requests.post(url, json={"filename": "a.jpg", "content_type": "image/jpeg",
-                                          "size": LIMIT + 1}, timeout=5), 413, "payload_too_large")
+                                          "size": LIMIT + 1}, timeout=5), 422, "file_too_large")
+    assert_error(requests.post(url, json={"filename": "x.png\n", "content_type": "image/png"},
+                               timeout=5), 400)
+    assert_error(requests.post(url, json={"filename": "a.png", "content_type": "image/png",
+                                          "method": "PUT"}, timeout=5), 400)
     assert_error(requests.post(url, json={"content_type": "image/jpeg"}, timeout=5), 400)
     assert_error(requests.post(url, json={"filename": "a.jpg", "content_type": "image/jpeg",
                                           "method": "DELETE"}, timeout=5), 400)
     assert_error(requests.post(url, data=b"{not json", headers={"Content-Type": "application/json"},
                                timeout=5), 400)
     assert_error(requests.post(url, json=["a"], timeout=5), 400)
+    # a JSON number with a zero fraction is an integer
+    up = _presign(api, filename="a.png", content_type="image/png", size=267034.0)
+    assert up["object_key"].endswith(".png")
 
 
 def test_upload_that_never_arrives_fails(api, store):
@@ -433,6 +464,8 @@ def test_bearer_token(servers, tmp_path):
         assert_error(requests.get(f"{url}/api/v1/openapi.json", timeout=5), 401)
         auth = {"Authorization": "Bearer s3cret-token"}
         assert_error(requests.get(f"{url}/api/v1/tasks/x", headers=auth, timeout=5), 404)
+        lower = {"Authorization": "bearer s3cret-token"}  # RFC 7235: scheme is case-insensitive
+        assert_error(requests.get(f"{url}/api/v1/tasks/x", headers=lower, timeout=5), 404)
         assert requests.get(f"{url}/api/v1/openapi.json", headers=auth, timeout=5).status_code == 200
         # operations and the web page stay open
         for path in ("/healthz", "/readyz", "/metrics"):

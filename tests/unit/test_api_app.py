@@ -174,3 +174,48 @@ def test_metrics_labels_come_from_a_fixed_set(client):
     assert after == before
     assert any('method="OTHER"' in s for s in after)
     assert not any("/api/v1/tasks/" in s and "{task_id}" not in s for s in after)
+
+
+def test_bearer_scheme_is_case_insensitive():
+    c = falcon.testing.TestClient(create_app(build_deps(offline_config(token="t0ken"))))
+    for header in ("bearer t0ken", "BEARER t0ken", "Bearer   t0ken"):
+        # 503: past the token check, Redis (a closed port here) is down
+        error_of(c.simulate_get("/api/v1/tasks/x", headers={"Authorization": header}), 503)
+    for header in ("Bearer", "Basic t0ken", "Bearer t0ken2", "bearert0ken"):
+        error_of(c.simulate_get("/api/v1/tasks/x", headers={"Authorization": header}), 401)
+
+
+def test_bodies_over_the_route_limit_are_refused_before_reading(client):
+    # submission: limit 100_000 + multipart slack; the 413 comes from Content-Length alone
+    err = error_of(client.simulate_post(URL, body=b"", headers={
+        "Content-Type": "multipart/form-data; boundary=x", "Content-Length": "10000000"}), 413)
+    assert err["code"] == "payload_too_large"
+    # JSON routes: 64 KiB
+    big = b'{"filename": "a.jpg", "content_type": "image/jpeg", "pad": "' + b"x" * 70_000 + b'"}'
+    error_of(client.simulate_post("/api/v1/uploads", body=big,
+                                  headers={"Content-Type": "application/json"}), 413)
+
+
+def test_two_file_parts_are_refused(client):
+    form = multipart(files=[("file", ("a.jpg", PHOTO)), ("file", ("b.jpg", PHOTO))])
+    err = error_of(client.simulate_post(URL, **form), 400)
+    assert "more than one" in err["message"]
+
+
+@pytest.mark.parametrize("doc, status", [
+    ({"filename": "x.png\n", "content_type": "image/png"}, 400),
+    ({"filename": "a\x00.png", "content_type": "image/png"}, 400),
+    ({"filename": "", "content_type": "image/png"}, 400),
+    ({"filename": "a" * 256, "content_type": "image/png"}, 400),
+    ({"filename": "a.svg", "content_type": "image/svg+xml"}, 415),
+    ({"filename": "a.png", "content_type": "image/x-png"}, 415),
+    ({"filename": "a.png", "content_type": "image/png", "size": 1.5}, 400),
+    ({"filename": "a.png", "content_type": "image/png", "size": True}, 400),
+    ({"filename": "a.png", "content_type": "image/png", "size": 100_001}, 422),
+    ({"filename": "a.png", "content_type": "image/png", "method": "PUT"}, 400),
+    # valid: past validation, the task store (Redis, a closed port here) answers 503
+    ({"filename": "a.png", "content_type": "image/png", "size": 1234.0}, 503),
+    ({"filename": "a.png", "content_type": "image/png", "size": 1234, "method": "PUT"}, 503),
+])
+def test_upload_request_validation(client, doc, status):
+    error_of(client.simulate_post("/api/v1/uploads", json=doc), status)
