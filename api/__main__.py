@@ -1,4 +1,4 @@
-"""`python -m api [--config FILE]`: serve the API with waitress, settings from `api.*`."""
+"""`python -m api [--config FILE]`: serve the API with waitress (api/server.py), settings from `api.*`."""
 from __future__ import annotations
 
 import argparse
@@ -16,20 +16,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config)
+        from api.server import create_server, ensure_fd_limit
+        ensure_fd_limit(cfg.api.connection_limit)
         from api.app import build_deps, create_app  # after the config: imports OpenCV
         from api.resources import MULTIPART_SLACK
-        app = create_app(build_deps(cfg))
+        server = create_server(create_app(build_deps(cfg)), cfg,
+                               max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK)
     except ConfigError as exc:
         print(f"maskflow api: {exc}", file=sys.stderr)
         return 2
 
-    import waitress
     logging.getLogger("maskflow.api").info("listening on http://%s:%d", cfg.api.host, cfg.api.port)
-    waitress.serve(app, host=cfg.api.host, port=cfg.api.port, threads=cfg.api.threads,
-                   channel_timeout=cfg.api.channel_timeout,
-                   # Waitress buffers the whole body before the app runs; cap it near the limit.
-                   max_request_body_size=cfg.task.max_upload_bytes + MULTIPART_SLACK,
-                   ident="maskflow")
+    server.run()
     return 0
 
 

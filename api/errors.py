@@ -14,7 +14,7 @@ from minio.error import MinioException
 
 log = logging.getLogger("maskflow.api")
 
-# Falcon's status titles -> our stable machine-readable codes for errors Falcon raises itself.
+# Statuses -> our stable machine-readable codes for errors Falcon or waitress raise themselves.
 _FALCON_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -23,7 +23,9 @@ _FALCON_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
+    431: "headers_too_large",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
 }
 
@@ -33,6 +35,11 @@ class ApiError(falcon.HTTPError):
         super().__init__(falcon.code_to_http_status(status), title=code, description=message,
                          headers=headers)
         self.api_code = code
+
+
+def default_code(status: int) -> str:
+    """The machine-readable code of an error nobody gave a more specific one."""
+    return _FALCON_CODES.get(status, "error")
 
 
 def body(status: int, code: str, message: str) -> dict:
@@ -50,7 +57,7 @@ def not_found(message: str) -> ApiError:
 def serialize(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     """Error serializer for the app: always JSON, whatever the client accepts."""
     status = exc.status_code
-    code = getattr(exc, "api_code", None) or _FALCON_CODES.get(status, "error")
+    code = getattr(exc, "api_code", None) or default_code(status)
     message = exc.description
     if not message and status == 404:
         message = f"no route for {req.method} {req.path}"

@@ -4,7 +4,7 @@ Built as a dict (not a static file) so limits from the config appear in it.
 """
 from __future__ import annotations
 
-from api.resources import DEFAULT_MAX_BODY, UPLOAD_TYPES
+from api.resources import DEFAULT_MAX_BODY, MULTIPART_SLACK, UPLOAD_TYPES
 from infra.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -120,7 +120,11 @@ def document(cfg: Config) -> dict:
         "info": {"title": "maskflow", "version": "1.0.0",
                  "description": "Image segmentation: submit an image (or upload it to MinIO "
                                 "under input/), then poll the task. Every error body has the "
-                                "shape of the Error schema."},
+                                "shape of the Error schema, including the server's own answers "
+                                "to a malformed request (400), a body over the route's limit "
+                                f"(413; at most {limit + MULTIPART_SLACK} bytes for a "
+                                f"submission, {DEFAULT_MAX_BODY} elsewhere) or request headers "
+                                "that are too large (431)."},
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -97,6 +97,11 @@ class ApiConfig:
     channel_timeout: int = 120
     presign_expiry: int = 3600
     token: str = ""
+    # Hostile clients (api/server.py): connections held at once, and a request must arrive
+    # within request_timeout seconds plus one second per min_request_rate bytes sent.
+    connection_limit: int = 1000
+    request_timeout: int = 10
+    min_request_rate: int = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,7 @@ def _validate(cfg: Config) -> None:
                 "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
                 "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "task.max_upload_bytes", "api.presign_expiry",
                 "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
+                "api.connection_limit", "api.request_timeout", "api.min_request_rate",
                 "stack.workers", "worker.max_deliveries", "queue.dead_letter_max"):
         section, name = key.split(".")
         positive(key, getattr(getattr(cfg, section), name))

@@ -219,3 +219,14 @@ def test_two_file_parts_are_refused(client):
 ])
 def test_upload_request_validation(client, doc, status):
     error_of(client.simulate_post("/api/v1/uploads", json=doc), status)
+
+
+def test_too_small_open_file_limit_fails_at_start_with_one_line():
+    import resource
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")}
+    proc = subprocess.run([sys.executable, "-m", "api"], env=clean, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "api.connection_limit=1000" in lines[0], proc.stderr

@@ -76,3 +76,11 @@ def test_app_services_wait_for_bootstrap(name):
         assert SERVICES[name]["depends_on"]["minio"]["condition"] == "service_healthy"
     else:
         assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+
+
+def test_api_may_open_enough_files_for_its_connection_limit():
+    from api.server import FDS_PER_CONNECTION, RESERVED_FDS
+    env = {k: v for k, v in app_env().items() if not str(v).startswith("${")}
+    need = load_config(env=env).api.connection_limit * FDS_PER_CONNECTION + RESERVED_FDS
+    nofile = SERVICES["api"]["ulimits"]["nofile"]
+    assert min(nofile["soft"], nofile["hard"]) >= need  # else the API refuses to start

@@ -1,0 +1,127 @@
+"""Serving the app with waitress, hardened against hostile clients (`python -m api` calls `serve`).
+
+Waitress measures `channel_timeout` as inactivity, so a client sending a byte every few
+seconds keeps its connection forever, and its default `connection_limit` of 100 lets 100 such
+clients stop the server from accepting anyone else. Here:
+
+* `connection_limit` is `api.connection_limit` (1000 by default), polled with poll(2) because
+  select(2) cannot watch file descriptors above 1023; the process' open-file limit is raised
+  (or start-up refused) so that many connections can really be held;
+* a channel that has not delivered a whole request within `api.request_timeout` seconds, plus
+  one second per `api.min_request_rate` bytes it sent, is closed (like Apache's
+  mod_reqtimeout). The clock starts at accept or at the first byte of a request and stops
+  while a request is being served or the connection idles between requests (that idle time
+  is `api.channel_timeout`);
+* waitress' own error answers (malformed request, body or headers too large) use the API's
+  JSON error shape instead of plain text.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+
+import waitress
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
+
+from api.errors import body as error_body, default_code
+from infra.config import Config, ConfigError
+
+log = logging.getLogger("maskflow.api")
+
+# Descriptors beyond the connections: listening socket, trigger pipe, Redis/MinIO pools, logs.
+RESERVED_FDS = 256
+# A connection may hold a second descriptor: a body over waitress' inbuf_overflow (512 KiB)
+# spills to a temporary file.
+FDS_PER_CONNECTION = 2
+
+
+class JsonErrorTask(ErrorTask):
+    """Waitress' answers to requests it refuses itself, in the API's error shape."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        status = error.code
+        adj = self.channel.server.adj
+        message = {
+            413: f"the request body exceeds {adj.max_request_body_size - 1} bytes",
+            431: f"the request headers exceed {adj.max_request_header_size - 1} bytes",
+        }.get(status, f"{error.reason}: {error.body}")
+        data = json.dumps(error_body(status, default_code(status), message)).encode()
+        self.status = f"{status} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(data)
+        self.write(data)
+
+
+def guarded_channel(request_timeout: float, min_request_rate: float) -> type[HTTPChannel]:
+    """An HTTPChannel that closes itself when a request arrives too slowly."""
+
+    class GuardedChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+        def __init__(self, *args, **kwargs):
+            # The first request's clock starts at accept: a silent connection is a slow one.
+            self._started: float | None = time.monotonic()
+            self._received = 0
+            super().__init__(*args, **kwargs)
+
+        def received(self, data: bytes) -> bool:
+            if self._started is None:
+                self._started, self._received = time.monotonic(), 0
+            self._received += len(data)
+            result = super().received(data)
+            if self.request is None:  # nothing half-received: the clock stops
+                self._started = None
+            return result
+
+        def readable(self) -> bool:
+            # The event loop asks every channel this at least once a second (its poll timeout).
+            if (self._started is not None and not self.requests
+                    and time.monotonic() > self._started + request_timeout
+                    + self._received / min_request_rate):
+                self.will_close = True  # the loop then closes it, as waitress' own timeout does
+                return False
+            return super().readable()
+
+    return GuardedChannel
+
+
+def ensure_fd_limit(connections: int) -> int:
+    """Raise the soft open-file limit to what `connections` need; refuse if the hard one is lower."""
+    need = connections * FDS_PER_CONNECTION + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise ConfigError(f"config key api.connection_limit={connections} needs about {need} open "
+                          f"files but the hard limit (ulimit -Hn) is {hard}: lower "
+                          f"api.connection_limit or raise the limit")
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        soft = need
+    return soft
+
+
+def create_server(app, cfg: Config, max_body_bytes: int):
+    """A waitress server for `app` with the settings above; `.run()` serves until stopped.
+
+    Call `ensure_fd_limit(cfg.api.connection_limit)` first.
+    """
+    api = cfg.api
+    sockets: dict = {}
+    server = waitress.create_server(
+        app, map=sockets, host=api.host, port=api.port, threads=api.threads,
+        connection_limit=api.connection_limit, channel_timeout=api.channel_timeout,
+        asyncore_use_poll=True,
+        # Waitress buffers a whole body before the app runs and refuses it past this size
+        # (its check is ">="); the app applies each route's own, smaller limit.
+        max_request_body_size=max_body_bytes + 1,
+        ident="maskflow")
+    channel = guarded_channel(api.request_timeout, api.min_request_rate)
+    for dispatcher in sockets.values():  # one listening server per address
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = channel
+    return server
