@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.cli.batch import result_stems as _stems
+from infra.cli.tasks import unique_stems
 from infra.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
-from infra.commands import _stems, unique_stems
 from infra.stack import free_port
 
 

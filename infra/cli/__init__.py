@@ -1,0 +1,26 @@
+"""The `maskflow` command line (the entry point is `main`).
+
+Exit codes: 0 success, 1 some tasks failed (each listed with its reason), 2 usage,
+configuration or connection errors.  Errors print one line, never a traceback; Ctrl-C also
+exits 2.
+"""
+from __future__ import annotations
+
+from infra.cli.console import EXIT_USAGE, UsageError, say
+from infra.cli.parser import build_parser
+from infra.client import ClientError
+from infra.config import ConfigError, load_config
+from infra.install import InstallError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from infra.stack import StackError  # slow to import: not needed for --help or usage errors
+    try:
+        return args.run(args, load_config(args.config))
+    except (ConfigError, InstallError, StackError, ClientError, UsageError) as exc:
+        say(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        say("interrupted")
+        return EXIT_USAGE

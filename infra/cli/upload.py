@@ -1,0 +1,129 @@
+"""Getting a batch's files into the bucket: straight to MinIO, or through the API.
+
+Through the API, task ids go to a state file beside the results, so a re-run resumes instead
+of submitting every file again.  minio is imported only when uploading: it is slow to import.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infra.cli.console import UsageError
+from infra.cli.progress import Progress
+from infra.client import Client, ClientError, atomic_write, sniff_content_type
+from infra.config import Config
+
+if TYPE_CHECKING:
+    from infra.cli.batch import Item
+    from infra.objects import ObjectStore
+
+STATE_FILE = ".maskflow-batch.json"
+
+
+# -- straight to MinIO ----------------------------------------------------------------------------
+def upload_to_minio(items: list[Item], cfg: Config, batch_name: str) -> None:
+    """Put each file at input/<batch_name>/<rel> like `mc mirror`: identical objects are skipped."""
+    from minio.error import S3Error
+
+    from infra.objects import ObjectStore
+    store = ObjectStore(cfg)
+    bar = Progress("upload", len(items))
+    try:
+        for n, item in enumerate(items, 1):
+            item.key = f"input/{batch_name}/{item.rel}"
+            try:
+                _mirror(store, item)
+            except S3Error as exc:
+                raise UsageError(f"MinIO at {cfg.minio.endpoint} refused {item.key}: {exc.code}") from None
+            except OSError as exc:  # urllib3 connection errors are OSErrors too
+                raise UsageError(f"cannot reach MinIO at {cfg.minio.endpoint} "
+                                 f"({type(exc).__name__}): is it running?") from None
+            bar.update(n)
+    finally:
+        bar.close()
+
+
+def _mirror(store: ObjectStore, item: Item) -> None:
+    """Upload the file unless the bucket holds the same bytes under its key already."""
+    existing = _stat(store, item.key)
+    if existing is not None and (existing.etag or "").strip('"') == _md5(item.path):
+        return
+    if existing is not None:
+        item.fresh_after = _now_iso()
+    store.client.fput_object(store.bucket, item.key, str(item.path),
+                             content_type=_content_type(item.path))
+
+
+def _stat(store: ObjectStore, key: str):
+    """The object's metadata, or None if there is no such object."""
+    from minio.error import S3Error
+    try:
+        return store.client.stat_object(store.bucket, key)
+    except S3Error as exc:
+        if exc.code not in ("NoSuchKey", "NoSuchObject"):
+            raise
+        return None
+
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _content_type(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(64)
+    return sniff_content_type(head, path.name) or "application/octet-stream"
+
+
+# -- through the API ------------------------------------------------------------------------------
+class StateFile:
+    """Task ids of the files already submitted to one API, keyed by path below DIR."""
+
+    def __init__(self, path: Path, api_url: str):
+        self.path = path
+        try:
+            self.state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.state = {}
+        if self.state.get("api_url") != api_url:  # another API knows nothing of those tasks
+            self.state = {"api_url": api_url, "tasks": {}}
+
+    def task_id(self, rel: str, signature: str) -> str | None:
+        """The task of this file, unless the file changed since it was submitted."""
+        known = self.state["tasks"].get(rel)
+        return known["task_id"] if known and known.get("sig") == signature else None
+
+    def remember(self, rel: str, task_id: str, signature: str) -> None:
+        self.state["tasks"][rel] = {"task_id": task_id, "sig": signature}
+        atomic_write(self.path, [json.dumps(self.state).encode()])
+
+
+def upload_through_api(items: list[Item], client: Client, state_path: Path) -> None:
+    """Submit each file through the API, or reuse its task from an earlier run."""
+    state = StateFile(state_path, client.api_url)
+    bar = Progress("upload", len(items))
+    try:
+        for n, item in enumerate(items, 1):
+            st = item.path.stat()
+            signature = f"{st.st_size}:{st.st_mtime_ns}"
+            item.task_id = state.task_id(item.rel, signature)
+            if item.task_id is None:
+                try:
+                    item.task_id = client.submit(item.path)
+                except ClientError as exc:
+                    if not exc.rejected:
+                        raise
+                    item.error = f"rejected: {exc}"
+                else:
+                    state.remember(item.rel, item.task_id, signature)
+            bar.update(n)
+    finally:
+        bar.close()
