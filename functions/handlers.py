@@ -49,8 +49,6 @@ class Context:
 class Result:
     output_key: str
     mask_key: str
-    width: int
-    height: int
 
 
 def result_keys(input_key: str) -> tuple[str, str]:
@@ -69,4 +67,4 @@ def handle_object_created(event: ObjectCreated, ctx: Context) -> Result:
     version = normalise_sequencer(event.sequencer)
     ctx.objects.publish(mask_key, encode_mask_png(mask), "image/png", metadata, version)
     ctx.objects.publish(output_key, encode_cutout_png(rgb, mask), "image/png", metadata, version)
-    return Result(output_key, mask_key, width=rgb.shape[1], height=rgb.shape[0])
+    return Result(output_key, mask_key)

@@ -25,7 +25,6 @@ Every Redis key name for events, in-flight work, workers and dead letters lives 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -107,22 +106,6 @@ def unwrap(item: bytes) -> Delivery:
                 return Delivery(item, message, count + 1, error)
     # MinIO's own message, or a header we never wrote: parsing decides what it is
     return Delivery(item, item, 1)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    reason: str
-    payload: str
-    worker: str
-    at: float
-    deliveries: int = 0
-    size: int = 0
-    truncated: bool = False
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> "DeadLetter":
-        data = json.loads(raw)
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def dead_letter_count(r: redis.Redis) -> int:
@@ -214,9 +197,3 @@ class EventQueue:
         return int(self._requeue(keys=[inflight_key(worker), self.events_key],
                                  args=[REDELIVERY_MARK, why]))
 
-    # -- introspection -----------------------------------------------------------------------
-    def depth(self) -> int:
-        return self.r.llen(self.events_key)
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return [DeadLetter.from_json(x) for x in self.r.lrange(DEAD_LETTER_KEY, 0, limit - 1)]

@@ -8,7 +8,7 @@ late or duplicate event can never move a finished task backwards:
   task (MinIO's per-object ``sequencer`` orders versions, an older event is ``stale``);
 * an event for the version already finished is a ``duplicate``;
 * an event for a version another live worker is processing is ``busy``;
-* finishing (completed / failed / released) only applies to the version being processed.
+* finishing (completed / failed) only applies to the version being processed.
 
 Batch counters: each directory prefix of an input key (``input/b1/``, ``input/b1/sub/``) has a
 hash of counts by status plus ``total``, and a sorted set of its failed keys, so a batch of
@@ -302,10 +302,6 @@ class TaskStore:
     def fail_pending(self, task_id: str, error: str) -> bool:
         """An announced task whose upload failed before any event could exist."""
         return self._transition(task_id, "*", "pending", "failed", error=error)
-
-    def release(self, task_id: str, sequencer: str) -> bool:
-        """Hand a version back unprocessed (worker shutting down): processing -> pending."""
-        return self._transition(task_id, normalise_sequencer(sequencer), "processing", "pending")
 
     def expire_overdue(self, now: float | None = None) -> list[str]:
         """Fail tasks processing past task.timeout and announced uploads that never arrived."""
