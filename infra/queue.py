@@ -3,12 +3,12 @@
 Pattern: reliable queue with per-worker in-flight lists (Redis' documented RPOPLPUSH/LMOVE
 pattern, as rq and kombu use it).  MinIO RPUSHes to `queue.events_key` and checks that the key
 is a plain list, so the queue must stay one; a Stream would need a second hop.  A worker
-atomically moves an event into ``maskflow:inflight:<worker>`` (LMOVE), and removes it only
-after the task state is settled.  Each worker refreshes a heartbeat hash with a TTL; a reaper,
-run by every live worker, moves the in-flight events of workers whose heartbeat expired back
-onto the events list, so an event taken by a worker that is SIGKILLed or loses power is
-processed again by another one.  Redelivery means duplicates are possible: task transitions
-are idempotent (see infra/tasks.py).
+atomically moves an event into its own in-flight list (LMOVE), and removes it only after the
+task state is settled.  Each worker refreshes a heartbeat hash with a TTL; a reaper, run by
+every live worker, moves the in-flight events of workers whose heartbeat expired back onto the
+events list, so an event taken by a worker that is SIGKILLed or loses power is processed again
+by another one.  Redelivery means duplicates are possible: task transitions are idempotent
+(see infra/tasks.py).
 
 Redelivery is counted.  A message handed back after a failure, or requeued by the reaper,
 goes back with a one-line header in front of MinIO's bytes (kept verbatim: they need not even
@@ -21,7 +21,7 @@ number, and the worker dead-letters a message once it has had `worker.max_delive
 Dead letters keep the reason, the first 64 KiB of the message and its delivery count; the
 list is trimmed to `queue.dead_letter_max`.
 
-Every Redis key name for events, in-flight work, workers and dead letters lives here.
+Key names are in infra/keys.py.
 """
 from __future__ import annotations
 
@@ -33,10 +33,8 @@ from dataclasses import dataclass
 import redis
 
 from infra.config import Config
+from infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
 
-PREFIX = "maskflow"
-WORKERS_KEY = f"{PREFIX}:workers"
-DEAD_LETTER_KEY = f"{PREFIX}:dead"
 # '#' never starts JSON, so a message MinIO wrote is never mistaken for a redelivery.
 REDELIVERY_MARK = b"#maskflow-redelivery "
 DEAD_PAYLOAD_BYTES = 64 * 1024
@@ -64,14 +62,6 @@ while true do
   moved = moved + 1
 end
 """
-
-
-def inflight_key(worker_id: str) -> str:
-    return f"{PREFIX}:inflight:{worker_id}"
-
-
-def heartbeat_key(worker_id: str) -> str:
-    return f"{PREFIX}:worker:{worker_id}"
 
 
 def worker_status(r: redis.Redis, worker_id: str) -> dict[str, str]:
@@ -165,7 +155,7 @@ class EventQueue:
         key = heartbeat_key(self.worker_id)
         with self.r.pipeline(transaction=True) as p:
             p.sadd(WORKERS_KEY, self.worker_id)
-            p.hset(key, mapping={"updated": time.time(), "run": self.run_id,
+            p.hset(key, mapping={Heartbeat.UPDATED: time.time(), Heartbeat.RUN: self.run_id,
                                  **{k: str(v) for k, v in fields.items()}})
             p.expire(key, self.lease)
             p.execute()
@@ -196,4 +186,3 @@ class EventQueue:
         # One script: a crash or a second reaper never sees an event in both lists, or uncounted.
         return int(self._requeue(keys=[inflight_key(worker), self.events_key],
                                  args=[REDELIVERY_MARK, why]))
-

@@ -28,6 +28,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 from infra import install
 from infra.bootstrap import bootstrap
 from infra.config import PROJECT_ROOT, Config, env_for
+from infra.keys import Heartbeat
 from infra.objects import ObjectStore
 from infra.queue import worker_status
 
@@ -246,7 +247,7 @@ class Stack:
         name = f"worker-{index}"
         env = {**os.environ, **env_for(self.cfg)}
         return Service(name, [sys.executable, "-m", "functions", "--id", name], env,
-                       lambda: worker_status(self.redis_client(), name).get("ready") == "1")
+                       lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1")
 
     # -- up / down ---------------------------------------------------------------------------
     def up(self, app: bool = True) -> None:

@@ -1,6 +1,6 @@
 """Task records in Redis: atomic transitions, key -> task index, batch counters, retention.
 
-One hash per task (``maskflow:task:<id>``).  Every state change runs as one Lua script, so a
+One hash per task (key names: infra/keys.py).  Every state change runs as one Lua script, so a
 record, its batch counters and the processing deadline index always change together, and a
 late or duplicate event can never move a finished task backwards:
 
@@ -26,35 +26,26 @@ from dataclasses import dataclass
 import redis
 
 from infra.config import Config
+from infra.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat, batch_failed_key,
+                        batch_key, heartbeat_key, index_key, task_channel, task_key)
 
-PREFIX = "maskflow"
 STATUSES = ("pending", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
-PROCESSING_DEADLINES = f"{PREFIX}:deadline:processing"
-UPLOAD_DEADLINES = f"{PREFIX}:deadline:upload"
-STATS_KEY = f"{PREFIX}:stats"
-
-
-def task_key(task_id: str) -> str:
-    return f"{PREFIX}:task:{task_id}"
-
-
-def index_key(input_key: str) -> str:
-    return f"{PREFIX}:key:{input_key}"
-
-
-def batch_key(prefix: str) -> str:
-    return f"{PREFIX}:batch:{prefix}"
-
-
-def channel(task_id: str) -> str:
-    return f"{PREFIX}:changed:{task_id}"
 
 
 def batch_prefixes(input_key: str) -> list[str]:
     """Every directory prefix of the key below the top level: input/b/c/x.jpg -> input/b/, input/b/c/."""
     parts = input_key.split("/")[:-1]
     return ["/".join(parts[:i]) + "/" for i in range(2, len(parts) + 1)]
+
+
+def _script_keys(task_id: str, input_key: str, *extra: str) -> list[str]:
+    """KEYS for the scripts below, in the order _LIB describes."""
+    keys = [task_key(task_id), index_key(input_key), STATS_KEY, PROCESSING_DEADLINES,
+            UPLOAD_DEADLINES, *extra]
+    for prefix in batch_prefixes(input_key):
+        keys += [batch_key(prefix), batch_failed_key(prefix)]
+    return keys
 
 
 def new_task_id() -> str:
@@ -76,58 +67,69 @@ def normalise_sequencer(sequencer: str) -> str:
     return sequencer.strip().lower().rjust(32, "0") if sequencer else ""
 
 
+# KEYS of every task script: 1 the task hash, 2 its key index, 3 the status counts, 4 the
+# processing deadlines, 5 the upload deadlines, (6 in `begin`: the heartbeat of the worker that
+# claimed the task), then from FIRST_BATCH on, for each batch prefix of the input key, its
+# counts hash and its failed-keys set.  Python computes them from the input key it read; a
+# script refuses to run (`keyed_by`) if the record turns out to belong to another key.
+# The record keeps its prefixes in 'batches' as well, for workers that still read them there.
 _LIB = """
-local PREFIX = 'maskflow'
-local function move(task, old, new, now, ttl)
+local function move(input_key, old, new, now, ttl)
   if old == new then return end
-  if old ~= '' then redis.call('HINCRBY', PREFIX .. ':stats', old, -1) end
-  if new ~= '' then redis.call('HINCRBY', PREFIX .. ':stats', new, 1) end
-  local batches = redis.call('HGET', task, 'batches') or ''
-  local input_key = redis.call('HGET', task, 'input_key')
-  for prefix in string.gmatch(batches, '[^\\n]+') do
-    local b = PREFIX .. ':batch:' .. prefix
-    if old ~= '' then redis.call('HINCRBY', b, old, -1) end
-    if new ~= '' then redis.call('HINCRBY', b, new, 1) end
-    if new == 'failed' then redis.call('ZADD', b .. ':failed', now, input_key)
-    elseif old == 'failed' then redis.call('ZREM', b .. ':failed', input_key) end
-    redis.call('EXPIRE', b, ttl)
-    redis.call('EXPIRE', b .. ':failed', ttl)
+  if old ~= '' then redis.call('HINCRBY', KEYS[3], old, -1) end
+  if new ~= '' then redis.call('HINCRBY', KEYS[3], new, 1) end
+  for i = FIRST_BATCH, #KEYS, 2 do
+    if old ~= '' then redis.call('HINCRBY', KEYS[i], old, -1) end
+    if new ~= '' then redis.call('HINCRBY', KEYS[i], new, 1) end
+    if new == 'failed' then redis.call('ZADD', KEYS[i + 1], now, input_key)
+    elseif old == 'failed' then redis.call('ZREM', KEYS[i + 1], input_key) end
+    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('EXPIRE', KEYS[i + 1], ttl)
   end
 end
-local function create(task, id, input_key, batches, now_iso, now, ttl)
-  redis.call('HSET', task, 'task_id', id, 'input_key', input_key, 'status', '',
+local function create(id, input_key, batches, now_iso, ttl)
+  redis.call('HSET', KEYS[1], 'task_id', id, 'input_key', input_key, 'status', '',
              'created_at', now_iso, 'attempts', 0, 'batches', batches)
-  redis.call('SET', PREFIX .. ':key:' .. input_key, id, 'EX', ttl)
-  for prefix in string.gmatch(batches, '[^\\n]+') do
-    redis.call('HINCRBY', PREFIX .. ':batch:' .. prefix, 'total', 1)
-  end
+  redis.call('SET', KEYS[2], id, 'EX', ttl)
+  for i = FIRST_BATCH, #KEYS, 2 do redis.call('HINCRBY', KEYS[i], 'total', 1) end
 end
-local function touch(task, ttl)
-  redis.call('EXPIRE', task, ttl)
-  local input_key = redis.call('HGET', task, 'input_key')
-  if input_key then redis.call('EXPIRE', PREFIX .. ':key:' .. input_key, ttl) end
+local function touch(ttl)
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+local function keyed_by(input_key)
+  local stored = redis.call('HGET', KEYS[1], 'input_key')
+  return not stored or stored == input_key
 end
 """
 
-# KEYS: task. ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none)
-_CREATE = _LIB + """
+
+def _script(first_batch: int, body: str) -> str:
+    return f"local FIRST_BATCH = {first_batch}\n" + _LIB + body
+
+
+# ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none)
+_CREATE = _script(6, """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-create(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6]))
 redis.call('HSET', KEYS[1], 'status', 'pending')
-move(KEYS[1], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
-if tonumber(ARGV[7]) > 0 then redis.call('ZADD', PREFIX .. ':deadline:upload', ARGV[7], ARGV[1]) end
-touch(KEYS[1], tonumber(ARGV[6]))
+move(ARGV[2], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
+if tonumber(ARGV[7]) > 0 then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1]) end
+touch(tonumber(ARGV[6]))
 return 1
-"""
+""")
 
-# KEYS: task. ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker,
-#                   processing_deadline, max_attempts, run (the claiming process' run id)
-_BEGIN = _LIB + """
+# ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker, processing_deadline,
+#       max_attempts, run (the claiming process' run id), claimant (the worker whose heartbeat
+#       is KEYS[6]), channel
+# Returns {decision, attempts}, or {'retry', 0} when the record changed since KEYS were computed.
+_BEGIN = _script(7, """
 local task = KEYS[1]
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local seq, worker = ARGV[8], ARGV[9]
+if not keyed_by(ARGV[2]) then return {'retry', 0} end
 if redis.call('EXISTS', task) == 0 then
-  create(task, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now, ttl)
+  create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ttl)
 end
 local status = redis.call('HGET', task, 'status')
 local known = redis.call('HGET', task, 'sequencer') or ''
@@ -137,10 +139,10 @@ if known ~= '' and seq == known then
   if status == 'completed' or status == 'failed' then return {'duplicate', attempts} end
   if status == 'processing' then
     -- busy only while the very process (worker id + run) that claimed it is alive
-    local owner = redis.call('HGET', task, 'worker') or ''
+    if (redis.call('HGET', task, 'worker') or '') ~= ARGV[13] then return {'retry', 0} end
     local owner_run = redis.call('HGET', task, 'run') or ''
-    local live_run = redis.call('HGET', PREFIX .. ':worker:' .. owner, 'run')
-    local deadline = tonumber(redis.call('ZSCORE', PREFIX .. ':deadline:processing', ARGV[1]) or '0')
+    local live_run = redis.call('HGET', KEYS[6], '""" + Heartbeat.RUN + """')
+    local deadline = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0')
     if live_run and live_run == owner_run and deadline > now then
       return {'busy', attempts}
     end
@@ -155,40 +157,42 @@ redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'r
 if attempts > tonumber(ARGV[11]) then
   redis.call('HSET', task, 'status', 'failed', 'completed_at', ARGV[4],
              'error', 'gave up after ' .. (attempts - 1) .. ' attempts (the worker died or timed out each time)')
-  move(task, status, 'failed', now, ttl)
-  redis.call('ZREM', PREFIX .. ':deadline:processing', ARGV[1])
-  touch(task, ttl)
-  redis.call('PUBLISH', PREFIX .. ':changed:' .. ARGV[1], 'failed')
+  move(ARGV[2], status, 'failed', now, ttl)
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  touch(ttl)
+  redis.call('PUBLISH', ARGV[14], 'failed')
   return {'exhausted', attempts}
 end
 redis.call('HSET', task, 'status', 'processing')
-move(task, status, 'processing', now, ttl)
-redis.call('ZADD', PREFIX .. ':deadline:processing', ARGV[10], ARGV[1])
-redis.call('ZREM', PREFIX .. ':deadline:upload', ARGV[1])
-touch(task, ttl)
-redis.call('PUBLISH', PREFIX .. ':changed:' .. ARGV[1], 'processing')
+move(ARGV[2], status, 'processing', now, ttl)
+redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+touch(ttl)
+redis.call('PUBLISH', ARGV[14], 'processing')
 return {'start', attempts}
-"""
+""")
 
-# KEYS: task. ARGV: id, sequencer ('*' = any version), new_status, now_iso, now, ttl,
-#                   required_status, then field/value pairs
-_FINISH = _LIB + """
+# ARGV: id, sequencer ('*' = any version), new_status, now_iso, now, ttl, required_status,
+#       input_key, channel, then field/value pairs
+# Returns 1 done, 0 refused, -1 when the record changed since KEYS were computed.
+_FINISH = _script(6, """
 local task = KEYS[1]
 local status = redis.call('HGET', task, 'status')
 if not status or status ~= ARGV[7] then return 0 end
+if not keyed_by(ARGV[8]) then return -1 end
 if ARGV[2] ~= '*' and (redis.call('HGET', task, 'sequencer') or '') ~= ARGV[2] then return 0 end
 local new, now, ttl = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6])
-for i = 8, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+for i = 10, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', task, 'status', new)
 if new == 'completed' or new == 'failed' then redis.call('HSET', task, 'completed_at', ARGV[4]) end
 if new == 'completed' then redis.call('HDEL', task, 'error') end
-move(task, status, new, now, ttl)
-redis.call('ZREM', PREFIX .. ':deadline:processing', ARGV[1])
-redis.call('ZREM', PREFIX .. ':deadline:upload', ARGV[1])
-touch(task, ttl)
-redis.call('PUBLISH', PREFIX .. ':changed:' .. ARGV[1], new)
+move(ARGV[8], status, new, now, ttl)
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+touch(ttl)
+redis.call('PUBLISH', ARGV[9], new)
 return 1
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ class TaskStore:
     def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0) -> Task:
         """A task the API announces before its object arrives (multipart or presigned upload)."""
         now = time.time()
-        self._create(keys=[task_key(task_id)],
+        self._create(keys=_script_keys(task_id, input_key),
                      args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now),
                            now, self.ttl, upload_deadline])
         task = self.get(task_id)
@@ -275,21 +279,34 @@ class TaskStore:
         Returns (decision, attempt): decision is 'start', 'duplicate', 'stale', 'busy' or
         'exhausted' (failed: too many attempts died).
         """
-        now = time.time()
-        decision, attempts = self._begin(
-            keys=[task_key(task_id)],
-            args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now), now,
-                  self.ttl, etag, normalise_sequencer(sequencer), worker_id, now + self.timeout,
-                  self.max_attempts, run_id])
-        return decision.decode(), int(attempts)
+        sequencer = normalise_sequencer(sequencer)
+        while True:  # again only if another process changed the record after we read it
+            stored_key, claimant = self.r.hmget(task_key(task_id), "input_key", "worker")
+            key = stored_key.decode() if stored_key else input_key
+            claimant_id = claimant.decode() if claimant else ""
+            now = time.time()
+            decision, attempts = self._begin(
+                keys=_script_keys(task_id, key, heartbeat_key(claimant_id)),
+                args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now, self.ttl,
+                      etag, sequencer, worker_id, now + self.timeout, self.max_attempts, run_id,
+                      claimant_id, task_channel(task_id)])
+            if decision != b"retry":
+                return decision.decode(), int(attempts)
 
     def _transition(self, task_id: str, sequencer: str, required: str, new: str,
                     **fields: str) -> bool:
-        now = time.time()
         pairs = [x for kv in fields.items() for x in kv]
-        return bool(self._finish(keys=[task_key(task_id)],
-                                 args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
-                                       required, *pairs]))
+        while True:  # again only if another process changed the record after we read it
+            stored_key = self.r.hget(task_key(task_id), "input_key")
+            if stored_key is None:
+                return False
+            key = stored_key.decode()
+            now = time.time()
+            done = int(self._finish(keys=_script_keys(task_id, key),
+                                    args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
+                                          required, key, task_channel(task_id), *pairs]))
+            if done >= 0:
+                return bool(done)
 
     def complete(self, task_id: str, sequencer: str, output_key: str, mask_key: str) -> bool:
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "completed",
@@ -334,7 +351,7 @@ class TaskStore:
             return None
         counts = {k.decode(): int(v) for k, v in raw.items()}
         total = counts.pop("total", 0)
-        failed_keys = self.r.zrange(batch_key(prefix) + ":failed", offset, offset + limit - 1)
+        failed_keys = self.r.zrange(batch_failed_key(prefix), offset, offset + limit - 1)
         failures = [t for t in (self.find_by_key(k.decode()) for k in failed_keys) if t]
         return BatchSummary(prefix, total, {s: counts.get(s, 0) for s in STATUSES}, failures)
 
@@ -343,7 +360,7 @@ class TaskStore:
         deadline = time.monotonic() + timeout
         pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(channel(task_id))
+            pubsub.subscribe(task_channel(task_id))
             while True:
                 task = self.get(task_id)  # read after subscribing, so no change is missed
                 remaining = deadline - time.monotonic()
