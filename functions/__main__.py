@@ -9,10 +9,9 @@ import sys
 
 import redis
 
-from functions.runtime import Worker, install_signal_handlers
+from functions.runtime import build_worker, install_signal_handlers
 from functions.segmenter import Segmenter
 from infra.config import ConfigError, load_config
-from infra.objects import ObjectStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                               intra_op_threads=cfg.model.intra_op_threads,
                               inter_op_threads=cfg.model.inter_op_threads)
 
-    worker = Worker(cfg, args.id, r, ObjectStore(cfg), load_model)
+    worker = build_worker(cfg, args.id, r, load_model)
     install_signal_handlers(worker)
     worker.run(burst=args.burst)
     return 0

@@ -31,6 +31,7 @@ this worker id's next start).
 """
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
@@ -49,10 +50,11 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
 from functions.events import ObjectCreated, PoisonEvent, parse_message
 from functions.handlers import INPUT_PREFIX, Context, Model, handle_object_created
 from infra.config import Config
-from infra.images import ImageRejected
+from infra.formats import ImageRejected
+from infra.keys import Heartbeat
 from infra.objects import ObjectChanged, ObjectMissing, ObjectStore
 from infra.queue import Delivery, EventQueue
-from infra.tasks import TaskStore, derive_task_id
+from infra.tasks import Decision, TaskStore, derive_task_id
 
 log = logging.getLogger("maskflow.worker")
 
@@ -94,23 +96,39 @@ class Stats:
                     self.buckets[i] += 1
 
     def fields(self) -> dict[str, str]:
-        """Prometheus-style cumulative histogram fields, as api/metrics.py reads them."""
+        """Heartbeat fields: the counters and a Prometheus-style cumulative histogram."""
         with self.lock:
-            count = self.processed + self.failed
-            out = {"processed": str(self.processed), "failed": str(self.failed),
-                   "busy_seconds": f"{self.seconds_sum:.3f}", "duration_sum": f"{self.seconds_sum:.3f}",
-                   "duration_count": str(count), "duration_bucket_+Inf": str(count)}
-            out.update({f"duration_bucket_{b}": str(n) for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})
+            count, seconds = str(self.processed + self.failed), f"{self.seconds_sum:.3f}"
+            out = {Heartbeat.PROCESSED: str(self.processed), Heartbeat.FAILED: str(self.failed),
+                   Heartbeat.BUSY_SECONDS: seconds, Heartbeat.DURATION_SUM: seconds,
+                   Heartbeat.DURATION_COUNT: count, f"{Heartbeat.DURATION_BUCKET}+Inf": count}
+            out.update({f"{Heartbeat.DURATION_BUCKET}{b}": str(n)
+                        for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})
             return out
 
 
+class Fate(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"          # the task failed; the event is settled
+    SKIPPED = "skipped"        # nothing to do: a folder marker, or the task was not claimed
+    SUPERSEDED = "superseded"  # a newer upload replaced the input; its own event settles the task
+    DEAD = "dead"              # the event must be dead-lettered (its task, if any, failed)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one event; `reason` says why for every fate but COMPLETED."""
+    fate: Fate
+    reason: str = ""
+
+
 class Worker:
-    def __init__(self, cfg: Config, worker_id: str, r: redis.Redis, objects: ObjectStore,
+    def __init__(self, cfg: Config, queue: EventQueue, tasks: TaskStore, objects: ObjectStore,
                  load_model: Callable[[], Model]):
         self.cfg = cfg
-        self.worker_id = worker_id
-        self.queue = EventQueue(r, cfg, worker_id)
-        self.tasks = TaskStore(r, cfg)
+        self.worker_id = queue.worker_id
+        self.queue = queue
+        self.tasks = tasks
         self.objects = objects
         self.load_model = load_model
         self.model: Model | None = None
@@ -172,9 +190,10 @@ class Worker:
     def _beat(self) -> None:
         with self._busy_lock:
             busy = self._busy
-        self.queue.heartbeat(ready="1" if self.model is not None else "0",
-                             reason=self.not_ready_reason, pid=os.getpid(),
-                             host=socket.gethostname(), busy=busy, **self.stats.fields())
+        self.queue.heartbeat(**{Heartbeat.READY: "1" if self.model is not None else "0",
+                                Heartbeat.REASON: self.not_ready_reason, Heartbeat.PID: os.getpid(),
+                                Heartbeat.HOST: socket.gethostname(), Heartbeat.BUSY: busy},
+                             **self.stats.fields())
 
     def _maintain(self) -> None:
         interval = self.cfg.worker.heartbeat
@@ -251,13 +270,14 @@ class Worker:
             log.error("poison event dead-lettered: %s", exc)
             self._retrying(self.queue.dead_letter, delivery, f"poison event: {exc}")
             return
-        failures = []
+        dead = []
         for event in events:
-            reason = self.untrusted(event) or self.process_event(event)
-            if reason:
-                failures.append(reason)
-        if failures:
-            self._retrying(self.queue.dead_letter, delivery, "; ".join(failures))
+            untrusted = self.untrusted(event)
+            outcome = Outcome(Fate.DEAD, untrusted) if untrusted else self.process_event(event)
+            if outcome.fate is Fate.DEAD:
+                dead.append(outcome.reason)
+        if dead:
+            self._retrying(self.queue.dead_letter, delivery, "; ".join(dead))
         else:
             self._retrying(self.queue.ack, delivery)
 
@@ -269,26 +289,28 @@ class Worker:
             return f"{event.key}: key outside {INPUT_PREFIX}"
         return None
 
-    def process_event(self, event: ObjectCreated) -> str | None:
-        """Run the handler for one event; returns a reason when it should be dead-lettered."""
+    def process_event(self, event: ObjectCreated) -> Outcome:
+        """Claim the event's task and run the handler on it."""
         if event.key.endswith("/"):
             log.info("%s is a folder marker, not an image: skipped", event.key)
-            return None
+            return Outcome(Fate.SKIPPED, "folder marker")
         task_id = (self._retrying(self.tasks.task_id_for_key, event.key)
                    or derive_task_id(event.bucket, event.key))
         decision, _attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,
                                            event.sequencer, self.worker_id, self.queue.run_id)
-        if decision != "start":
-            log.info("task %s (%s): %s, skipped", task_id, event.key, decision)
-            return f"task {task_id} gave up after repeated worker deaths" if decision == "exhausted" else None
+        if decision is not Decision.START:
+            log.info("task %s (%s): %s, skipped", task_id, event.key, decision.value)
+            if decision is Decision.EXHAUSTED:
+                return Outcome(Fate.DEAD, f"task {task_id} gave up after repeated worker deaths")
+            return Outcome(Fate.SKIPPED, decision.value)
         limit = self.cfg.task.max_upload_bytes
         if event.size > limit:
             # decided from the event alone: an oversized object is never downloaded
-            error = f"object of {event.size} bytes exceeds the limit of {limit} bytes"
-            self._retrying(self.tasks.fail, task_id, event.sequencer, error)
-            self.stats.observe(0.0, ok=False)
-            log.warning("task %s (%s) failed: %s", task_id, event.key, error)
-            return None
+            return self._fail(task_id, event, None,
+                              f"object of {event.size} bytes exceeds the limit of {limit} bytes")
+        return self._run_handler(task_id, event)
+
+    def _run_handler(self, task_id: str, event: ObjectCreated) -> Outcome:
         assert self.model is not None
         ctx = Context(task_id=task_id, objects=self.objects, model=self.model,
                       max_pixels=self.cfg.task.max_pixels)
@@ -296,28 +318,36 @@ class Worker:
         try:
             result = self._retrying(handle_object_created, event, ctx)
         except ObjectChanged as exc:
-            # A newer upload replaced the input: its own event settles the task.
             log.info("task %s (%s): superseded, nothing written: %s", task_id, event.key, exc)
-            return None
+            return Outcome(Fate.SUPERSEDED, str(exc))
         except (ImageRejected, ObjectMissing) as exc:
-            error, dead = str(exc), None
+            return self._fail(task_id, event, started, str(exc))
         except Exception as exc:  # noqa: BLE001 - a failure of one task must not stop the worker
             if is_transient(exc):
                 error = f"gave up after {self.cfg.worker.retry_attempts} attempts: {type(exc).__name__}: {exc}"
             else:
                 log.exception("task %s (%s) failed unexpectedly", task_id, event.key)
                 error = f"internal error: {type(exc).__name__}: {exc}"
-            dead = f"{event.key}: {error}"
-        else:
-            self._retrying(self.tasks.complete, task_id, event.sequencer, result.output_key, result.mask_key)
-            self.stats.observe(time.monotonic() - started, ok=True)
-            log.info("task %s (%s) completed in %.0f ms", task_id, event.key,
-                     1000 * (time.monotonic() - started))
-            return None
+            self._fail(task_id, event, started, error)
+            return Outcome(Fate.DEAD, f"{event.key}: {error}")
+        self._retrying(self.tasks.complete, task_id, event.sequencer, result.output_key, result.mask_key)
+        seconds = time.monotonic() - started
+        self.stats.observe(seconds, ok=True)
+        log.info("task %s (%s) completed in %.0f ms", task_id, event.key, 1000 * seconds)
+        return Outcome(Fate.COMPLETED)
+
+    def _fail(self, task_id: str, event: ObjectCreated, started: float | None, error: str) -> Outcome:
+        """Fail the task; `started` is when the handler started, None if it never ran."""
         self._retrying(self.tasks.fail, task_id, event.sequencer, error)
-        self.stats.observe(time.monotonic() - started, ok=False)
+        self.stats.observe(0.0 if started is None else time.monotonic() - started, ok=False)
         log.warning("task %s (%s) failed: %s", task_id, event.key, error)
-        return dead
+        return Outcome(Fate.FAILED, error)
+
+
+def build_worker(cfg: Config, worker_id: str, r: redis.Redis,
+                 load_model: Callable[[], Model]) -> Worker:
+    """A worker with its real parts: the queue and task store share one Redis client."""
+    return Worker(cfg, EventQueue(r, cfg, worker_id), TaskStore(r, cfg), ObjectStore(cfg), load_model)
 
 
 def install_signal_handlers(worker: Worker) -> None:

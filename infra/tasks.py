@@ -18,6 +18,7 @@ hash of counts by status plus ``total``, and a sorted set of its failed keys, so
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import time
 import uuid
@@ -31,6 +32,15 @@ from infra.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heart
 
 STATUSES = ("pending", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
+
+
+class Decision(enum.StrEnum):
+    """What `TaskStore.begin` decided about one event's version of a task (compares equal to its value)."""
+    START = "start"          # claimed: process it
+    DUPLICATE = "duplicate"  # this version is already finished
+    STALE = "stale"          # a newer version is known
+    BUSY = "busy"            # a live process is working on this version
+    EXHAUSTED = "exhausted"  # its workers died too often: the task is now failed
 
 
 def batch_prefixes(input_key: str) -> list[str]:
@@ -270,14 +280,11 @@ class TaskStore:
 
     # -- the worker's transitions --------------------------------------------------------------
     def begin(self, task_id: str, input_key: str, etag: str, sequencer: str,
-              worker_id: str, run_id: str) -> tuple[str, int]:
-        """Claim one version of a task for processing.
+              worker_id: str, run_id: str) -> tuple[Decision, int]:
+        """Claim one version of a task for processing; returns the decision and the attempt.
 
         `run_id` names this process' run of `worker_id` (its heartbeat carries it), so a
         restarted worker with the same id does not look like the one that died mid-task.
-
-        Returns (decision, attempt): decision is 'start', 'duplicate', 'stale', 'busy' or
-        'exhausted' (failed: too many attempts died).
         """
         sequencer = normalise_sequencer(sequencer)
         while True:  # again only if another process changed the record after we read it
@@ -291,7 +298,7 @@ class TaskStore:
                       etag, sequencer, worker_id, now + self.timeout, self.max_attempts, run_id,
                       claimant_id, task_channel(task_id)])
             if decision != b"retry":
-                return decision.decode(), int(attempts)
+                return Decision(decision.decode()), int(attempts)
 
     def _transition(self, task_id: str, sequencer: str, required: str, new: str,
                     **fields: str) -> bool:

@@ -6,11 +6,12 @@ import json
 import pytest
 
 from checks import PHOTOS, check_result
-from functions.runtime import Worker
+from functions.runtime import Worker, build_worker
+from infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
 from infra.objects import ObjectStore
-from infra.queue import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
+from infra.queue import EventQueue
 from infra.stack import wait_until
-from infra.tasks import derive_task_id
+from infra.tasks import TaskStore, derive_task_id
 
 
 @pytest.fixture
@@ -20,7 +21,21 @@ def quiet_queue(servers, clean_redis):
 
 
 def make_worker(servers, model, worker_id: str) -> Worker:
-    return Worker(servers.cfg, worker_id, servers.redis(), ObjectStore(servers.cfg), lambda: model)
+    return build_worker(servers.cfg, worker_id, servers.redis(), lambda: model)
+
+
+class TaskStoreFailingOnce(TaskStore):
+    """The real task store, except that its first `begin` raises as if Redis were unreachable."""
+
+    def __init__(self, r, cfg):
+        super().__init__(r, cfg)
+        self.begin_calls = 0
+
+    def begin(self, *args):
+        self.begin_calls += 1
+        if self.begin_calls == 1:
+            raise RuntimeError("injected: task store unavailable")
+        return super().begin(*args)
 
 
 def upload_and_wait_for_event(servers, store, r, key: str, data: bytes) -> None:
@@ -35,18 +50,11 @@ def test_unsettled_event_is_handed_back_and_worker_survives(servers, quiet_queue
     key = f"input/{unique_prefix}/flaky.jpg"
     data = (PHOTOS / "coffee.jpg").read_bytes()
     upload_and_wait_for_event(servers, store, r, key, data)
-    worker = make_worker(servers, model, "flaky")
-    real_begin, calls = worker.tasks.begin, []
-
-    def begin_failing_once(*args):
-        calls.append(args)
-        if len(calls) == 1:
-            raise RuntimeError("injected: task store unavailable")
-        return real_begin(*args)
-
-    worker.tasks.begin = begin_failing_once
+    flaky_tasks = TaskStoreFailingOnce(r, servers.cfg)
+    worker = Worker(servers.cfg, EventQueue(r, servers.cfg, "flaky"), flaky_tasks,
+                    ObjectStore(servers.cfg), lambda: model)
     worker.run(burst=True)
-    assert len(calls) == 2, "the event must come back and be taken again"
+    assert flaky_tasks.begin_calls == 2, "the event must come back and be taken again"
     check_result(servers, store, model, key, data, tasks)
     assert r.llen(inflight_key("flaky")) == 0
     assert not r.sismember(WORKERS_KEY, "flaky"), "a clean exit deregisters the worker"
@@ -67,7 +75,7 @@ def test_handler_bug_fails_one_task_and_is_dead_lettered(servers, quiet_queue, s
             raise ValueError("injected bug")
 
     predicted: list = []
-    worker = Worker(servers.cfg, "buggy", r, ObjectStore(servers.cfg), ModelWithBug)
+    worker = build_worker(servers.cfg, "buggy", r, ModelWithBug)
     worker.run(burst=True)
     task = tasks.get(derive_task_id(servers.cfg.minio.bucket, bad_key))
     assert task.status == "failed" and task.error == "internal error: ValueError: injected bug"

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra.queue import EventQueue, heartbeat_key
-from infra.tasks import TaskStore, batch_prefixes, derive_task_id
+from infra.keys import heartbeat_key
+from infra.queue import EventQueue
+from infra.tasks import Decision, TaskStore, batch_prefixes, derive_task_id
 
 
 @pytest.fixture
@@ -14,19 +15,19 @@ def store(servers, clean_redis):
 
 def test_duplicate_event_after_completion_changes_nothing(store):
     tid = derive_task_id("b", "input/x/a.jpg")
-    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w1", "r1") == ("start", 1)
+    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w1", "r1") == (Decision.START, 1)
     assert store.complete(tid, "0A", "output/x/a.jpg.png", "masks/x/a.jpg.png")
     done = store.get(tid)
-    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w2", "r2")[0] == "duplicate"
+    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w2", "r2")[0] is Decision.DUPLICATE
     assert store.get(tid) == done and done.status == "completed"
 
 
 def test_older_event_is_stale_and_newer_version_restarts(store):
     tid = derive_task_id("b", "input/x/a.jpg")
     store.begin(tid, "input/x/a.jpg", "e2", "0B", "w1", "r1")
-    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w1", "r1")[0] == "stale"
+    assert store.begin(tid, "input/x/a.jpg", "e1", "0A", "w1", "r1")[0] is Decision.STALE
     store.complete(tid, "0B", "o", "m")
-    assert store.begin(tid, "input/x/a.jpg", "e3", "0C", "w1", "r1") == ("start", 1)
+    assert store.begin(tid, "input/x/a.jpg", "e3", "0C", "w1", "r1") == (Decision.START, 1)
     task = store.get(tid)
     assert task.status == "processing" and task.etag == "e3" and task.output_key is None
     # finishing the old version is refused: only the version being processed may finish
@@ -38,20 +39,20 @@ def test_busy_only_while_the_claiming_process_lives(servers, store, clean_redis)
     tid = derive_task_id("b", "input/k.jpg")
     queue = EventQueue(clean_redis, servers.cfg, "w1")
     queue.heartbeat(ready="1")
-    assert store.begin(tid, "input/k.jpg", "e", "01", "w1", queue.run_id)[0] == "start"
-    assert store.begin(tid, "input/k.jpg", "e", "01", "w2", "other")[0] == "busy"
+    assert store.begin(tid, "input/k.jpg", "e", "01", "w1", queue.run_id)[0] is Decision.START
+    assert store.begin(tid, "input/k.jpg", "e", "01", "w2", "other")[0] is Decision.BUSY
     # w1 restarted: same id, new run -> the old claim is orphaned and may be taken over
     EventQueue(clean_redis, servers.cfg, "w1").heartbeat(ready="1")
-    assert store.begin(tid, "input/k.jpg", "e", "01", "w2", "other") == ("start", 2)
+    assert store.begin(tid, "input/k.jpg", "e", "01", "w2", "other") == (Decision.START, 2)
     clean_redis.delete(heartbeat_key("w1"))
 
 
 def test_attempts_exhausted_fail_the_task(servers, store):
     tid = derive_task_id("b", "input/poison.jpg")
     for attempt in range(1, servers.cfg.task.max_attempts + 1):
-        assert store.begin(tid, "input/poison.jpg", "e", "01", f"w{attempt}", "r") == ("start", attempt)
+        assert store.begin(tid, "input/poison.jpg", "e", "01", f"w{attempt}", "r") == (Decision.START, attempt)
     decision, _ = store.begin(tid, "input/poison.jpg", "e", "01", "w9", "r")
-    assert decision == "exhausted"
+    assert decision is Decision.EXHAUSTED
     assert store.get(tid).status == "failed" and "gave up" in store.get(tid).error
 
 
