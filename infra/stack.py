@@ -87,7 +87,7 @@ def wait_until(probe: Callable[[], bool], what: str, timeout: float = READY_TIME
                              + _tail(log))
         if time.monotonic() > deadline:
             raise StackError(f"{what} was not ready after {timeout:.0f}s" + _tail(log))
-        time.sleep(delay)  # polling interval of the probe, not a synchronisation sleep
+        time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
 
 

@@ -154,7 +154,7 @@ def wait_for_task(tasks, task_id: str, timeout: float = 60.0):
         if task is not None and task.terminal:
             return task
         if task is None:
-            time.sleep(0.05)  # not created yet: poll interval, not synchronisation
+            time.sleep(0.05)  # wait_for_terminal returns at once until the task exists
     return task
 
 
