@@ -23,8 +23,8 @@ import redis
 from api import metrics as metrics_mod
 from api.errors import ApiError, bad_request, body as error_body, not_found
 from infra.config import Config
-from infra.images import (SUPPORTED_FORMATS, ImageRejected, UnsupportedFormat, decode_image,
-                          sniff_format)
+from infra.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
+                           UnsupportedFormat, check_header)
 from infra.objects import ObjectStore
 from infra.tasks import Task, TaskStore, new_task_id, utc_iso
 
@@ -37,9 +37,6 @@ MAX_WAIT_S = 30
 UPLOAD_GRACE_S = 120
 READ_CHUNK = 256 * 1024
 
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
-                 "bmp": "image/bmp", "tiff": "image/tiff", "gif": "image/gif"}
 # What a presigned upload may declare: exactly the formats the worker decodes.
 UPLOAD_TYPES = {CONTENT_TYPES[fmt]: EXTENSIONS[fmt] for fmt in SUPPORTED_FORMATS}
 # A file name: no control characters (a newline must not end up in an object key).
@@ -135,12 +132,12 @@ class SubmitResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = self._read_file(req)
         try:
-            decode_image(data, self.deps.cfg.task.max_pixels)
+            # Headers and container only: decoding the pixels is the worker's job.
+            fmt, _w, _h, _orientation = check_header(data, self.deps.cfg.task.max_pixels)
         except UnsupportedFormat as exc:
             raise ApiError(415, "unsupported_image", str(exc)) from None
         except ImageRejected as exc:
             raise ApiError(422, "invalid_image", f"{exc} ({exc.reason})") from None
-        fmt = sniff_format(data)
         task_id = new_task_id()
         key = f"input/{task_id}.{EXTENSIONS[fmt]}"
         # Record first: the worker maps key -> task through this index when the event arrives.

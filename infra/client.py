@@ -22,14 +22,13 @@ from typing import Callable
 
 import requests
 
+from infra.formats import CONTENT_TYPES, sniff_format
+
 API = "/api/v1"
 MAX_SERVER_WAIT = 30  # the API's upper bound for ?wait=
 # Statuses that mean "this file was refused", as opposed to the service being unusable.
 REJECTED_STATUSES = (400, 413, 415, 422)
 
-_MAGIC = [(b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
-          (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"II*\x00", "image/tiff"),
-          (b"MM\x00*", "image/tiff"), (b"BM", "image/bmp")]
 
 
 class ClientError(Exception):
@@ -54,14 +53,12 @@ class TaskFailed(Exception):
 
 
 def sniff_content_type(data: bytes, filename: str = "") -> str | None:
-    """image/* from the magic bytes, else from the file name; None if not an image."""
-    for magic, ctype in _MAGIC:
-        if data.startswith(magic):
-            return ctype
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
+    """The type of a supported image from its magic bytes, else from the file name; else None."""
+    fmt = sniff_format(data)
+    if fmt is not None:
+        return CONTENT_TYPES[fmt]
     guessed = mimetypes.guess_type(filename)[0] or ""
-    return guessed if guessed.startswith("image/") and data else None
+    return guessed if guessed in CONTENT_TYPES.values() and data else None
 
 
 def atomic_write(path: Path, chunks) -> None:

@@ -15,6 +15,7 @@ from infra.cli.tasks import api_client, unique_stems
 from infra.cli.upload import STATE_FILE, upload_through_api, upload_to_minio
 from infra.client import Client, result_paths
 from infra.config import Config
+from infra.formats import SUPPORTED_FORMATS
 
 # Short spellings accepted besides .<format> (photo.jpg, scan.tif).
 _SHORT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
@@ -80,7 +81,6 @@ def _check_api(client: Client) -> None:
 # -- which files, named how -----------------------------------------------------------------------
 def image_suffixes() -> frozenset[str]:
     """File suffixes of the formats the workers decode."""
-    from infra.images import SUPPORTED_FORMATS  # brings OpenCV: only batch should pay for it
     short = [_SHORT_SUFFIXES[fmt] for fmt in SUPPORTED_FORMATS if fmt in _SHORT_SUFFIXES]
     return frozenset([f".{fmt}" for fmt in SUPPORTED_FORMATS] + short)
 

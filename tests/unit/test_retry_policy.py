@@ -7,7 +7,7 @@ import urllib3
 from minio.error import S3Error, ServerError
 
 from functions.runtime import is_transient
-from infra.images import CorruptImage
+from infra.formats import CorruptImage
 from infra.objects import ObjectMissing
 
 
