@@ -334,7 +334,7 @@ def test_all_rejections_share_base_and_readable_message():
 # ---------------------------------------------------------------- acceptance 4 + memory
 ACCEPTANCE_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     sys.path.insert(0, sys.argv[1])
     from infra.formats import ImageRejected
     from infra.images import decode_image
@@ -346,7 +346,10 @@ ACCEPTANCE_SCRIPT = textwrap.dedent(
             results[name] = ["ok", list(img.shape), img[0, 0].tolist()]
         except ImageRejected as exc:
             results[name] = [type(exc).__name__, str(exc)]
-    results["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) peak into a child's
+    # ru_maxrss across exec, which would measure the test runner instead of the decoder.
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    results["maxrss_mb"] = int(hwm.split()[1]) / 1024
     print(json.dumps(results))
     """
 )
