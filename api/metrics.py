@@ -5,11 +5,11 @@ Two sources:
   replica exposes its own, as Prometheus expects);
 * pipeline metrics read from Redis at scrape time: task counts by status (TaskStore),
   queue depth, dead letters, and the workers' own counters.  Workers do not serve HTTP: they
-  publish their counters in their heartbeat hash ``maskflow:worker:<id>`` (infra/queue.py) and
+  publish their counters in their heartbeat hash (fields named in infra/keys.Heartbeat) and
   this endpoint aggregates whatever live workers have written there.
 
 Worker hash fields understood here (all optional, numbers as strings):
-  processed, failed, busy_seconds          -> summed over workers, and per worker
+  processed, failed                        -> summed over workers, and per worker
   duration_bucket_<le>  (cumulative count of tasks that took <= <le> seconds, e.g.
   duration_bucket_0.5, duration_bucket_+Inf), duration_sum, duration_count
                                            -> maskflow_processing_seconds histogram
@@ -25,12 +25,12 @@ from collections import defaultdict
 import falcon
 import redis
 
-from infra.queue import WORKERS_KEY, dead_letter_count, worker_status
+from infra.keys import WORKERS_KEY, Heartbeat
+from infra.queue import dead_letter_count, worker_status
 from infra.tasks import TaskStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-WORKER_COUNTERS = ("processed", "failed", "busy_seconds")
-_NOT_NUMERIC_FIELDS = ("updated", "ready", "pid", "host", "started")
+WORKER_COUNTERS = (Heartbeat.PROCESSED, Heartbeat.FAILED)
 
 
 def _escape(value: str) -> str:
@@ -146,18 +146,18 @@ def pipeline_lines(r: redis.Redis, tasks: TaskStore, events_key: str) -> list[st
     for worker, fields in alive.items():
         for name, raw in sorted(fields.items()):
             value = _float(raw)
-            if value is None or name in _NOT_NUMERIC_FIELDS:
+            if value is None or name in Heartbeat.DESCRIPTIVE:
                 continue
             if name in WORKER_COUNTERS:
                 totals[name] += value
                 per_worker.append(f"maskflow_worker_{name}_total{_labels(worker=worker)} {_num(value)}")
-            elif name.startswith("duration_bucket_"):
-                bound = _float(name[len("duration_bucket_"):])
+            elif name.startswith(Heartbeat.DURATION_BUCKET):
+                bound = _float(name[len(Heartbeat.DURATION_BUCKET):])
                 if bound is not None:
                     hist[bound] += value
-            elif name == "duration_sum":
+            elif name == Heartbeat.DURATION_SUM:
                 hist_sum += value
-            elif name == "duration_count":
+            elif name == Heartbeat.DURATION_COUNT:
                 hist_count += value
             else:
                 per_worker.append(f"maskflow_worker_field{_labels(worker=worker, field=name)} {_num(value)}")

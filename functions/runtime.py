@@ -100,7 +100,7 @@ class Stats:
         with self.lock:
             count, seconds = str(self.processed + self.failed), f"{self.seconds_sum:.3f}"
             out = {Heartbeat.PROCESSED: str(self.processed), Heartbeat.FAILED: str(self.failed),
-                   Heartbeat.BUSY_SECONDS: seconds, Heartbeat.DURATION_SUM: seconds,
+                   Heartbeat.DURATION_SUM: seconds,
                    Heartbeat.DURATION_COUNT: count, f"{Heartbeat.DURATION_BUCKET}+Inf": count}
             out.update({f"{Heartbeat.DURATION_BUCKET}{b}": str(n)
                         for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})

@@ -95,7 +95,6 @@ class Heartbeat:
     BUSY = "busy"              # events being processed right now
     PROCESSED = "processed"    # tasks completed since the worker started
     FAILED = "failed"          # tasks failed since the worker started
-    BUSY_SECONDS = "busy_seconds"  # same value as DURATION_SUM, written until /metrics reads that
     DURATION_SUM = "duration_sum"      # seconds spent on those tasks
     DURATION_COUNT = "duration_count"  # processed + failed
     # + an upper bound in seconds ("0.5", "+Inf"): tasks that took at most that long (cumulative)
