@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra.console import say
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,6 @@ class InstallError(RuntimeError):
     """A server could not be installed; the message says what failed and what to do."""
 
 
-def _log(message: str) -> None:
-    print(f"maskflow: {message}", file=sys.stderr, flush=True)
-
-
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "maskflow" / "bin"
@@ -65,7 +62,7 @@ def go_install(pin: GoPin) -> Path:
     if go is None:
         raise InstallError(f"cannot build {pin.name}: no Go toolchain on PATH. Install Go "
                            f"(https://go.dev/doc/install), then run this command again.")
-    _log(f"building {pin.name} {pin.label} from source ({pin.spec}); "
+    say(f"building {pin.name} {pin.label} from source ({pin.spec}); "
          f"the first build takes several minutes ...")
     started = time.monotonic()
     env = dict(os.environ, GOTOOLCHAIN="local", GOBIN=str(target.parent))
@@ -77,7 +74,7 @@ def go_install(pin: GoPin) -> Path:
         detail = "\n".join(errors[-6:]) or f"exit code {proc.returncode}"
         raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed (to use a {pin.name} "
                            f"built elsewhere, set MASKFLOW_STACK_{pin.name.upper()}_BIN):\n{detail}")
-    _log(f"built {pin.name} in {time.monotonic() - started:.0f} s: {target}")
+    say(f"built {pin.name} in {time.monotonic() - started:.0f} s: {target}")
     return target
 
 
@@ -99,7 +96,7 @@ def redis_server() -> Path:
     apt = shutil.which("apt-get")
     if apt is None:
         raise InstallError("redis-server is not installed and apt-get is missing: install Redis >= 6 yourself.")
-    _log("installing redis-server from Debian's packages ...")
+    say("installing redis-server from Debian's packages ...")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", REDIS_DEBIAN_PACKAGE]):
         proc = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -114,10 +111,10 @@ def main() -> int:
     """`python -m infra.install`: build (or find) the pinned MinIO and mc, and Redis."""
     try:
         for pin in (MINIO, MC):
-            _log(f"{pin.name}: {go_install(pin)}")
-        _log(f"redis-server: {redis_server()}")
+            say(f"{pin.name}: {go_install(pin)}")
+        say(f"redis-server: {redis_server()}")
     except InstallError as exc:
-        _log(str(exc))
+        say(str(exc))
         return 2
     return 0
 

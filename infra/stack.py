@@ -27,9 +27,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from infra import install
 from infra.bootstrap import bootstrap
+from infra.clients import minio_client, redis_client
 from infra.config import PROJECT_ROOT, Config, env_for
+from infra.console import say
 from infra.keys import Heartbeat
-from infra.objects import ObjectStore
 from infra.queue import worker_status
 
 READY_TIMEOUT = 60.0
@@ -130,7 +131,7 @@ class Stack:
         self.data_dir = cfg.data_dir
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
-        self.say = log or (lambda msg: print(f"maskflow: {msg}", file=sys.stderr, flush=True))
+        self.say = log or say
 
     # -- process bookkeeping -------------------------------------------------------------
     def _pidfile(self, name: str) -> Path:
@@ -194,8 +195,8 @@ class Stack:
 
     # -- the services ----------------------------------------------------------------------
     def redis_client(self) -> redis.Redis:
-        return redis.Redis(host=self.cfg.redis.host, port=self.cfg.redis.port, db=self.cfg.redis.db,
-                           socket_timeout=2, socket_connect_timeout=2)
+        # Short timeouts: readiness probes poll it until the server answers.
+        return redis_client(self.cfg, timeout=2, connect_timeout=2)
 
     def redis_service(self) -> Service:
         cfg = self.cfg.redis
@@ -281,12 +282,12 @@ class Stack:
         starting_up = retry_if_exception(lambda e: isinstance(e, ServerError) or (
             isinstance(e, S3Error) and (e.code == "XMinioServerNotInitialized" or (
                 e.code == "InvalidArgument" and "ARN" in (e.message or "")))))
-        minio_client, redis_client = ObjectStore(self.cfg).client, self.redis_client()
+        s3, r = minio_client(self.cfg), self.redis_client()
         try:
             for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
                                     wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
                 with attempt:
-                    bootstrap(self.cfg, minio_client, redis_client)
+                    bootstrap(self.cfg, s3, r)
         except S3Error as exc:
             if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 raise StackError(f"MinIO at {self.cfg.minio.endpoint} rejected the credentials "

@@ -6,7 +6,8 @@ exits 2.
 """
 from __future__ import annotations
 
-from infra.cli.console import EXIT_USAGE, UsageError, say
+from infra.cli.console import EXIT_USAGE, UsageError
+from infra.console import say
 from infra.cli.parser import build_parser
 from infra.client import ClientError
 from infra.config import ConfigError, load_config

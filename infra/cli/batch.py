@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError, say
+from infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
+from infra.console import say
 from infra.cli.progress import Progress
 from infra.cli.tasks import api_client, unique_stems
 from infra.cli.upload import STATE_FILE, upload_through_api, upload_to_minio

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError, say
+from infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
+from infra.console import say
 from infra.client import Client, ClientError, TaskFailed
 from infra.config import Config
 
