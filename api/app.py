@@ -9,11 +9,6 @@ import ipaddress
 import logging
 
 import falcon
-import redis
-import urllib3
-from minio import Minio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from api import errors
 from api.metrics import MetricsMiddleware
@@ -21,6 +16,7 @@ from api.openapi import document
 from api.resources import (API, BatchResource, BearerAuth, BodyLimit, Deps, HealthResource,
                            MetricsResource, OpenApiResource, ReadyResource, StaticResource,
                            SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
+from infra.clients import minio_client, redis_client
 from infra.config import Config, ConfigError, load_config
 from infra.objects import ObjectStore
 from infra.tasks import TaskStore
@@ -81,20 +77,13 @@ def check_credentials(cfg: Config) -> None:
 
 def build_deps(cfg: Config) -> Deps:
     check_credentials(cfg)
-    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
-                    socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
-                    retry=Retry(NoBackoff(), 1))  # one quick retry for a stale pooled connection
+    # Requests fail fast on a dead Redis; one retry covers a stale pooled connection.
+    r = redis_client(cfg, connect_timeout=2, timeout=5, health_check_interval=30, retries=1)
     objects = ObjectStore(cfg)
     # Separate short-timeout clients so /readyz answers within ~1 s even when a server hangs.
-    probe_redis = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
-                              socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S,
-                              retry=Retry(NoBackoff(), 0))
-    probe_minio = Minio(cfg.minio.endpoint, access_key=cfg.minio.access_key,
-                        secret_key=cfg.minio.secret_key, secure=cfg.minio.secure,
-                        region=cfg.minio.region,
-                        http_client=urllib3.PoolManager(
-                            timeout=urllib3.Timeout(connect=PROBE_TIMEOUT_S, read=PROBE_TIMEOUT_S),
-                            retries=False))
+    probe_redis = redis_client(cfg, connect_timeout=PROBE_TIMEOUT_S, timeout=PROBE_TIMEOUT_S,
+                               retries=0)
+    probe_minio = minio_client(cfg, connect_timeout=PROBE_TIMEOUT_S, read_timeout=PROBE_TIMEOUT_S)
     bucket = cfg.minio.bucket
 
     def minio_bucket() -> bool:

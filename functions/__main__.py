@@ -7,10 +7,9 @@ import os
 import socket
 import sys
 
-import redis
-
 from functions.runtime import build_worker, install_signal_handlers
 from functions.segmenter import Segmenter
+from infra.clients import redis_client
 from infra.config import ConfigError, load_config
 
 
@@ -29,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"maskflow worker: {exc}", file=sys.stderr)
         return 2
-    r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db,
-                    socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
+    # Longer than the API's: a worker waits out a slow Redis rather than failing an event.
+    r = redis_client(cfg, timeout=10, connect_timeout=5, health_check_interval=15)
 
     def load_model() -> Segmenter:
         return Segmenter.load(cfg.model_path, cfg.model.input_size,

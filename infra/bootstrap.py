@@ -11,8 +11,8 @@ from minio import Minio
 from minio.notificationconfig import (NotificationConfig, PrefixFilterRule, QueueConfig,
                                       SuffixFilterRule)
 
+from infra import clients
 from infra.config import PROJECT_ROOT, Config, ConfigError, load_config
-from infra.objects import ObjectStore
 
 NOTIFY_FILE = PROJECT_ROOT / "minio-notify.json"
 
@@ -71,8 +71,7 @@ def main() -> int:
     """`python -m infra.bootstrap`: the compose stack's one-shot init service."""
     try:
         cfg = load_config()
-        r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db)
-        bootstrap(cfg, ObjectStore(cfg).client, r)
+        bootstrap(cfg, clients.minio_client(cfg), clients.redis_client(cfg))
     except (ConfigError, BootstrapError) as exc:
         print(f"maskflow bootstrap: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ slow run on an old upload can never overwrite the results of a newer one.
 
 Two SDK clients: one for the endpoint the services reach, one for the public endpoint that
 goes into presigned URLs (a signature covers the host, so it must be signed for the host
-the client will actually call).  Both pin the region so presigning needs no network call.
+the client will actually call).  Both come from infra/clients.py.
 """
 from __future__ import annotations
 
@@ -19,27 +19,13 @@ import io
 import urllib.parse
 from dataclasses import dataclass
 
-import certifi
-import urllib3
-from minio import Minio
 from minio.datatypes import PostPolicy
 from minio.error import S3Error
 from minio.signer import get_credential_string
 from minio.time import to_amz_date, to_signer_date
 
+from infra.clients import minio_client
 from infra.config import Config
-
-# Our own retries (tenacity, in the worker runtime) decide what is transient; the SDK's
-# urllib3 pool must not retry underneath them or hang on a dead server.
-_HTTP_TIMEOUT = urllib3.Timeout(connect=5, read=60)
-
-
-def _client(endpoint: str, cfg: Config) -> Minio:
-    http = urllib3.PoolManager(timeout=_HTTP_TIMEOUT, maxsize=16, retries=False,
-                               ca_certs=certifi.where())
-    return Minio(endpoint, access_key=cfg.minio.access_key, secret_key=cfg.minio.secret_key,
-                 secure=cfg.minio.secure, region=cfg.minio.region, http_client=http)
-
 
 # How often `publish` re-reads a result that changed under it before giving up; each round
 # means another writer won a race on the same key, which takes a new upload of the input.
@@ -67,8 +53,8 @@ class StoredObject:
 class ObjectStore:
     def __init__(self, cfg: Config):
         self.bucket = cfg.minio.bucket
-        self.client = _client(cfg.minio.endpoint, cfg)
-        self._public = _client(cfg.minio_public_endpoint, cfg)
+        self.client = minio_client(cfg)
+        self._public = minio_client(cfg, cfg.minio_public_endpoint)
         scheme = "https" if cfg.minio.secure else "http"
         self._post_url = f"{scheme}://{cfg.minio_public_endpoint}/{self.bucket}"
         self._region = cfg.minio.region
