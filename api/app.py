@@ -5,7 +5,6 @@ waitress (api/__main__.py) or any WSGI server calls `get_app()`.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import falcon
@@ -18,6 +17,7 @@ from api.resources import (API, BatchResource, BearerAuth, BodyLimit, Deps, Heal
                            SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
 from infra.clients import minio_client, redis_client
 from infra.config import Config, ConfigError, load_config
+from infra.net import is_loopback
 from infra.objects import ObjectStore
 from infra.tasks import TaskStore
 
@@ -50,15 +50,6 @@ def create_app(deps: Deps) -> falcon.App:
     return app
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_credentials(cfg: Config) -> None:
     """MinIO's well-known default credentials are tolerated only on a loopback-only setup."""
     if (cfg.minio.access_key, cfg.minio.secret_key) != DEV_CREDENTIALS:
@@ -66,7 +57,7 @@ def check_credentials(cfg: Config) -> None:
     minio_host = cfg.minio.endpoint.rpartition(":")[0]
     exposed = [f"{key}={host}" for key, host in (("api.host", cfg.api.host),
                                                  ("minio.endpoint", minio_host))
-               if not _is_loopback(host)]
+               if not is_loopback(host)]
     if exposed:
         raise ConfigError(f"refusing MinIO's default credentials (minioadmin/minioadmin) with "
                           f"{', '.join(exposed)} not on loopback: set minio.access_key and "

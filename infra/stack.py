@@ -9,7 +9,6 @@ harmless), waits for each one by probing it, and on any failure stops what it st
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import signal
 import socket
@@ -31,6 +30,7 @@ from infra.clients import minio_client, redis_client
 from infra.config import PROJECT_ROOT, Config, env_for
 from infra.console import say
 from infra.keys import Heartbeat
+from infra.net import is_loopback
 from infra.queue import worker_status
 
 READY_TIMEOUT = 60.0
@@ -63,11 +63,7 @@ def _split(endpoint: str) -> tuple[str, int]:
 
 
 def _require_loopback(key: str, host: str) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise StackError(f"config key {key}={host}: the local stack binds to loopback only; "
                          f"use 127.0.0.1")
 
