@@ -33,6 +33,15 @@ _PUBLISH_ROUNDS = 5
 SOURCE_VERSION = "source-version"
 
 
+# S3 error codes for "not there": a GET says NoSuchKey, a HEAD (stat) NoSuchObject.
+_MISSING_CODES = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Does this error say the object (or its bucket) does not exist?"""
+    return isinstance(exc, S3Error) and exc.code in _MISSING_CODES
+
+
 class ObjectMissing(LookupError):
     """The object (or bucket) does not exist."""
 
@@ -66,7 +75,7 @@ class ObjectStore:
         try:
             response = self.client.get_object(self.bucket, key, request_headers=headers)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            if is_missing(exc):
                 raise ObjectMissing(f"{self.bucket}/{key}: {exc.code}") from None
             if exc.code == "PreconditionFailed":
                 raise ObjectChanged(f"{self.bucket}/{key} no longer has ETag {etag}") from None
@@ -110,7 +119,7 @@ class ObjectStore:
             try:
                 current = self.client.stat_object(self.bucket, key)
             except S3Error as exc:
-                if exc.code not in ("NoSuchKey", "NoSuchObject"):
+                if not is_missing(exc):
                     raise
                 condition = {"If-None-Match": "*"}
                 continue
@@ -125,7 +134,7 @@ class ObjectStore:
             self.client.stat_object(self.bucket, key)
             return True
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+            if is_missing(exc):
                 return False
             raise
 

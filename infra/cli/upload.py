@@ -60,10 +60,12 @@ def _mirror(store: ObjectStore, item: Item) -> None:
 def _stat(store: ObjectStore, key: str):
     """The object's metadata, or None if there is no such object."""
     from minio.error import S3Error
+
+    from infra.objects import is_missing
     try:
         return store.client.stat_object(store.bucket, key)
     except S3Error as exc:
-        if exc.code not in ("NoSuchKey", "NoSuchObject"):
+        if not is_missing(exc):
             raise
         return None
 
