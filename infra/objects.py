@@ -183,6 +183,3 @@ class ObjectStore:
         policy.add_content_length_range_condition(1, max_bytes)
         fields = self._public.presigned_post_policy(policy)
         return self._post_url, {"key": key, "Content-Type": content_type, **fields}
-
-    def bucket_exists(self) -> bool:
-        return self.client.bucket_exists(self.bucket)
