@@ -51,4 +51,6 @@ def test_oversized_upload_fails_from_its_event_without_being_read(servers, limit
     data = (PHOTOS / "coffee.jpg").read_bytes()
     store.put(good, data, "image/jpeg")
     check_result(servers, store, model, good, data, tasks)
-    assert peak_rss_mb(limited_worker.running("worker-0")) < MAX_WORKER_RSS_MB
+    peak = peak_rss_mb(limited_worker.running("worker-0"))
+    print(f"\nworker peak RSS after a {OVERSIZED >> 20} MiB upload: {peak:.0f} MB")
+    assert peak < MAX_WORKER_RSS_MB

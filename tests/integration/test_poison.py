@@ -106,8 +106,11 @@ def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, mo
         wait_until(lambda: worker_status(r, "poison-eater").get("ready") == "1", "worker", 60, worker, log)
         good_key = f"{p}/good.jpg"
         data = (PHOTOS / "coffee.jpg").read_bytes()
+        uploaded = time.monotonic()
         store.put(good_key, data, "image/jpeg")
         task = wait_for_task(tasks, derive_task_id(bucket, good_key), timeout=20)
+        print(f"\ngood upload behind {len(poison) + 1} poison messages: {task.status} "
+              f"after {time.monotonic() - uploaded:.2f} s")
         assert task is not None and task.status == "completed", (task, log.read_text()[-3000:])
         check_result(servers, store, model, good_key, data, tasks)
 
@@ -134,6 +137,7 @@ def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, mo
         before, started = cpu_seconds(worker.pid), time.monotonic()
         time.sleep(3.0)  # the window CPU use is measured over
         share = (cpu_seconds(worker.pid) - before) / (time.monotonic() - started)
+        print(f"worker CPU once drained: {share:.1%} of a core")
         assert share < 0.2, f"worker uses {share:.0%} of a core while the queue is empty"
         assert worker.poll() is None, "the worker died"
     finally:
