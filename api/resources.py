@@ -22,11 +22,12 @@ import redis
 
 from api import metrics as metrics_mod
 from api.errors import ApiError, bad_request, body as error_body, not_found
+from infra.clock import utc_iso
 from infra.config import Config
 from infra.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
                            UnsupportedFormat, check_header)
 from infra.objects import ObjectStore
-from infra.tasks import Task, TaskStore, new_task_id, utc_iso
+from infra.tasks import Task, TaskStore, new_task_id
 
 log = logging.getLogger("maskflow.api")
 

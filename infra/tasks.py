@@ -17,7 +17,6 @@ hash of counts by status plus ``total``, and a sorted set of its failed keys, so
 """
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import hashlib
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 
 import redis
 
+from infra.clock import utc_iso
 from infra.config import Config
 from infra.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat, batch_failed_key,
                         batch_key, heartbeat_key, index_key, task_channel, task_key)
@@ -65,11 +65,6 @@ def new_task_id() -> str:
 def derive_task_id(bucket: str, input_key: str) -> str:
     """Tasks of directly uploaded objects: one id per bucket and key, whatever the event."""
     return hashlib.sha256(f"{bucket}/{input_key}".encode()).hexdigest()[:32]
-
-
-def utc_iso(ts: float | None = None) -> str:
-    moment = dt.datetime.fromtimestamp(ts if ts is not None else time.time(), dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def normalise_sequencer(sequencer: str) -> str:

@@ -5,7 +5,6 @@ of submitting every file again.  minio is imported only when uploading: it is sl
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 from infra.cli.console import UsageError
 from infra.cli.progress import Progress
 from infra.client import Client, ClientError, atomic_write, sniff_content_type
+from infra.clock import utc_iso
 from infra.config import Config
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _mirror(store: ObjectStore, item: Item) -> None:
     if existing is not None and (existing.etag or "").strip('"') == _md5(item.path):
         return
     if existing is not None:
-        item.fresh_after = _now_iso()
+        item.fresh_after = utc_iso()
     store.client.fput_object(store.bucket, item.key, str(item.path),
                              content_type=_content_type(item.path))
 
@@ -73,10 +73,6 @@ def _stat(store: ObjectStore, key: str):
 def _md5(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "md5").hexdigest()
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _content_type(path: Path) -> str:
