@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import threading
 from dataclasses import MISSING, dataclass, field, fields
 
 import cv2
@@ -244,22 +243,6 @@ class Segmenter:
             raise ModelError(f"{model_path}: onnxruntime cannot load the model: {exc}") from exc
         cls._check_graph(m, session, model_path)
         return cls(m, session, model_path)
-
-    _shared: dict = {}
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, model_path: str, input_size=None, intra_op_threads: int = 1, inter_op_threads: int = 1,
-               optimization_level: str = "all") -> "Segmenter":
-        """load() once per process per (path, options); later calls return the same
-        instance, so a worker never holds two sessions of one model."""
-        key = (os.path.abspath(os.fspath(model_path)), None if input_size is None else str(input_size),
-               int(intra_op_threads), int(inter_op_threads), optimization_level)
-        with cls._shared_lock:
-            if key not in cls._shared:
-                cls._shared[key] = cls.load(model_path, input_size, intra_op_threads, inter_op_threads,
-                                            optimization_level)
-            return cls._shared[key]
 
     @staticmethod
     def _check_graph(m: ModelManifest, session: ort.InferenceSession, path: str) -> None:

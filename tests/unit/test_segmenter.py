@@ -129,12 +129,6 @@ def test_config_input_size_must_equal_manifest():
     assert "input_size" in str(ei.value) and "256x256" in str(ei.value)
 
 
-def test_shared_returns_one_session_per_options():
-    a = Segmenter.shared(SELFIE)
-    assert Segmenter.shared(SELFIE) is a
-    assert Segmenter.shared(SELFIE, intra_op_threads=2) is not a
-
-
 def test_session_options_are_applied():
     s = Segmenter.load(SELFIE, intra_op_threads=2, inter_op_threads=1, optimization_level="basic")
     assert s.session.get_session_options().intra_op_num_threads == 2
