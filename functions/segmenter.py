@@ -31,7 +31,7 @@ LAYOUTS = ("NHWC", "NCHW")
 COLOR_ORDERS = ("RGB", "BGR")
 SCALINGS = ("divide_255", "divide_max")
 RESIZES = ("warp_bilinear", "bilinear", "pil_lanczos")
-OUTPUT_KINDS = ("probability", "logits")
+OUTPUT_KINDS = ("probability",)  # one foreground channel; no shipped model needs another
 OUTPUT_NORMALIZATIONS = ("none", "minmax")
 OUTPUT_RESIZES = ("bilinear", "pil_lanczos", "nearest")
 OPT_LEVELS = {
@@ -55,13 +55,11 @@ class ModelManifest:
     resize: str                 # warp_bilinear (MediaPipe) | bilinear | pil_lanczos (rembg/PIL)
     output_name: str
     output_layout: str          # NHWC | NCHW
-    output_kind: str            # probability (1 channel foreground) | logits (argmax over labels)
+    output_kind: str            # probability (1 channel foreground)
     mean: tuple = (0.0, 0.0, 0.0)
     std: tuple = (1.0, 1.0, 1.0)
     output_normalization: str = "none"   # none | minmax (per image, as the U2-Net authors)
-    output_resize: str = "bilinear"      # bilinear | pil_lanczos | nearest (logits: label map)
-    labels: tuple = ()
-    palette: tuple = ()
+    output_resize: str = "bilinear"      # bilinear | pil_lanczos | nearest
     license: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -74,11 +72,9 @@ class ModelManifest:
         if missing:
             raise ModelError(f"{where}: missing field(s) {', '.join(missing)}")
         kw = {k: v for k, v in d.items() if k in known}
-        for k in ("mean", "std", "labels"):
+        for k in ("mean", "std"):
             if k in kw:
                 kw[k] = tuple(kw[k])
-        if "palette" in kw:
-            kw["palette"] = tuple(tuple(int(c) for c in p) for p in kw["palette"])
         kw["extra"] = {k: v for k, v in d.items() if k not in known}
         try:
             m = cls(**kw)
@@ -116,11 +112,6 @@ class ModelManifest:
             raise ModelError(f"{where}: mean/std need 3 values, std non-zero")
         if self.input_height <= 0 or self.input_width <= 0:
             raise ModelError(f"{where}: input size must be positive")
-        if self.output_kind == "logits":
-            if len(self.labels) < 2:
-                raise ModelError(f"{where}: logits output needs at least 2 labels (label 0 = background)")
-            if self.palette and len(self.palette) != len(self.labels):
-                raise ModelError(f"{where}: palette has {len(self.palette)} colours for {len(self.labels)} labels")
 
 
 def _sha256(path: str) -> str:
@@ -270,10 +261,9 @@ class Segmenter:
         if len(oshape) != 4:
             raise ModelError(f"{path}: output {m.output_name!r} has rank {len(oshape)} {oshape}, expected 4")
         oc = oshape[3] if m.output_layout == "NHWC" else oshape[1]
-        want_c = 1 if m.output_kind == "probability" else len(m.labels)
-        if not _dim_ok(oc, want_c):
+        if not _dim_ok(oc, 1):
             raise ModelError(f"{path}: output {m.output_name!r} shape {oshape} has {oc} channels; manifest "
-                             f"output_kind={m.output_kind} needs {want_c}")
+                             f"output_kind={m.output_kind} needs 1")
 
     # ---------------------------------------------------------- pipeline
     @property
@@ -319,8 +309,6 @@ class Segmenter:
     def postprocess(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """One raw output (no batch dim) -> uint8 mask at size=(height, width)."""
         m = self.manifest
-        if m.output_kind == "logits":
-            return np.where(self.labels_from_output(out, size) != 0, 255, 0).astype(np.uint8)
         prob = self._channels_last(out)[:, :, 0].astype(np.float32)
         if m.output_normalization == "minmax":
             lo, hi = float(prob.min()), float(prob.max())
@@ -334,16 +322,6 @@ class Segmenter:
             prob = cv2.resize(prob, (w, h), interpolation=interp)
         return (np.clip(prob, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
-    def labels_from_output(self, out: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        # argmax at model resolution, then nearest-neighbour upsampling of the
-        # label map: upsampling C logit planes to full size would cost C x memory
-        labels = np.argmax(self._channels_last(out), axis=2).astype(np.uint8 if len(self.manifest.labels) <= 256
-                                                                   else np.uint16)
-        h, w = size
-        if labels.shape != (h, w):
-            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-        return labels
-
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> H x W uint8 foreground mask (0..255)."""
         return self.predict_batch([rgb])[0]
@@ -354,20 +332,6 @@ class Segmenter:
         batch = np.stack([self.preprocess(im) for im in images])
         out = self.infer(batch)
         return [self.postprocess(out[i], im.shape[:2]) for i, im in enumerate(images)]
-
-    def predict_labels(self, rgb: np.ndarray) -> np.ndarray:
-        """logits models only: H x W label indices (0 = background)."""
-        if self.manifest.output_kind != "logits":
-            raise ModelError(f"{self.model_path}: predict_labels needs output_kind=logits, "
-                             f"manifest says {self.manifest.output_kind}")
-        out = self.infer(self.preprocess(rgb)[None])
-        return self.labels_from_output(out[0], rgb.shape[:2])
-
-    def colorize(self, labels: np.ndarray) -> np.ndarray:
-        """Label map -> H x W x 3 RGB using the manifest palette."""
-        if not self.manifest.palette:
-            raise ModelError(f"{self.model_path}: manifest has no palette")
-        return np.asarray(self.manifest.palette, np.uint8)[labels]
 
 
 __all__ = ["ModelError", "ModelManifest", "Segmenter", "mediapipe_warp", "pil_lanczos_resize"]

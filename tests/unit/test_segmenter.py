@@ -9,9 +9,7 @@ import shutil
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from functions.segmenter import ModelError, ModelManifest, Segmenter, mediapipe_warp, pil_lanczos_resize
 
@@ -94,12 +92,6 @@ def test_declared_input_and_output_names_must_exist(tmp_path):
     (tmp_path / "b").mkdir()
     with pytest.raises(ModelError, match="'mask' not in graph outputs"):
         Segmenter.load(copy_model(tmp_path / "b", output_name="mask"))
-
-
-def test_logits_manifest_on_probability_model_fails(tmp_path):
-    path = copy_model(tmp_path, output_kind="logits", labels=["bg", "a", "b"])
-    with pytest.raises(ModelError, match="needs 3"):
-        Segmenter.load(path)
 
 
 def test_missing_manifest_and_model(tmp_path):
@@ -220,60 +212,3 @@ def test_predict_rejects_wrong_input(selfie):
         selfie.predict(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError):
         selfie.predict(np.zeros((10, 10, 3), np.float32))
-
-
-# ---------------------------------------------------------------- multi-class logits
-def make_logits_model(tmp_path, labels=("background", "green", "blue")):
-    """Tiny real ONNX graph: NCHW input 8x8, 1x1 Conv whose class scores are the
-    R, G, B channels, then a 2x2 average pool -> logits [N,3,4,4]."""
-    w = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[1, 1]),
-         helper.make_node("AveragePool", ["c"], ["logits"], kernel_shape=[2, 2], strides=[2, 2])],
-        "tiny_logits",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 4, 4])],
-        initializer=[numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "tiny.onnx"
-    onnx.save(model, path)
-    manifest = {
-        "file": "tiny.onnx", "sha256": sha256(path), "input_name": "x", "layout": "NCHW",
-        "input_height": 8, "input_width": 8, "color_order": "RGB", "scaling": "divide_255",
-        "resize": "bilinear", "output_name": "logits", "output_layout": "NCHW", "output_kind": "logits",
-        "output_resize": "nearest", "labels": list(labels),
-        "palette": [[0, 0, 0], [0, 255, 0], [0, 0, 255]][:len(labels)],
-        "license": "test", "source": "generated in test",
-    }
-    (tmp_path / "tiny.json").write_text(json.dumps(manifest))
-    return str(path)
-
-
-def test_logits_model_argmax_labels_and_mask(tmp_path):
-    s = Segmenter.load(make_logits_model(tmp_path))
-    img = np.zeros((40, 40, 3), np.uint8)
-    img[:, :20] = (200, 10, 10)      # red -> label 0 (background)
-    img[:20, 20:] = (10, 200, 10)    # green -> label 1
-    img[20:, 20:] = (10, 10, 200)    # blue -> label 2
-    labels = s.predict_labels(img)
-    assert labels.shape == (40, 40)
-    assert (labels[:, :20] == 0).all() and (labels[:20, 20:] == 1).all() and (labels[20:, 20:] == 2).all()
-    mask = s.predict(img)
-    assert mask.dtype == np.uint8 and mask.shape == (40, 40)
-    assert (mask[:, :20] == 0).all() and (mask[:, 20:] == 255).all()
-    colors = s.colorize(labels)
-    assert colors[30, 30].tolist() == [0, 0, 255] and colors[5, 5].tolist() == [0, 0, 0]
-
-
-def test_logits_label_count_must_match_graph(tmp_path):
-    path = make_logits_model(tmp_path, labels=("background", "person"))
-    with pytest.raises(ModelError) as ei:
-        Segmenter.load(path)
-    assert "tiny.onnx" in str(ei.value) and "3 channels" in str(ei.value)
-
-
-def test_predict_labels_refused_for_probability_model(selfie):
-    with pytest.raises(ModelError, match="logits"):
-        selfie.predict_labels(np.zeros((8, 8, 3), np.uint8))
