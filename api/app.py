@@ -12,9 +12,10 @@ import falcon
 from api import errors
 from api.metrics import MetricsMiddleware
 from api.openapi import document
-from api.resources import (API, BatchResource, BearerAuth, BodyLimit, Deps, HealthResource,
-                           MetricsResource, OpenApiResource, ReadyResource, StaticResource,
-                           SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
+from api.middleware import BearerAuth, BodyLimit
+from api.resources import (API, BatchResource, Deps, HealthResource, MetricsResource,
+                           OpenApiResource, ReadyResource, StaticResource, SubmitResource,
+                           TaskLookupResource, TaskResource, UploadsResource)
 from infra.clients import minio_client, redis_client
 from infra.config import Config, ConfigError, load_config
 from infra.net import is_loopback

@@ -4,7 +4,8 @@ Built as a dict (not a static file) so limits from the config appear in it.
 """
 from __future__ import annotations
 
-from api.resources import DEFAULT_MAX_BODY, MULTIPART_SLACK, UPLOAD_TYPES
+from api.middleware import DEFAULT_MAX_BODY
+from api.resources import MULTIPART_SLACK, UPLOAD_TYPES
 from infra.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}

@@ -7,7 +7,6 @@ for objects uploaded with `mc cp`.
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import logging
 import mimetypes
 import re
@@ -43,8 +42,6 @@ UPLOAD_TYPES = {CONTENT_TYPES[fmt]: EXTENSIONS[fmt] for fmt in SUPPORTED_FORMATS
 # A file name: no control characters (a newline must not end up in an object key).
 FILENAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 _EXT_RE = re.compile(r"[a-z0-9]{1,8}")
-# Body limit of every route that does not set its own `max_body_bytes` (JSON documents).
-DEFAULT_MAX_BODY = 64 * 1024
 
 
 @dataclass
@@ -94,7 +91,7 @@ class SubmitResource:
     def __init__(self, deps: Deps):
         self.deps = deps
         self.limit = deps.cfg.task.max_upload_bytes
-        self.max_body_bytes = self.limit + MULTIPART_SLACK  # enforced by BodyLimit
+        self.max_body_bytes = self.limit + MULTIPART_SLACK  # enforced by api.middleware.BodyLimit
 
     def _read_file(self, req: falcon.Request) -> bytes:
         kind = (req.content_type or "").split(";")[0].strip().lower()
@@ -381,35 +378,3 @@ class StaticResource:
 
     def on_get_file(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         self._send(resp, self.root / name)
-
-
-# -- access ----------------------------------------------------------------------------------
-class BearerAuth:
-    """With api.token set, every /api/v1 route needs `Authorization: Bearer <token>`."""
-
-    def __init__(self, token: str):
-        self.expected = token.encode()
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not (req.path == API or req.path.startswith(API + "/")):
-            return
-        # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
-        scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
-        if not (scheme.lower() == "bearer"
-                and hmac.compare_digest(token.lstrip(" ").encode(), self.expected)):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token",
-                           headers={"WWW-Authenticate": 'Bearer realm="maskflow"'})
-
-
-class BodyLimit:
-    """Refuse a body over its route's limit (`max_body_bytes`, else DEFAULT_MAX_BODY) with 413.
-
-    Checked on Content-Length before anything is read. Waitress de-chunks a chunked body and
-    sets Content-Length, so chunked bodies are covered too (Falcon reads a body without
-    Content-Length as empty, under any server).
-    """
-
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
-        limit = getattr(resource, "max_body_bytes", DEFAULT_MAX_BODY)
-        if req.content_length is not None and req.content_length > limit:
-            raise ApiError(413, "payload_too_large", f"the request body exceeds {limit} bytes")

@@ -1,0 +1,43 @@
+"""Falcon middleware: the bearer token on /api/v1 and the body size limit of every route."""
+from __future__ import annotations
+
+import hmac
+
+import falcon
+
+from api.errors import ApiError
+from api.resources import API
+
+# Body limit of every route that does not set its own `max_body_bytes` (JSON documents).
+DEFAULT_MAX_BODY = 64 * 1024
+
+
+class BearerAuth:
+    """With api.token set, every /api/v1 route needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, token: str):
+        self.expected = token.encode()
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not (req.path == API or req.path.startswith(API + "/")):
+            return
+        # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
+        scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
+        if not (scheme.lower() == "bearer"
+                and hmac.compare_digest(token.lstrip(" ").encode(), self.expected)):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token",
+                           headers={"WWW-Authenticate": 'Bearer realm="maskflow"'})
+
+
+class BodyLimit:
+    """Refuse a body over its route's limit (`max_body_bytes`, else DEFAULT_MAX_BODY) with 413.
+
+    Checked on Content-Length before anything is read. Waitress de-chunks a chunked body and
+    sets Content-Length, so chunked bodies are covered too (Falcon reads a body without
+    Content-Length as empty, under any server).
+    """
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        limit = getattr(resource, "max_body_bytes", DEFAULT_MAX_BODY)
+        if req.content_length is not None and req.content_length > limit:
+            raise ApiError(413, "payload_too_large", f"the request body exceeds {limit} bytes")
