@@ -41,6 +41,14 @@ def load_rgb(name):
         return decode_image(f.read())
 
 
+def ours_and_reference(model, name: str, fixture: str, array: str, scale: int):
+    """Our probabilities for photo `name` and the upstream ones from its fixture, both 0..1."""
+    ref = np.load(os.path.join(FIX, "parity", f"{name}.{fixture}"))[array].astype(np.float64) / scale
+    ours = model.predict(load_rgb(name)).astype(np.float64) / 255
+    assert ours.shape == ref.shape
+    return ours, ref
+
+
 def test_fixture_set_covers_required_cases():
     photos = INDEX["photos"]
     assert len(photos) >= 6
@@ -58,10 +66,7 @@ def test_decoder_unchanged_since_fixtures(name):
 
 @pytest.mark.parametrize("name", PHOTOS)
 def test_selfie_matches_mediapipe(selfie, name):
-    rgb = load_rgb(name)
-    ref = np.load(os.path.join(FIX, "parity", name + ".mediapipe.npz"))["prob"].astype(np.float64) / 65535
-    ours = selfie.predict(rgb).astype(np.float64) / 255
-    assert ours.shape == ref.shape
+    ours, ref = ours_and_reference(selfie, name, "mediapipe.npz", "prob", 65535)
     mad = np.abs(ours - ref).mean()
     assert mad <= 0.003, f"{name}: mean |p - p_mediapipe| = {mad:.5f}"
     if INDEX["photos"][name]["person"]:
@@ -70,8 +75,5 @@ def test_selfie_matches_mediapipe(selfie, name):
 
 @pytest.mark.parametrize("name", PHOTOS)
 def test_u2netp_matches_rembg(u2netp, name):
-    rgb = load_rgb(name)
-    ref = np.load(os.path.join(FIX, "parity", name + ".rembg_u2netp.npz"))["mask"].astype(np.float64) / 255
-    ours = u2netp.predict(rgb).astype(np.float64) / 255
-    assert ours.shape == ref.shape
+    ours, ref = ours_and_reference(u2netp, name, "rembg_u2netp.npz", "mask", 255)
     assert iou(ours, ref) >= 0.99, f"{name}: IoU {iou(ours, ref):.4f}"
