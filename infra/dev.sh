@@ -57,6 +57,9 @@ case "${1:-}" in
     setup_python
     # Build the servers here, not inside a test's time limit: the first MinIO build takes minutes.
     .venv/bin/python -m infra.install
+    # No test downloads: the mediapipe wheel the converter test rebuilds the model from is
+    # fetched here, once, into the cache.
+    .venv/bin/python tests/mediapipe_wheel.py
     tag=$(python3 -c 'import uuid; print(uuid.uuid4().hex)')
     export RUN_TAG_FOR_MASKFLOW=$tag
     trap 'kill_tagged "$tag"' EXIT

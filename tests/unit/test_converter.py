@@ -3,14 +3,10 @@ reference on a tiny graph, plus properties of the committed model."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import importlib.util
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -18,19 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from mediapipe_wheel import FETCH, WHEEL_DIR, cached_wheel, load_converter
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(ROOT, "models")
 
-
-def _load_converter():
-    spec = importlib.util.spec_from_file_location("build_segmentation", os.path.join(MODELS, "build_segmentation.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up while decorating
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bs = _load_converter()
+bs = load_converter()
 rng = np.random.default_rng(1234)
 
 
@@ -50,34 +39,33 @@ def run_nhwc(build, x_nhwc: np.ndarray, out_channels: int | None = None) -> np.n
 
 
 # ---------------------------------------------------------------- numpy references (TF semantics)
-def ref_conv_nhwc(x, w_ohwi, b, stride, pads):
-    """Direct convolution, pads = (top, bottom, left, right)."""
+def windows(x, kh, kw, stride, pads):
+    """x (NHWC) padded by pads = (top, bottom, left, right): the output size (oh, ow) and the
+    (i, j, window) of every output position."""
     t, bo, l, r = pads
     xp = np.pad(x, ((0, 0), (t, bo), (l, r), (0, 0)))
-    n, h, w, c = xp.shape
+    oh = (xp.shape[1] - kh) // stride[0] + 1
+    ow = (xp.shape[2] - kw) // stride[1] + 1
+    return (oh, ow), ((i, j, xp[:, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw, :])
+                      for i in range(oh) for j in range(ow))
+
+
+def ref_conv_nhwc(x, w_ohwi, b, stride, pads):
+    """Direct convolution, pads = (top, bottom, left, right)."""
     o, kh, kw, _ = w_ohwi.shape
-    oh = (h - kh) // stride[0] + 1
-    ow = (w - kw) // stride[1] + 1
-    y = np.zeros((n, oh, ow, o), np.float64)
-    for i in range(oh):
-        for j in range(ow):
-            patch = xp[:, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw, :]
-            y[:, i, j, :] = np.einsum("nhwc,ohwc->no", patch, w_ohwi)
+    (oh, ow), patches = windows(x, kh, kw, stride, pads)
+    y = np.zeros((x.shape[0], oh, ow, o), np.float64)
+    for i, j, patch in patches:
+        y[:, i, j, :] = np.einsum("nhwc,ohwc->no", patch, w_ohwi)
     return y + (0 if b is None else b)
 
 
 def ref_depthwise_nhwc(x, w_1hwc, b, stride, pads):
-    t, bo, l, r = pads
-    xp = np.pad(x, ((0, 0), (t, bo), (l, r), (0, 0)))
-    n, h, w, c = xp.shape
     _, kh, kw, _ = w_1hwc.shape
-    oh = (h - kh) // stride[0] + 1
-    ow = (w - kw) // stride[1] + 1
-    y = np.zeros((n, oh, ow, c))
-    for i in range(oh):
-        for j in range(ow):
-            patch = xp[:, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw, :]
-            y[:, i, j, :] = (patch * w_1hwc[0]).sum(axis=(1, 2))
+    (oh, ow), patches = windows(x, kh, kw, stride, pads)
+    y = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    for i, j, patch in patches:
+        y[:, i, j, :] = (patch * w_1hwc[0]).sum(axis=(1, 2))
     return y + b
 
 
@@ -290,27 +278,17 @@ def test_committed_model_dynamic_batch_consistent():
     np.testing.assert_allclose(y[1:2], y1, atol=1e-5)
 
 
-WHEEL_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                           "maskflow", "wheels")
+@pytest.fixture(scope="session")
+def mediapipe_wheel() -> str:
+    wheel = cached_wheel(bs)
+    if wheel is None:
+        pytest.fail(f"the {bs.WHEEL_SPEC} wheel is not in {WHEEL_DIR}: fetch it with `{FETCH}` "
+                    "(`bash infra/dev.sh test` does before the tests)", pytrace=False)
+    return str(wheel)
 
 
-def _mediapipe_wheel():
-    """The mediapipe 0.10.14 wheel: a local copy, else downloaded once from PyPI into a cache."""
-    cands = [os.environ.get("MEDIAPIPE_WHEEL", "")]
-    cands += glob.glob(os.path.join(WHEEL_CACHE, "mediapipe-0.10.14-*.whl"))
-    found = next((c for c in cands if c and os.path.isfile(c)), None)
-    if found:
-        return found
-    os.makedirs(WHEEL_CACHE, exist_ok=True)
-    try:
-        return bs.download_wheel(WHEEL_CACHE)
-    except (subprocess.CalledProcessError, bs.ConversionError) as exc:
-        pytest.skip(f"mediapipe-0.10.14 wheel unavailable ({exc}); the manifest sha256 is still "
-                    "checked by test_committed_model_sha256_matches_manifest")
-
-
-def test_converter_reproduces_committed_model_bit_for_bit():
-    data = bs.build(_mediapipe_wheel())
+def test_converter_reproduces_committed_model_bit_for_bit(mediapipe_wheel):
+    data = bs.build(mediapipe_wheel)
     with open(os.path.join(MODELS, "segmentation.onnx"), "rb") as f:
         assert data == f.read()
 
