@@ -1,15 +1,65 @@
-"""Checks shared by the pipeline tests: a task finished and its results are right."""
+"""What the integration tests share: test photos, worker processes a test controls itself, and
+checks that a task finished with the right results and that an API error has the one shape."""
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
+import requests
 
 from conftest import FIXTURES, wait_for_task
 from functions.handlers import result_keys
+from infra.config import PROJECT_ROOT, env_for
 from infra.images import decode_image
 from infra.tasks import derive_task_id
 
 PHOTOS = FIXTURES / "photos"
+JPEGS = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
+
+
+def make_photo(i: int = 0, width: int = 64, height: int | None = None, *, source: str | None = None,
+               ext: str = ".jpg", quality: int = 95) -> bytes:
+    """The i-th of a series of distinct real photos, encoded as `ext`.
+
+    Fixture photo `source`, else the fixture JPEGs in turn, resized to `width` + (i * 7) % 130
+    pixels wide (a width of its own makes each photo distinct), or with `height` to exactly
+    `width` x `height` (then mirrored every other round through the fixtures, to stay distinct).
+    """
+    img = cv2.imread(str(PHOTOS / source if source else JPEGS[i % len(JPEGS)]), cv2.IMREAD_COLOR)
+    if height is None:
+        w = width + (i * 7) % 130
+        size = (w, int(img.shape[0] * w / img.shape[1]))
+    else:
+        size = (width, height)
+        if (i // len(JPEGS)) % 2:
+            img = cv2.flip(img, 1)
+    shrink = size[0] < img.shape[1]
+    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    ok, buf = cv2.imencode(ext, img, [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else [])
+    assert ok
+    return buf.tobytes()
+
+
+def make_photos(root: Path, count: int, width: int = 64, *, nested: bool = False,
+                quality: int = 95) -> list[str]:
+    """Write make_photo(0..count-1) under `root` as img-000.jpg ...; returns their paths below root.
+
+    Nested: spread over five folders ("", a, a/b, c, c/d/e), and every fourth one a PNG.
+    """
+    rels = []
+    for i in range(count):
+        ext = ".png" if nested and i % 4 == 0 else ".jpg"
+        folder = ["", "a", "a/b", "c", "c/d/e"][i % 5] if nested else ""
+        rel = f"{folder}/img-{i:03d}{ext}".lstrip("/")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(make_photo(i, width, ext=ext, quality=quality))
+        rels.append(rel)
+    return rels
 
 
 def png(data: bytes, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -17,6 +67,36 @@ def png(data: bytes, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
     assert img is not None, "not a decodable PNG"
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return img
+
+
+def start_worker(cfg, worker_id: str, *extra: str, **popen) -> subprocess.Popen:
+    """A worker process (`python -m functions`) for `cfg` that the test starts and stops itself."""
+    return subprocess.Popen([sys.executable, "-m", "functions", "--id", worker_id, *extra],
+                            env={**os.environ, **env_for(cfg)}, cwd=PROJECT_ROOT, **popen)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def assert_error(response: requests.Response, status: int, code: str | None = None) -> dict:
+    """The API's one error shape: {"error": {"status", "code", "message"}}."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"status", "code", "message"}
+    assert body["error"]["status"] == status
+    assert body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code
+    return body["error"]
 
 
 def check_result(servers, store, model, key: str, source: bytes, tasks):
@@ -36,4 +116,4 @@ def check_result(servers, store, model, key: str, source: bytes, tasks):
     return task
 
 
-__all__ = ["PHOTOS", "check_result", "wait_for_task", "png"]
+__all__ = ["PHOTOS", "assert_error", "check_result", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]

@@ -87,15 +87,56 @@ def servers(tmp_path_factory) -> Iterator[Servers]:
         stack.down()
 
 
+class App(Stack):
+    """Processes a test started for itself; `url` is their API's."""
+
+    @property
+    def url(self) -> str:
+        return self.cfg.api_url
+
+
 @contextlib.contextmanager
-def app_stack(data_dir: Path, **overrides) -> Iterator[Stack]:
-    """A whole private stack (Redis, MinIO, API, workers) for tests that need their own config."""
-    stack = Stack(make_config(data_dir, **overrides))
-    stack.up(app=True)
+def app_stack(data_dir: Path, servers: Servers | None = None, *, with_api: bool = True,
+              workers: int = 0, **overrides) -> Iterator[App]:
+    """The API (unless with_api=False) and `workers` workers, with the config `overrides`.
+
+    They run on the session's Redis and MinIO when `servers` is given, else on a private Redis
+    and MinIO of their own; `data_dir` keeps their pid files and logs. All stop on exit.
+    """
+    if servers is None:
+        cfg = make_config(data_dir, **overrides)
+    else:
+        cfg = replace(servers.cfg, **{**overrides,
+                                      "api": {"port": free_port(), **overrides.get("api", {})},
+                                      "stack": {**overrides.get("stack", {}), "data_dir": str(data_dir)}})
+    app = App(cfg)
     try:
-        yield stack
+        if servers is None:
+            app.up(app=False)
+        app.start(*([app.api_service] if with_api else []),
+                  *[lambda i=i: app.worker_service(i) for i in range(workers)])
+        yield app
     finally:
-        stack.down()
+        app.down()
+
+
+@pytest.fixture
+def start_app(servers, tmp_path_factory):
+    """start_app(**kwargs): app_stack on the session's Redis and MinIO, stopped after the test."""
+    with contextlib.ExitStack() as running:
+        yield lambda **kwargs: running.enter_context(
+            app_stack(tmp_path_factory.mktemp("app"), servers, **kwargs))
+
+
+UPLOAD_LIMIT = 2 * 1024 * 1024  # the `api` fixture's: small, so the 413 cases stay cheap
+
+
+@pytest.fixture(scope="module")
+def api(servers, tmp_path_factory) -> Iterator[App]:
+    """The API alone (no worker) on the session's Redis and MinIO, with a small upload limit."""
+    with app_stack(tmp_path_factory.mktemp("api"), servers,
+                   task={"max_upload_bytes": UPLOAD_LIMIT}) as app:
+        yield app
 
 
 @pytest.fixture
@@ -158,4 +199,4 @@ def wait_for_task(tasks, task_id: str, timeout: float = 60.0):
     return task
 
 
-__all__ = ["Servers", "app_stack", "make_config", "FIXTURES", "StackError", "wait_for_task"]
+__all__ = ["App", "Servers", "UPLOAD_LIMIT", "app_stack", "make_config", "FIXTURES", "StackError", "wait_for_task"]

@@ -17,11 +17,12 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from checks import make_photo  # noqa: E402
 from functions.segmenter import Segmenter  # noqa: E402
 from infra import images  # noqa: E402
 from infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
@@ -45,10 +46,8 @@ def inputs() -> dict[str, bytes]:
     with open(os.path.join(PHOTOS, "camera_gray.png"), "rb") as f:
         camera = f.read()
     # 1024x768 JPEG: a fixture photo upscaled, so it has real image content
-    coffee = cv2.imread(os.path.join(PHOTOS, "coffee.jpg"))
-    big = cv2.resize(coffee, (1024, 768), interpolation=cv2.INTER_CUBIC)
-    ok, buf = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return {"1024x768.jpg": buf.tobytes(), "astronaut 512x512.jpg": astro, "camera 512x512 gray.png": camera}
+    big = make_photo(source="coffee.jpg", width=1024, height=768, quality=90)
+    return {"1024x768.jpg": big, "astronaut 512x512.jpg": astro, "camera 512x512 gray.png": camera}
 
 
 PNG_SETTINGS = {

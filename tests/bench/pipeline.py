@@ -20,30 +20,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
 from functions.segmenter import Segmenter  # noqa: E402
 from infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 from infra.objects import ObjectStore  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from infra.tasks import TaskStore  # noqa: E402
-
-PHOTOS = ROOT / "tests" / "fixtures" / "photos"
-
-
-def photos(count: int, width: int, height: int) -> list[bytes]:
-    sources = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
-    out = []
-    for i in range(count):
-        img = cv2.resize(cv2.imread(str(sources[i % len(sources)])), (width, height),
-                         interpolation=cv2.INTER_AREA)
-        img = cv2.flip(img, 1) if (i // len(sources)) % 2 else img  # distinct bytes per image
-        out.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    return out
 
 
 def parse_iso(text: str) -> float:
@@ -65,7 +51,7 @@ def main() -> None:
     ap.add_argument("--size", default="1024x768")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    data = photos(args.images, width, height)
+    data = [make_photo(i, width, height, quality=90) for i in range(args.images)]
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config(Path(tmp), worker={"concurrency": args.concurrency})

@@ -6,95 +6,25 @@ TaskStore (the same calls the worker makes), so the API's rendering of every sta
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 import time
 import urllib.parse
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
 
-from infra.config import PROJECT_ROOT, Config, env_for, replace
+from checks import PHOTOS, assert_error
+from conftest import UPLOAD_LIMIT as LIMIT
+from infra.config import PROJECT_ROOT, replace
 from infra.objects import ObjectStore
 from infra.queue import DEAD_LETTER_KEY, EventQueue
-from infra.stack import free_port, wait_until
+from infra.stack import wait_until
 from infra.tasks import UPLOAD_DEADLINES, TaskStore
 
-PHOTOS = Path(__file__).resolve().parent.parent / "fixtures" / "photos"
-LIMIT = 2 * 1024 * 1024  # a small upload limit keeps the 413 cases cheap
 GRACE_S = 120  # api.resources.UPLOAD_GRACE_S, restated: the test checks the contract
-
-
-@dataclass
-class ApiProcess:
-    cfg: Config
-    proc: subprocess.Popen
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return self.cfg.api_url
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def start_api(cfg: Config, log: Path) -> ApiProcess:
-    """Start `python -m api` for `cfg` and wait until /healthz answers."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "api"], env={**os.environ, **env_for(cfg)},
-                                cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
-    api = ApiProcess(cfg, proc, log)
-    try:
-        wait_until(lambda: requests.get(f"{api.url}/healthz", timeout=1).status_code == 200,
-                   "api", timeout=30, proc=proc, log=log)
-    except BaseException:
-        api.stop()
-        raise
-    return api
-
-
-def api_config(servers, **api) -> Config:
-    return replace(servers.cfg, api={"port": free_port(), **api}, task={"max_upload_bytes": LIMIT})
-
-
-@pytest.fixture(scope="module")
-def api(servers, tmp_path_factory):
-    proc = start_api(api_config(servers), tmp_path_factory.mktemp("api") / "api.log")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def store(servers) -> TaskStore:
-    return TaskStore(servers.redis(), servers.cfg)
 
 
 def photo(name: str = "chelsea.jpg") -> bytes:
     return (PHOTOS / name).read_bytes()
-
-
-def assert_error(response: requests.Response, status: int, code: str | None = None) -> dict:
-    """The one error shape: {"error": {"status", "code", "message"}}."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"status", "code", "message"}
-    assert body["error"]["status"] == status
-    assert body["error"]["message"]
-    if code:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -106,7 +36,7 @@ TASK_KEYS = {"task_id", "status", "result", "error", "created_at", "completed_at
 
 
 # -- submission --------------------------------------------------------------------------------
-def test_submit_stores_the_upload_and_answers_202(api, servers, store):
+def test_submit_stores_the_upload_and_answers_202(api, servers, tasks):
     before = time.time()
     r = requests.post(f"{api.url}/api/v1/tasks/segmentation",
                       files={"file": ("cat.jpg", photo(), "image/jpeg")}, timeout=10)
@@ -122,7 +52,7 @@ def test_submit_stores_the_upload_and_answers_202(api, servers, store):
     objects = ObjectStore(servers.cfg)
     assert objects.get(key).data == photo()
     assert objects.get(key).content_type == "image/jpeg"
-    assert store.task_id_for_key(key) == task_id  # the index the worker resolves events with
+    assert tasks.task_id_for_key(key) == task_id  # the index the worker resolves events with
 
     got = requests.get(f"{api.url}{r.headers['Location']}", timeout=10)
     assert got.status_code == 200
@@ -134,7 +64,7 @@ def test_submit_stores_the_upload_and_answers_202(api, servers, store):
     assert task["created_at"] == body["created_at"]
 
 
-def test_format_is_decided_by_content_not_name(api, servers, store):
+def test_format_is_decided_by_content_not_name(api, servers, tasks):
     r = requests.post(f"{api.url}/api/v1/tasks/segmentation",
                       files={"file": ("looks-like.jpg", photo("camera_gray.png"), "image/jpeg")},
                       timeout=10)
@@ -147,8 +77,8 @@ def _submit(api, **kwargs) -> requests.Response:
     return requests.post(f"{api.url}/api/v1/tasks/segmentation", timeout=30, **kwargs)
 
 
-def test_rejected_uploads_store_nothing(api, store):
-    before = store.status_counts()
+def test_rejected_uploads_store_nothing(api, tasks):
+    before = tasks.status_counts()
     too_big = b"\xff\xd8\xff" + b"\0" * LIMIT
     err = assert_error(_submit(api, files={"file": ("big.jpg", too_big, "image/jpeg")}), 413,
                        "payload_too_large")
@@ -169,10 +99,10 @@ def test_rejected_uploads_store_nothing(api, store):
     # a broken multipart body is the client's error, not ours
     assert_error(_submit(api, data=b"--x\r\nnonsense",
                          headers={"Content-Type": "multipart/form-data; boundary=x"}), 400)
-    assert store.status_counts() == before
+    assert tasks.status_counts() == before
 
 
-def test_storage_failure_fails_the_task_and_answers_503(servers, store):
+def test_storage_failure_fails_the_task_and_answers_503(servers, tasks):
     """The record is written before the object; when the put fails the record says so."""
     import falcon.testing
     from api.app import build_deps, create_app
@@ -183,7 +113,7 @@ def test_storage_failure_fails_the_task_and_answers_503(servers, store):
                              headers={"Content-Type": form.headers["Content-Type"]})
     assert r.status_code == 503, r.text
     assert r.json["error"]["code"] == "storage_unavailable"
-    failed = [t for t in (store.find_by_key(k.decode().split(":", 2)[2])
+    failed = [t for t in (tasks.find_by_key(k.decode().split(":", 2)[2])
                           for k in servers.redis().keys("maskflow:key:input/*"))
               if t and t.status == "failed" and "storing the upload failed" in (t.error or "")]
     assert failed, "the pending record was not failed"
@@ -198,31 +128,31 @@ def test_unknown_task_and_bad_wait(api):
     assert_error(requests.delete(f"{api.url}/api/v1/tasks/x", timeout=5), 405)
 
 
-def test_wait_holds_until_terminal_or_timeout(api, store):
+def test_wait_holds_until_terminal_or_timeout(api, tasks):
     task_id = "waittest" + str(time.monotonic_ns())
-    store.create_pending(task_id, f"input/{task_id}.jpg")
+    tasks.create_pending(task_id, f"input/{task_id}.jpg")
     started = time.monotonic()
     r = requests.get(f"{api.url}/api/v1/tasks/{task_id}?wait=1", timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "pending"
     assert 0.9 <= time.monotonic() - started < 5
 
     # a task that finishes while the request waits is answered at once
-    store.fail_pending(task_id, "boom")
+    tasks.fail_pending(task_id, "boom")
     started = time.monotonic()
     r = requests.get(f"{api.url}/api/v1/tasks/{task_id}?wait=30", timeout=35)
     assert r.json()["status"] == "failed"
     assert time.monotonic() - started < 5
 
 
-def test_completed_and_failed_tasks_render_like_the_contract(api, servers, store):
+def test_completed_and_failed_tasks_render_like_the_contract(api, servers, tasks):
     objects = ObjectStore(servers.cfg)
     task_id = "done" + str(time.monotonic_ns())
     key = f"input/{task_id}.jpg"
-    store.create_pending(task_id, key)
-    assert store.begin(task_id, key, "etag", "1", "test-worker", "run-1")[0] == "start"
+    tasks.create_pending(task_id, key)
+    assert tasks.begin(task_id, key, "etag", "1", "test-worker", "run-1")[0] == "start"
     objects.put(f"output/{task_id}.png", b"segmented", "image/png")
     objects.put(f"masks/{task_id}.png", b"mask", "image/png")
-    assert store.complete(task_id, "1", f"output/{task_id}.png", f"masks/{task_id}.png")
+    assert tasks.complete(task_id, "1", f"output/{task_id}.png", f"masks/{task_id}.png")
 
     task = requests.get(f"{api.url}/api/v1/tasks/{task_id}", timeout=5).json()
     assert set(task) == TASK_KEYS and task["status"] == "completed" and task["error"] is None
@@ -233,9 +163,9 @@ def test_completed_and_failed_tasks_render_like_the_contract(api, servers, store
     assert "X-Amz-Expires=3600" in result["mask_image_url"]
 
     failed_id = "failed" + str(time.monotonic_ns())
-    store.create_pending(failed_id, f"input/{failed_id}.jpg")
-    store.begin(failed_id, f"input/{failed_id}.jpg", "e", "1", "test-worker", "run-1")
-    store.fail(failed_id, "1", "image is corrupt")
+    tasks.create_pending(failed_id, f"input/{failed_id}.jpg")
+    tasks.begin(failed_id, f"input/{failed_id}.jpg", "e", "1", "test-worker", "run-1")
+    tasks.fail(failed_id, "1", "image is corrupt")
     task = requests.get(f"{api.url}/api/v1/tasks/{failed_id}", timeout=5).json()
     assert task["status"] == "failed" and task["error"] == "image is corrupt"
     assert task["result"] == {"segmented_image_url": None, "mask_image_url": None}
@@ -251,7 +181,7 @@ def _presign(api, **body) -> dict:
     return out
 
 
-def test_presigned_post_lands_at_the_pinned_key(api, servers, store):
+def test_presigned_post_lands_at_the_pinned_key(api, servers, tasks):
     before = time.time()
     up = _presign(api, filename="cat.JPG", content_type="image/jpeg", size=len(photo()))
     assert up["method"] == "POST" and up["object_key"] == f"input/{up['task_id']}.jpg"
@@ -344,19 +274,19 @@ def test_presign_errors(api):
     assert up["object_key"].endswith(".png")
 
 
-def test_upload_that_never_arrives_fails(api, store):
+def test_upload_that_never_arrives_fails(api, tasks):
     up = _presign(api, filename="never.jpg", content_type="image/jpeg")
     deadline = parse_time(up["expires_at"]).timestamp() + GRACE_S
-    assert up["task_id"] not in store.expire_overdue(now=deadline - 5)
-    assert up["task_id"] in store.expire_overdue(now=deadline + 1)
+    assert up["task_id"] not in tasks.expire_overdue(now=deadline - 5)
+    assert up["task_id"] in tasks.expire_overdue(now=deadline + 1)
     task = requests.get(f"{api.url}/api/v1/tasks/{up['task_id']}", timeout=5).json()
     assert task["status"] == "failed" and task["error"] == "upload not received"
 
 
 # -- lookups ---------------------------------------------------------------------------------------
-def test_lookup_by_key(api, store, unique_prefix):
+def test_lookup_by_key(api, tasks, unique_prefix):
     key = f"input/{unique_prefix}/direct photo+1.jpg"
-    store.create_pending("lookup" + unique_prefix, key)
+    tasks.create_pending("lookup" + unique_prefix, key)
     r = requests.get(f"{api.url}/api/v1/tasks", params={"key": key}, timeout=5)
     assert r.status_code == 200 and set(r.json()) == TASK_KEYS
     assert r.json()["task_id"] == "lookup" + unique_prefix
@@ -365,13 +295,13 @@ def test_lookup_by_key(api, store, unique_prefix):
     assert_error(requests.get(f"{api.url}/api/v1/tasks", timeout=5), 400)
 
 
-def test_batch_summary_and_pagination(api, store, unique_prefix):
+def test_batch_summary_and_pagination(api, tasks, unique_prefix):
     prefix = f"input/{unique_prefix}/b1/"
     keys = [f"{prefix}img-{i}.jpg" for i in range(5)] + [f"{prefix}sub/img-{i}.jpg" for i in range(2)]
     for i, key in enumerate(keys):
-        store.create_pending(f"{unique_prefix}-{i}", key)
-    store.fail_pending(f"{unique_prefix}-1", "image is corrupt")
-    store.fail_pending(f"{unique_prefix}-5", "not an image")
+        tasks.create_pending(f"{unique_prefix}-{i}", key)
+    tasks.fail_pending(f"{unique_prefix}-1", "image is corrupt")
+    tasks.fail_pending(f"{unique_prefix}-5", "not an image")
 
     for path in (prefix, urllib.parse.quote(prefix, safe=""), prefix.rstrip("/")):
         r = requests.get(f"{api.url}/api/v1/batches/{path}", timeout=5)
@@ -450,51 +380,44 @@ def test_metrics(api, servers):
 
 
 # -- access ----------------------------------------------------------------------------------
-def test_bearer_token(servers, tmp_path):
-    locked = start_api(api_config(servers, token="s3cret-token"), tmp_path / "api-token.log")
-    try:
-        url = locked.url
-        err = assert_error(requests.get(f"{url}/api/v1/tasks/x", timeout=5), 401, "unauthorized")
-        assert "token" in err["message"]
-        r = requests.get(f"{url}/api/v1/tasks/x", headers={"Authorization": "Bearer wrong"}, timeout=5)
-        assert_error(r, 401)
-        assert r.headers["WWW-Authenticate"].startswith("Bearer")
-        assert_error(requests.post(f"{url}/api/v1/tasks/segmentation",
-                                   files={"file": ("a.jpg", photo())}, timeout=5), 401)
-        assert_error(requests.get(f"{url}/api/v1/openapi.json", timeout=5), 401)
-        auth = {"Authorization": "Bearer s3cret-token"}
-        assert_error(requests.get(f"{url}/api/v1/tasks/x", headers=auth, timeout=5), 404)
-        lower = {"Authorization": "bearer s3cret-token"}  # RFC 7235: scheme is case-insensitive
-        assert_error(requests.get(f"{url}/api/v1/tasks/x", headers=lower, timeout=5), 404)
-        assert requests.get(f"{url}/api/v1/openapi.json", headers=auth, timeout=5).status_code == 200
-        # operations and the web page stay open
-        for path in ("/healthz", "/readyz", "/metrics"):
-            assert requests.get(f"{url}{path}", timeout=5).status_code == 200, path
-        assert requests.get(f"{url}/", timeout=5).status_code in (200, 404)
-    finally:
-        locked.stop()
+def test_bearer_token(start_app):
+    url = start_app(api={"token": "s3cret-token"}).url
+    err = assert_error(requests.get(f"{url}/api/v1/tasks/x", timeout=5), 401, "unauthorized")
+    assert "token" in err["message"]
+    r = requests.get(f"{url}/api/v1/tasks/x", headers={"Authorization": "Bearer wrong"}, timeout=5)
+    assert_error(r, 401)
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_error(requests.post(f"{url}/api/v1/tasks/segmentation",
+                               files={"file": ("a.jpg", photo())}, timeout=5), 401)
+    assert_error(requests.get(f"{url}/api/v1/openapi.json", timeout=5), 401)
+    auth = {"Authorization": "Bearer s3cret-token"}
+    assert_error(requests.get(f"{url}/api/v1/tasks/x", headers=auth, timeout=5), 404)
+    lower = {"Authorization": "bearer s3cret-token"}  # RFC 7235: scheme is case-insensitive
+    assert_error(requests.get(f"{url}/api/v1/tasks/x", headers=lower, timeout=5), 404)
+    assert requests.get(f"{url}/api/v1/openapi.json", headers=auth, timeout=5).status_code == 200
+    # operations and the web page stay open
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert requests.get(f"{url}{path}", timeout=5).status_code == 200, path
+    assert requests.get(f"{url}/", timeout=5).status_code in (200, 404)
 
 
-def test_long_polls_never_take_every_thread(servers, tmp_path):
+def test_long_polls_never_take_every_thread(servers, start_app):
     """With 2 threads, one request may long-poll; a second long-poll is answered at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    proc = start_api(api_config(servers, threads=2), tmp_path / "api.log")
-    try:
-        task = TaskStore(servers.redis(), servers.cfg).create_pending("waitcap", "input/waitcap.jpg")
-        url = f"{proc.url}/api/v1/tasks/{task.task_id}?wait=4"
-        with ThreadPoolExecutor(2) as pool:
-            holder = pool.submit(requests.get, url, timeout=10)
-            wait_until(lambda: _waiting(servers, task.task_id) >= 1, "first long-poll subscribed", 5)
-            started = time.monotonic()
-            second = requests.get(url, timeout=10)
-            answered_in = time.monotonic() - started
-            first = holder.result()
-        assert second.status_code == first.status_code == 200
-        assert second.json()["status"] == "pending" and answered_in < 2.0, answered_in
-        assert requests.get(f"{proc.url}/healthz", timeout=2).status_code == 200
-    finally:
-        proc.stop()
+    app = start_app(api={"threads": 2})
+    task = TaskStore(servers.redis(), servers.cfg).create_pending("waitcap", "input/waitcap.jpg")
+    url = f"{app.url}/api/v1/tasks/{task.task_id}?wait=4"
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(requests.get, url, timeout=10)
+        wait_until(lambda: _waiting(servers, task.task_id) >= 1, "first long-poll subscribed", 5)
+        started = time.monotonic()
+        second = requests.get(url, timeout=10)
+        answered_in = time.monotonic() - started
+        first = holder.result()
+    assert second.status_code == first.status_code == 200
+    assert second.json()["status"] == "pending" and answered_in < 2.0, answered_in
+    assert requests.get(f"{app.url}/healthz", timeout=2).status_code == 200
 
 
 def _waiting(servers, task_id: str) -> int:

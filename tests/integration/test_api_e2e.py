@@ -2,41 +2,30 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import requests
 
+from checks import PHOTOS, make_photo, png
+from conftest import app_stack
 from infra.config import PROJECT_ROOT
-
-PHOTOS = Path(__file__).resolve().parent.parent / "fixtures" / "photos"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def app(servers):
+def app(servers, tmp_path_factory):
     if not (PROJECT_ROOT / "functions" / "__main__.py").exists():
         pytest.fail("functions/__main__.py (the worker) is missing")
-    stack = servers.stack
-    stack.up(app=True)  # reuses the session's Redis and MinIO, adds the API and the workers
-    try:
-        yield servers.cfg.api_url
-    finally:
-        # later modules expect nobody consuming the event list
-        stack.stop("api")
-        for i in range(servers.cfg.stack.workers):
-            stack.stop(f"worker-{i}")
+    # on the session's Redis and MinIO; stopped after the module, as later modules expect
+    # nobody consuming the event list
+    with app_stack(tmp_path_factory.mktemp("e2e"), servers, workers=servers.cfg.stack.workers) as stack:
+        yield stack.url
 
 
-def _png(url: str) -> np.ndarray:
+def _png(url: str):
     r = requests.get(url, timeout=10)
     assert r.status_code == 200, r.text
-    assert r.content.startswith(PNG_MAGIC)
-    image = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert image is not None
-    return image
+    return png(r.content)
 
 
 def _poll(fetch, done, timeout: float, interval: float = 0.2):
@@ -84,18 +73,11 @@ def test_wait_parameter_returns_the_finished_task(app):
     assert data["completed_at"] and data["result"]["mask_image_url"]
 
 
-def _jpeg(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    assert ok
-    return buf.tobytes()
-
-
 def test_direct_uploads_are_found_by_key_and_batches_summarised(app, servers, mc, tmp_path,
                                                                 unique_prefix):
     bucket = servers.cfg.minio.bucket
     single = tmp_path / "direct.jpg"
-    single.write_bytes(_jpeg(0))
+    single.write_bytes(make_photo(0))
     key = f"input/{unique_prefix}/direct.jpg"
     mc("cp", str(single), f"local/{bucket}/{key}")
     found = _poll(lambda: requests.get(f"{app}/api/v1/tasks", params={"key": key}, timeout=5),
@@ -109,7 +91,7 @@ def test_direct_uploads_are_found_by_key_and_batches_summarised(app, servers, mc
     broken = {f"img-{i:03d}.jpg" for i in (7, 31)}
     for i in range(50):
         name = f"img-{i:03d}.jpg"
-        (folder / name).write_bytes(b"this is not an image" if name in broken else _jpeg(i))
+        (folder / name).write_bytes(b"this is not an image" if name in broken else make_photo(i))
     prefix = f"input/{unique_prefix}/batch1/"
     mc("mirror", str(folder), f"local/{bucket}/{prefix}")
     batch_url = f"{app}/api/v1/batches/{prefix}"

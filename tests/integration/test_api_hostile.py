@@ -13,21 +13,14 @@ import socket
 import statistics
 import time
 
-import pytest
 import requests
 
+from checks import assert_error
+from conftest import UPLOAD_LIMIT as LIMIT
 from infra.tasks import TaskStore
-from test_api_contract import LIMIT, api_config, assert_error, start_api
 
 SLOW_CLIENTS = 500
 MAX_LATENCY_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def api(servers, tmp_path_factory):
-    proc = start_api(api_config(servers), tmp_path_factory.mktemp("api-hostile") / "api.log")
-    yield proc
-    proc.stop()
 
 
 def _closed(sock: socket.socket) -> bool:

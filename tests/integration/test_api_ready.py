@@ -6,15 +6,6 @@ import time
 import pytest
 import requests
 
-from test_api_contract import api_config, start_api
-
-
-@pytest.fixture
-def api(servers, tmp_path):
-    proc = start_api(api_config(servers), tmp_path / "api.log")
-    yield proc
-    proc.stop()
-
 
 def _ready(api) -> requests.Response:
     return requests.get(f"{api.url}/readyz", timeout=3)

@@ -5,13 +5,10 @@ plugin does not work with pytest 9 (AttributeError on Function._nodeid).
 """
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
-
-from test_api_contract import api_config, start_api
 
 MAX_EXAMPLES = 25  # per operation and mode: bounded so the run takes seconds on 2 cores
 
@@ -22,13 +19,6 @@ CONFIG = SchemathesisConfig.from_str("""
 include-operation-id = "submitSegmentation"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "415", "422"]
 """)
-
-
-@pytest.fixture(scope="module")
-def api(servers, tmp_path_factory):
-    proc = start_api(api_config(servers), tmp_path_factory.mktemp("api-schema") / "api.log")
-    yield proc
-    proc.stop()
 
 
 def test_api_conforms_to_its_openapi_document(api):

@@ -15,19 +15,19 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, app_stack
+from checks import PHOTOS, make_photos
+from conftest import app_stack
 from infra import install
 from infra.config import PROJECT_ROOT, env_for
 from infra.stack import free_port
 
-PHOTOS = FIXTURES / "photos"
 TOKEN = "cli-test-token"
 MAX_WAIT = 240.0
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with app_stack(tmp_path_factory.mktemp("cli-stack"), api={"token": TOKEN},
+    with app_stack(tmp_path_factory.mktemp("cli-stack"), workers=1, api={"token": TOKEN},
                    task={"poll_interval": 1}) as s:
         yield s
 
@@ -62,28 +62,6 @@ def _check_pair(cutout: Path, mask: Path, source: Path) -> None:
     if "exif6" not in source.name:  # rotated on decode
         assert m.shape == src.shape[:2]
     assert np.array_equal(c[:, :, 3], m)
-
-
-def make_variants(root: Path, n: int = 100) -> list[str]:
-    """n small, distinct photos (resized/cropped/flipped fixtures) in nested subfolders."""
-    sources = sorted(p for p in PHOTOS.iterdir() if p.suffix in (".jpg", ".png"))
-    rels = []
-    for i in range(n):
-        src = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR)
-        h, w = src.shape[:2]
-        x, y = (i * 7) % (w // 4), (i * 5) % (h // 4)
-        crop = src[y:y + h * 3 // 4, x:x + w * 3 // 4]
-        if i % 3 == 0:
-            crop = cv2.flip(crop, 1)
-        size = 64 + (i % 5) * 16
-        img = cv2.resize(crop, (size, size * crop.shape[0] // crop.shape[1]))
-        folder = ["", "a", "a/b", "c", "c/d/e"][i % 5]
-        ext = ".png" if i % 4 == 0 else ".jpg"
-        rel = f"{folder}/p{i:03d}{ext}".lstrip("/")
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        assert cv2.imwrite(str(root / rel), img)
-        rels.append(rel)
-    return rels
 
 
 def _stem_path(rel: str) -> str:
@@ -146,7 +124,7 @@ def test_errors_are_one_line_with_documented_exit_codes(stack, tmp_path):
 
 def test_batch_100_nested_interrupt_then_rerun_finishes_rest(stack, tmp_path):
     photos = tmp_path / "photos"
-    rels = make_variants(photos)
+    rels = make_photos(photos, 100, nested=True)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "infra.cli", "batch", str(photos), "--prefix", "hundred",
             "--out", str(out)]
@@ -205,7 +183,7 @@ def test_batch_100_nested_interrupt_then_rerun_finishes_rest(stack, tmp_path):
 
 def test_batch_via_api_lists_failures_and_keeps_tree(stack, tmp_path):
     photos = tmp_path / "mixed"
-    rels = make_variants(photos, n=6)
+    rels = make_photos(photos, 6, nested=True)
     (photos / "a/broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 50)  # JPEG magic, no image
     (photos / "notes.txt").write_text("ignored")
     proc = maskflow(stack, "batch", str(photos), "--via", "api", "--out", "res", cwd=tmp_path)
@@ -229,7 +207,7 @@ def _documented_mc_commands() -> list[str]:
 def test_documented_mc_mirror_commands_process_100_photos(stack, tmp_path):
     cfg = stack.cfg
     mc_bin = install.resolve_binary(install.MC, cfg.stack.mc_bin)
-    rels = make_variants(tmp_path / "photos")
+    rels = make_photos(tmp_path / "photos", 100, nested=True)
     lines = _documented_mc_commands()
     assert [l.split()[:2] for l in lines] == [["mc", "alias"], ["mc", "mirror"],
                                              ["maskflow", "status"], ["mc", "mirror"],

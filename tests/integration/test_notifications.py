@@ -5,17 +5,8 @@ import json
 import time
 import urllib.parse
 
-import numpy as np
-import cv2
-
+from checks import make_photo, make_photos
 from infra.objects import ObjectStore
-
-
-def _jpeg(seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    assert ok
-    return buf.tobytes()
 
 
 def _drain(r, key: str, want: int, timeout: float = 10.0) -> list[dict]:
@@ -42,7 +33,7 @@ MAX_DELIVERY_S = 3.0 + 1.0
 
 def test_mc_cp_puts_one_access_format_event(servers, clean_redis, mc, tmp_path, unique_prefix):
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(_jpeg())
+    photo.write_bytes(make_photo())
     key = f"input/{unique_prefix}/a.jpg"
     mc("cp", str(photo), f"local/{servers.cfg.minio.bucket}/{key}")
     events = _drain(clean_redis, servers.cfg.queue.events_key, 1, timeout=MAX_DELIVERY_S)
@@ -62,7 +53,7 @@ def test_results_prefixes_produce_no_event(servers, clean_redis, unique_prefix):
     store = ObjectStore(servers.cfg)
     for prefix in ("output", "masks"):
         store.put(f"{prefix}/{unique_prefix}/x.png", b"not really", "image/png")
-    store.put(f"input/{unique_prefix}/marker.jpg", _jpeg(), "image/jpeg")
+    store.put(f"input/{unique_prefix}/marker.jpg", make_photo(), "image/jpeg")
     events = _drain(clean_redis, servers.cfg.queue.events_key, 2, timeout=3.0)
     # the marker event proves delivery works; only it arrived
     assert _keys(events) == [f"input/{unique_prefix}/marker.jpg"]
@@ -75,7 +66,7 @@ def test_events_survive_redis_outage(servers, clean_redis, unique_prefix):
     try:
         keys = [f"input/{unique_prefix}/outage-{i:02d}.jpg" for i in range(20)]
         for i, key in enumerate(keys):
-            store.put(key, _jpeg(i), "image/jpeg")
+            store.put(key, make_photo(i), "image/jpeg")
     finally:
         stack.up(app=False)
     events = _drain(servers.redis(), servers.cfg.queue.events_key, 20, timeout=30.0)
@@ -84,9 +75,7 @@ def test_events_survive_redis_outage(servers, clean_redis, unique_prefix):
 
 def test_mc_mirror_of_50_files_yields_50_events(servers, clean_redis, mc, tmp_path, unique_prefix):
     folder = tmp_path / "batch1"
-    folder.mkdir()
-    for i in range(50):
-        (folder / f"img-{i:03d}.jpg").write_bytes(_jpeg(i))
+    make_photos(folder, 50)
     mc("mirror", str(folder), f"local/{servers.cfg.minio.bucket}/input/{unique_prefix}/batch1/")
     events = _drain(clean_redis, servers.cfg.queue.events_key, 50, timeout=20.0)
     keys = _keys(events)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from checks import PHOTOS, check_result, wait_for_task
-from infra.config import replace
-from infra.stack import Stack
+from conftest import app_stack
 from infra.tasks import derive_task_id
 
 MAX_WORKER_RSS_MB = 300
@@ -23,12 +22,11 @@ OVERSIZED = 64 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def limited_worker(servers):
+def limited_worker(servers, tmp_path_factory):
     """A worker whose upload limit is 4 MiB, so a 64 MiB object is 16 times over it."""
-    stack = Stack(replace(servers.cfg, task={"max_upload_bytes": LIMIT}), log=lambda _msg: None)
-    stack.start(lambda: stack.worker_service(0))
-    yield stack
-    stack.stop("worker-0")
+    with app_stack(tmp_path_factory.mktemp("oversized"), servers, with_api=False, workers=1,
+                   task={"max_upload_bytes": LIMIT}) as stack:
+        yield stack
 
 
 def peak_rss_mb(pid: int) -> float:

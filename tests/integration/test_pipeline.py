@@ -7,17 +7,14 @@ import time
 import pytest
 
 from checks import PHOTOS, check_result, wait_for_task
+from conftest import app_stack
 from infra.tasks import derive_task_id
 
 
 @pytest.fixture(scope="module")
-def workers(servers):
-    stack = servers.stack
-    names = [f"worker-{i}" for i in range(2)]
-    stack.start(*[lambda i=i: stack.worker_service(i) for i in range(2)])
-    yield names
-    for name in names:
-        stack.stop(name)
+def workers(servers, tmp_path_factory):
+    with app_stack(tmp_path_factory.mktemp("pipeline"), servers, with_api=False, workers=2) as stack:
+        yield stack
 
 
 def test_mc_cp_photo_completes_with_matching_mask(servers, workers, mc, store, model, tasks, unique_prefix):

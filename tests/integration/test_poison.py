@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from checks import PHOTOS, check_result, wait_for_task
+from checks import PHOTOS, check_result, start_worker, stop_worker, wait_for_task
 from functions.runtime import Worker, build_worker
-from infra.config import PROJECT_ROOT, env_for, replace
+from infra.config import replace
 from infra.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
 from infra.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
 from infra.stack import wait_until
@@ -28,22 +25,6 @@ def record(bucket: str, key, name="s3:ObjectCreated:Put", **obj) -> dict:
 
 def message(rec: dict) -> bytes:
     return json.dumps([{"Event": [rec], "EventTime": "2026-11-28T00:00:00.000Z"}]).encode()
-
-
-def start_worker(cfg, worker_id: str, log_path) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "functions", "--id", worker_id],
-                                env={**os.environ, **env_for(cfg)}, cwd=PROJECT_ROOT, stderr=log)
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,7 +82,8 @@ def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, mo
     r.rpush(cfg.queue.events_key, *poison, huge)
 
     log = tmp_path / "worker.log"
-    worker = start_worker(cfg, "poison-eater", log)
+    with open(log, "ab") as stderr:
+        worker = start_worker(cfg, "poison-eater", stderr=stderr)
     try:
         wait_until(lambda: worker_status(r, "poison-eater").get("ready") == "1", "worker", 60, worker, log)
         good_key = f"{p}/good.jpg"

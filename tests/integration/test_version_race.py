@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from checks import PHOTOS, check_result, png
+from checks import PHOTOS, check_result, make_photo, png
+from conftest import app_stack
 from functions.handlers import result_keys
 from infra.stack import wait_until
 from infra.tasks import derive_task_id
@@ -21,22 +22,14 @@ ROUNDS = 10
 
 
 @pytest.fixture(scope="module")
-def workers(servers):
-    stack = servers.stack
-    names = [f"race-worker-{i}" for i in range(2)]
-    stack.start(*[lambda i=i: stack.worker_service(i) for i in range(2)])
-    yield names
-    for name in names:
-        stack.stop(name)
+def workers(servers, tmp_path_factory):
+    with app_stack(tmp_path_factory.mktemp("race"), servers, with_api=False, workers=2) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
 def big_jpeg() -> bytes:
-    photo = cv2.imread(str(PHOTOS / "astronaut.jpg"))
-    big = cv2.resize(photo, (7200, 5400), interpolation=cv2.INTER_CUBIC)
-    ok, data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    return data.tobytes()
+    return make_photo(source="astronaut.jpg", width=7200, height=5400, quality=90)
 
 
 def settled(r, cfg) -> bool:

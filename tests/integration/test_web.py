@@ -34,7 +34,7 @@ DROP_JS = """([files]) => {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     assert CHROMIUM.exists(), "needs Debian's chromium: apt-get install -y chromium"
-    with app_stack(tmp_path_factory.mktemp("web-stack"), api={"token": TOKEN}) as s:
+    with app_stack(tmp_path_factory.mktemp("web-stack"), workers=1, api={"token": TOKEN}) as s:
         yield s
 
 

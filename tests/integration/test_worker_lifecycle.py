@@ -4,53 +4,20 @@ Each test runs its own worker processes (no module-wide workers), so it controls
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from checks import PHOTOS, check_result
+from checks import PHOTOS, check_result, make_photos, start_worker, stop_worker
 from functions.events import PoisonEvent, parse_message
 from functions.handlers import result_keys
-from infra.config import PROJECT_ROOT, env_for, replace
+from infra.config import replace
 from infra.queue import worker_status
 from infra.stack import wait_until
-
-
-def start_worker(cfg, worker_id: str, *extra: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "functions", "--id", worker_id, *extra],
-                            env={**os.environ, **env_for(cfg)}, cwd=PROJECT_ROOT, **popen)
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def make_photos(folder: Path, count: int, width: int = 200) -> list[Path]:
-    """`count` distinct real photos: the fixture photos resized to `width`..`width`+130 px."""
-    sources = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
-    paths = []
-    for i in range(count):
-        img = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_COLOR)
-        w = width + (i * 7) % 130
-        img = cv2.resize(img, (w, int(img.shape[0] * w / img.shape[1])), interpolation=cv2.INTER_AREA)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"img-{i:03d}.jpg"
-        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        paths.append(path)
-    return paths
 
 
 def queued_keys(r, events_key: str) -> set[str]:
@@ -105,7 +72,7 @@ def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
 def test_200_images_with_a_worker_sigkilled_every_3s(servers, clean_redis, mc, store, tasks,
                                                       unique_prefix, tmp_path):
     folder = tmp_path / "b1"
-    make_photos(folder, 200, width=900)
+    make_photos(folder, 200, 900, quality=85)
     steady = start_worker(servers.cfg, "steady")
     victim = {"proc": start_worker(servers.cfg, "victim")}
     stop = threading.Event()
@@ -141,7 +108,7 @@ def test_redis_restart_and_minio_outage_mid_batch(servers, clean_redis, mc, stor
                                                   unique_prefix, tmp_path):
     stack = servers.stack
     folder = tmp_path / "b2"
-    make_photos(folder, 120, width=900)
+    make_photos(folder, 120, 900, quality=85)
     # one single-threaded worker keeps the batch running long enough to break things under it
     cfg = replace(servers.cfg, worker={"concurrency": 1})
     worker = start_worker(cfg, "outage")
