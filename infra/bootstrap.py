@@ -29,19 +29,48 @@ class QueueRule:
     suffix: str
 
 
-def redis_target_arn(cfg: Config) -> str:
-    return f"arn:minio:sqs::{cfg.queue.target_id}:redis"
+def redis_target_arn(target_id: str) -> str:
+    return f"arn:minio:sqs::{target_id}:redis"
+
+
+def notify_env(cfg: Config, queue_dir: str) -> dict[str, str]:
+    """MinIO's environment for the Redis targets the rules name (the stack's and compose's)."""
+    env = {}
+    targets = [(cfg.queue.target_id, queue_dir), (cfg.queue.fast_target_id, "")]
+    for target_id, store in targets:
+        if not target_id:
+            continue
+        env.update({f"MINIO_NOTIFY_REDIS_ENABLE_{target_id}": "on",
+                    f"MINIO_NOTIFY_REDIS_ADDRESS_{target_id}": f"{cfg.redis.host}:{cfg.redis.port}",
+                    f"MINIO_NOTIFY_REDIS_KEY_{target_id}": cfg.queue.events_key,
+                    f"MINIO_NOTIFY_REDIS_FORMAT_{target_id}": "access"})
+        if store:
+            # Events survive a Redis outage: stored here and replayed when Redis is back.
+            env.update({f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{target_id}": store,
+                        f"MINIO_NOTIFY_REDIS_QUEUE_LIMIT_{target_id}": "100000"})
+    return env
 
 
 def load_rules(cfg: Config, path: Path = NOTIFY_FILE) -> list[QueueRule]:
-    doc = json.loads(path.read_text())
-    rules = [QueueRule(q["arn"], tuple(q["events"]), q.get("prefix", ""), q.get("suffix", ""))
-             for q in doc["queue"]]
-    expected = redis_target_arn(cfg)
-    for rule in rules:
-        if rule.arn != expected:
-            raise BootstrapError(f"{path.name}: target {rule.arn} does not match config "
-                                 f"queue.target_id (expected {expected})")
+    """The file's rules, each checked against the target its `role` names in the config.
+
+    Rules for the fast target are left out when queue.fast_target_id is empty.
+    """
+    targets = {"durable": ("queue.target_id", cfg.queue.target_id),
+               "fast": ("queue.fast_target_id", cfg.queue.fast_target_id)}
+    rules = []
+    for q in json.loads(path.read_text())["queue"]:
+        if q.get("role") not in targets:
+            raise BootstrapError(f"{path.name}: rule for {q.get('arn')} needs a role, durable or fast")
+        key, target_id = targets[q["role"]]
+        if not target_id:
+            continue
+        if q["arn"] != redis_target_arn(target_id):
+            raise BootstrapError(f"{path.name}: target {q['arn']} does not match config {key} "
+                                 f"(expected {redis_target_arn(target_id)})")
+        rules.append(QueueRule(q["arn"], tuple(q["events"]), q.get("prefix", ""), q.get("suffix", "")))
+    if not any(rule.arn == redis_target_arn(cfg.queue.target_id) for rule in rules):
+        raise BootstrapError(f"{path.name}: no rule for the durable target {cfg.queue.target_id}")
     return rules
 
 

@@ -69,8 +69,14 @@ class TaskConfig:
 class QueueConfig:
     # The Redis list MinIO's notification target RPUSHes events to.
     events_key: str = "maskflow:events"
-    # MinIO's ARN suffix for the Redis target (MINIO_NOTIFY_REDIS_*_<ID>).
+    # MinIO's ARN suffix for the Redis target (MINIO_NOTIFY_REDIS_*_<ID>).  It has a queue_dir:
+    # no event is lost while Redis is away, but MinIO sends stored events only every 3 s.
     target_id: str = "MASKFLOW"
+    # A second Redis target without queue_dir, sent while the upload waits: events arrive in
+    # milliseconds, each one twice, and the worker drops the twin before downloading anything.
+    # Empty disables it.  MinIO talks to this target without timeouts: a Redis that accepts
+    # connections but never answers stalls uploads (a refused connection costs nothing).
+    fast_target_id: str = "MASKFLOWFAST"
     # Dead letters kept; past this the oldest are trimmed, so the list cannot fill Redis.
     dead_letter_max: int = 10_000
 
@@ -197,6 +203,13 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key}: not a TCP port: {port}")
     if not 0 <= cfg.redis.db <= 15:
         raise ConfigError(f"config key redis.db: must be 0..15, got {cfg.redis.db}")
+    # Target ids end MinIO's environment variable names (MINIO_NOTIFY_REDIS_*_<ID>).
+    if not cfg.queue.target_id.isalnum():
+        raise ConfigError(f"config key queue.target_id: letters and digits only, got {cfg.queue.target_id!r}")
+    if cfg.queue.fast_target_id and (not cfg.queue.fast_target_id.isalnum()
+                                     or cfg.queue.fast_target_id == cfg.queue.target_id):
+        raise ConfigError("config key queue.fast_target_id: letters and digits only, not "
+                          f"queue.target_id, or empty; got {cfg.queue.fast_target_id!r}")
     for key in ("task.timeout", "task.poll_interval", "task.max_polls", "task.max_attempts",
                 "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
                 "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "task.max_upload_bytes", "api.presign_expiry",

@@ -25,7 +25,7 @@ from minio.error import S3Error, ServerError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from infra import install
-from infra.bootstrap import bootstrap
+from infra.bootstrap import bootstrap, notify_env
 from infra.clients import minio_client, redis_client
 from infra.config import PROJECT_ROOT, Config, env_for
 from infra.console import say
@@ -207,7 +207,6 @@ class Stack:
 
     def minio_env(self) -> dict[str, str]:
         cfg = self.cfg
-        target = cfg.queue.target_id
         return {
             **os.environ,
             "MINIO_ROOT_USER": cfg.minio.access_key,
@@ -217,13 +216,7 @@ class Stack:
             # Acknowledge an upload only once its event is delivered or queued on disk.
             "MINIO_API_SYNC_EVENTS": "on",
             "MINIO_API_CORS_ALLOW_ORIGIN": "*",
-            f"MINIO_NOTIFY_REDIS_ENABLE_{target}": "on",
-            f"MINIO_NOTIFY_REDIS_ADDRESS_{target}": f"{cfg.redis.host}:{cfg.redis.port}",
-            f"MINIO_NOTIFY_REDIS_KEY_{target}": cfg.queue.events_key,
-            f"MINIO_NOTIFY_REDIS_FORMAT_{target}": "access",
-            # Events survive a Redis outage: stored here and replayed when Redis is back.
-            f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{target}": str(self.data_dir / "minio-events"),
-            f"MINIO_NOTIFY_REDIS_QUEUE_LIMIT_{target}": "100000",
+            **notify_env(cfg, str(self.data_dir / "minio-events")),
         }
 
     def minio_service(self) -> Service:

@@ -78,7 +78,10 @@ class Servers:
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory) -> Iterator[Servers]:
-    cfg = make_config(tmp_path_factory.mktemp("stack"))
+    """The shared Redis + MinIO, with the durable notification target only: the tests on it
+    count events or inject faults into one delivery, so each upload gives exactly one event.
+    Both targets together (the default) are tested on stacks of their own."""
+    cfg = make_config(tmp_path_factory.mktemp("stack"), queue={"fast_target_id": ""})
     stack = Stack(cfg)
     stack.up(app=False)
     try:

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from infra.bootstrap import NOTIFY_FILE, load_rules, redis_target_arn
+from infra.bootstrap import NOTIFY_FILE, load_rules, notify_env, redis_target_arn
 from infra.config import PROJECT_ROOT, load_config
 from infra.install import MC, MINIO
 
@@ -30,17 +30,18 @@ def test_app_environment_is_valid_config_matching_minio_and_redis():
     env = {k: v for k, v in app_env().items() if not str(v).startswith("${")}
     cfg = load_config(env=env)  # unknown or malformed MASKFLOW_* keys fail here
     minio_env = SERVICES["minio"]["environment"]
-    target = cfg.queue.target_id
     assert cfg.minio.bucket == load_config(env={}).minio.bucket == "ai-segmentation"
-    assert minio_env[f"MINIO_NOTIFY_REDIS_KEY_{target}"] == cfg.queue.events_key
-    assert minio_env[f"MINIO_NOTIFY_REDIS_ADDRESS_{target}"] == f"{cfg.redis.host}:{cfg.redis.port}"
-    assert minio_env[f"MINIO_NOTIFY_REDIS_FORMAT_{target}"] == "access"
-    assert minio_env[f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{target}"] == "/events"
+    expected = notify_env(cfg, "/events")
+    assert {k: v for k, v in minio_env.items() if k.startswith("MINIO_NOTIFY_")} == expected
+    assert expected[f"MINIO_NOTIFY_REDIS_ADDRESS_{cfg.queue.target_id}"] == f"{cfg.redis.host}:{cfg.redis.port}"
+    assert expected[f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{cfg.queue.target_id}"] == "/events"
+    assert f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{cfg.queue.fast_target_id}" not in expected
     assert minio_env["MINIO_API_SYNC_EVENTS"] == "on"
     assert any(v.endswith(":/events") for v in SERVICES["minio"]["volumes"])
     assert cfg.minio.endpoint == "minio:9000"
     assert SERVICES["api"]["ports"] == [f"127.0.0.1:{cfg.api.port}:{cfg.api.port}"]
-    assert load_rules(cfg)[0].arn == redis_target_arn(cfg)
+    assert [rule.arn for rule in load_rules(cfg)] == [redis_target_arn(cfg.queue.target_id),
+                                                      redis_target_arn(cfg.queue.fast_target_id)]
 
 
 def test_credentials_have_no_defaults():
@@ -64,10 +65,11 @@ def test_minio_image_builds_the_pinned_source():
 
 def test_notify_file_filters_input_created_events_only():
     doc = json.loads(NOTIFY_FILE.read_text())
-    (rule,) = doc["queue"]
-    assert rule["prefix"] == "input/"
-    assert rule["events"] == ["s3:ObjectCreated:*"]
-    assert rule["arn"] in doc["operator_command"] and "--prefix input/" in doc["operator_command"]
+    assert [rule["role"] for rule in doc["queue"]] == ["durable", "fast"]
+    for rule, command in zip(doc["queue"], doc["operator_command"]):
+        assert rule["prefix"] == "input/"
+        assert rule["events"] == ["s3:ObjectCreated:*"]
+        assert rule["arn"] in command and "--prefix input/" in command
 
 
 @pytest.mark.parametrize("name", ["api", "worker", "init"])
