@@ -1,0 +1,139 @@
+"""Upload -> completed, one photo at a time on an idle stack: what a user waits for.
+
+Starts a private stack (Redis, MinIO, API, workers; the default config) on free loopback
+ports, then, at random moments, one photo at a time through each path a person uses:
+
+    api       POST /api/v1/tasks/segmentation, then GET ?wait= (what `maskflow submit --wait` does)
+    presigned POST /api/v1/uploads + POST to MinIO, then GET ?wait= (what the web page does)
+    mc cp     `mc cp` (its own start-up included), then GET ?key=...&wait=
+
+and prints p50/p90/p99/max, beside the bare processing time of the same photo in this
+process (decode -> model -> both PNGs), and the overhead = path p50 - bare p50.
+
+    .venv/bin/python tests/bench/latency.py --rounds 60
+    .venv/bin/python tests/bench/latency.py --rounds 60 --durable-only   # the fast target off
+
+Not collected by pytest.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from conftest import make_config  # noqa: E402
+from functions.segmenter import Segmenter  # noqa: E402
+from infra import install  # noqa: E402
+from infra.client import Client  # noqa: E402
+from infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
+from infra.stack import Stack  # noqa: E402
+
+PHOTO = ROOT / "tests" / "fixtures" / "photos" / "astronaut.jpg"
+
+
+def quantiles(samples: list[float]) -> str:
+    ms = sorted(1000 * s for s in samples)
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return f"p50 {statistics.median(ms):7.1f}  p90 {q[89]:7.1f}  p99 {q[98]:7.1f}  max {ms[-1]:7.1f} ms"
+
+
+def bare_processing(cfg, rounds: int) -> list[float]:
+    model = Segmenter.load(cfg.model_path, cfg.model.input_size)
+    data = PHOTO.read_bytes()
+    out = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        rgb = decode_image(data)
+        mask = model.predict(rgb)
+        encode_mask_png(mask)
+        encode_cutout_png(rgb, mask)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def via_api(client: Client, photo: Path) -> float:
+    started = time.perf_counter()
+    task_id = client.submit(photo)
+    task = client.get(task_id, wait=30)
+    assert task["status"] == "completed", task
+    return time.perf_counter() - started
+
+
+def via_presigned(client: Client, photo: Path) -> float:
+    started = time.perf_counter()
+    task_id = client.submit_presigned(photo)
+    task = client.get(task_id, wait=30)
+    assert task["status"] == "completed", task
+    return time.perf_counter() - started
+
+
+def via_mc(client: Client, photo: Path, mc: list[str], bucket: str, key: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([*mc, "cp", "--quiet", str(photo), f"local/{bucket}/{key}"], check=True,
+                   capture_output=True)
+    while True:  # the task exists once the first copy of the event has been taken
+        task = client.find(key)
+        if task is not None:
+            break
+        time.sleep(0.005)  # poll interval of the lookup; the result's time is what is measured
+    if task["status"] not in ("completed", "failed"):
+        task = client.get(task["task_id"], wait=30)
+    assert task["status"] == "completed", task
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=60, help="uploads per path")
+    ap.add_argument("--durable-only", action="store_true", help="turn the fast target off")
+    args = ap.parse_args()
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = {"queue": {"fast_target_id": ""}} if args.durable_only else {}
+        cfg = make_config(Path(tmp), **overrides)
+        stack = Stack(cfg, log=lambda _msg: None)
+        stack.up(app=True)
+        try:
+            client = Client(cfg.api_url)
+            mc_dir = Path(tmp) / "mc"
+            mc = [str(install.resolve_binary(install.MC, cfg.stack.mc_bin)), "--config-dir", str(mc_dir)]
+            subprocess.run([*mc, "alias", "set", "local", f"http://{cfg.minio.endpoint}",
+                            cfg.minio.access_key, cfg.minio.secret_key], check=True, capture_output=True)
+            photos = []
+            for i in range(args.rounds):  # distinct names, same bytes
+                photo = Path(tmp) / f"photo-{i:03d}.jpg"
+                photo.write_bytes(PHOTO.read_bytes())
+                photos.append(photo)
+            via_api(client, photos[0])  # warm-up: first connections, first model run
+            results: dict[str, list[float]] = {"api": [], "presigned": [], "mc cp": []}
+            for i, photo in enumerate(photos):
+                for path in rng.sample(list(results), len(results)):
+                    time.sleep(rng.uniform(0.05, 0.3))  # random moments on an idle stack
+                    if path == "api":
+                        results[path].append(via_api(client, photo))
+                    elif path == "presigned":
+                        results[path].append(via_presigned(client, photo))
+                    else:
+                        results[path].append(via_mc(client, photo, mc, cfg.minio.bucket,
+                                                    f"input/latency/{i:03d}.jpg"))
+        finally:
+            stack.down()
+    bare = bare_processing(cfg, args.rounds)
+    targets = "durable target only" if args.durable_only else "fast + durable targets"
+    print(f"{args.rounds} uploads per path of {PHOTO.name}, one at a time, {targets}")
+    print(f"{'bare processing':16s} {quantiles(bare)}")
+    for path, samples in results.items():
+        overhead = 1000 * (statistics.median(samples) - statistics.median(bare))
+        print(f"{path:16s} {quantiles(samples)}   overhead p50 {overhead:6.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
