@@ -220,6 +220,11 @@ def _validate(cfg: Config) -> None:
         positive(key, getattr(getattr(cfg, section), name))
     for size in cfg.model.input_size:
         positive("model.input_size", size)
+    # SigV4 signatures live at most 7 days; presigned GET URLs are signed up to a minute longer
+    # than promised, to be reused (infra/objects.py).
+    if cfg.api.presign_expiry > 7 * 24 * 3600 - 60:
+        raise ConfigError(f"config key api.presign_expiry: at most {7 * 24 * 3600 - 60} s, "
+                          f"got {cfg.api.presign_expiry}")
     if cfg.worker.lease <= cfg.worker.heartbeat:
         raise ConfigError("config key worker.lease: must exceed worker.heartbeat")
     if ":" not in cfg.minio.endpoint:

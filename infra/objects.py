@@ -13,9 +13,11 @@ the client will actually call).  Both come from infra/clients.py.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import io
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -31,6 +33,8 @@ from infra.config import Config
 # means another writer won a race on the same key, which takes a new upload of the input.
 _PUBLISH_ROUNDS = 5
 SOURCE_VERSION = "source-version"
+# How long one presigned GET URL is handed out again (see presigned_get).
+PRESIGN_REUSE_S = 60
 
 
 # S3 error codes for "not there": a GET says NoSuchKey, a HEAD (stat) NoSuchObject.
@@ -66,6 +70,7 @@ class ObjectStore:
         self._public = minio_client(cfg, cfg.minio_public_endpoint)
         scheme = "https" if cfg.minio.secure else "http"
         self._post_url = f"{scheme}://{cfg.minio_public_endpoint}/{self.bucket}"
+        self._signed_get = functools.lru_cache(maxsize=4096)(self._sign_get)
         self._region = cfg.minio.region
         self._credentials = (cfg.minio.access_key, cfg.minio.secret_key)
 
@@ -139,6 +144,15 @@ class ObjectStore:
             raise
 
     def presigned_get(self, key: str, expiry_seconds: int) -> str:
+        """A GET URL valid for at least `expiry_seconds` from now.
+
+        Signing is half the cost of a task lookup, so one URL per key serves every lookup in
+        a PRESIGN_REUSE_S window: it is signed for that much longer than promised.
+        """
+        window = int(time.time() // PRESIGN_REUSE_S)
+        return self._signed_get(key, expiry_seconds + PRESIGN_REUSE_S, window)
+
+    def _sign_get(self, key: str, expiry_seconds: int, _window: int) -> str:
         return self._public.presigned_get_object(self.bucket, key,
                                                  expires=dt.timedelta(seconds=expiry_seconds))
 

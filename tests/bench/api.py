@@ -1,0 +1,87 @@
+"""GET /api/v1/tasks/{id} of a completed task, beside a bare Falcon route on the same waitress.
+
+Starts a private stack (Redis, MinIO, API, one worker), completes one task, then runs `wrk`
+against three routes in turn, alternating, in the same run:
+
+    bare      ../shared/peers/falcon_hello.py  GET /hello (static JSON): the ceiling
+    naive     ../shared/peers/falcon_hello.py  GET /task/<id> (one HGETALL)
+    maskflow  GET /api/v1/tasks/{task_id} (completed: the record plus two presigned URLs)
+
+and prints requests/s and maskflow / bare.  Needs wrk (apt-get install wrk).
+
+    .venv/bin/python tests/bench/api.py --seconds 6 --rounds 3
+
+Not collected by pytest.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import requests  # noqa: E402
+
+from conftest import make_config  # noqa: E402
+from infra.client import Client  # noqa: E402
+from infra.stack import Stack, free_port, wait_until  # noqa: E402
+
+PEER = ROOT.parent / "shared" / "peers" / "falcon_hello.py"
+PHOTO = ROOT / "tests" / "fixtures" / "photos" / "astronaut.jpg"
+
+
+def wrk(url: str, seconds: int) -> float:
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", url], capture_output=True,
+                         text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = make_config(Path(tmp))
+        stack = Stack(cfg, log=lambda _msg: None)
+        stack.up(app=True)
+        peer = None
+        try:
+            client = Client(cfg.api_url)
+            task_id = client.submit(PHOTO)
+            assert client.get(task_id, wait=30)["status"] == "completed"
+            peer_port = free_port()
+            peer = subprocess.Popen([sys.executable, str(PEER), str(peer_port), str(cfg.redis.port)])
+            peer_url = f"http://127.0.0.1:{peer_port}"
+            wait_until(lambda: requests.get(f"{peer_url}/hello", timeout=1).ok,
+                       "the peer", 20)
+            urls = {"bare": f"{peer_url}/hello", "naive": f"{peer_url}/task/abc",
+                    "maskflow": f"{cfg.api_url}/api/v1/tasks/{task_id}"}
+            rates: dict[str, list[float]] = {name: [] for name in urls}
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    rates[name].append(wrk(url, args.seconds))
+        finally:
+            if peer is not None:
+                peer.terminate()
+                peer.wait()
+            stack.down()
+    bare = statistics.median(rates["bare"])
+    print(f"wrk -t2 -c16 -d{args.seconds}s, {args.rounds} alternating rounds, median req/s")
+    for name, samples in rates.items():
+        median = statistics.median(samples)
+        print(f"{name:9s} {median:8.0f} req/s  ({', '.join(f'{s:.0f}' for s in samples)})  "
+              f"{median / bare:5.2f}x bare")
+
+
+if __name__ == "__main__":
+    main()
