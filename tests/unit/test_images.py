@@ -409,8 +409,10 @@ def test_encode_cutout_png_is_rgba_with_mask_alpha():
     width, height, depth, ctype = struct.unpack(">IIBB", data[16:26])
     assert (width, height, depth, ctype) == (70, 50, 8, 6)  # colour type 6 = RGBA
     back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(back[:, :, 2::-1], rgb)
     assert np.array_equal(back[:, :, 3], mask)
+    visible = mask > 0
+    assert np.array_equal(back[:, :, 2::-1][visible], rgb[visible])
+    assert not back[~visible].any(), "pixels under alpha 0 are stored as zero"
 
 
 def test_encode_rejects_mismatched_shapes():
