@@ -12,6 +12,10 @@ process (decode -> model -> both PNGs), and the overhead = path p50 - bare p50.
 
     .venv/bin/python tests/bench/latency.py --rounds 60
     .venv/bin/python tests/bench/latency.py --rounds 60 --durable-only   # the fast target off
+    .venv/bin/python tests/bench/latency.py --rounds 0 --once 500        # model runs per upload
+
+--once N uploads N photos at once (both targets deliver each twice) and counts the model
+runs the workers report against N: every run past N is a duplicate.
 
 Not collected by pytest.
 """
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +39,10 @@ from functions.segmenter import Segmenter  # noqa: E402
 from infra import install  # noqa: E402
 from infra.client import Client  # noqa: E402
 from infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
-from infra.stack import Stack  # noqa: E402
+from infra.objects import ObjectStore  # noqa: E402
+from infra.queue import worker_status  # noqa: E402
+from infra.stack import Stack, wait_until  # noqa: E402
+from infra.tasks import TaskStore  # noqa: E402
 
 PHOTO = ROOT / "tests" / "fixtures" / "photos" / "astronaut.jpg"
 
@@ -90,10 +98,35 @@ def via_mc(client: Client, photo: Path, mc: list[str], bucket: str, key: str) ->
     return time.perf_counter() - started
 
 
+def exactly_once(stack: Stack, count: int) -> None:
+    cfg, r = stack.cfg, stack.redis_client()
+    store, tasks = ObjectStore(cfg), TaskStore(r, cfg)
+    data = PHOTO.read_bytes()
+    keys = [f"input/once/{i:04d}.jpg" for i in range(count)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: store.put(key, data, "image/jpeg"), keys))
+
+    def settled() -> bool:
+        summary = tasks.batch("input/once/")
+        stored = [p for p in (stack.data_dir / "minio-events").rglob("*") if p.is_file()]
+        return (summary is not None and summary.done == count and not stored
+                and r.llen(cfg.queue.events_key) == 0
+                and not any(r.llen(key) for key in r.scan_iter("maskflow:inflight:*")))
+
+    wait_until(settled, "every copy of every event taken", 600)
+    time.sleep(2 * cfg.worker.heartbeat)  # let each worker publish its final counters
+    runs = sum(int(worker_status(r, f"worker-{i}").get("processed", 0))
+               for i in range(cfg.stack.workers))
+    retried = sum(tasks.find_by_key(key).attempts > 1 for key in keys)
+    print(f"{count} uploads at once: {runs} model runs, {runs - count} duplicates, "
+          f"{retried} tasks begun more than once")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=60, help="uploads per path")
     ap.add_argument("--durable-only", action="store_true", help="turn the fast target off")
+    ap.add_argument("--once", type=int, default=0, help="then upload N photos at once and count model runs")
     args = ap.parse_args()
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +145,8 @@ def main() -> None:
                 photo = Path(tmp) / f"photo-{i:03d}.jpg"
                 photo.write_bytes(PHOTO.read_bytes())
                 photos.append(photo)
-            via_api(client, photos[0])  # warm-up: first connections, first model run
+            if photos:
+                via_api(client, photos[0])  # warm-up: first connections, first model run
             results: dict[str, list[float]] = {"api": [], "presigned": [], "mc cp": []}
             for i, photo in enumerate(photos):
                 for path in rng.sample(list(results), len(results)):
@@ -124,8 +158,12 @@ def main() -> None:
                     else:
                         results[path].append(via_mc(client, photo, mc, cfg.minio.bucket,
                                                     f"input/latency/{i:03d}.jpg"))
+            if args.once:
+                exactly_once(stack, args.once)
         finally:
             stack.down()
+    if not args.rounds:
+        return
     bare = bare_processing(cfg, args.rounds)
     targets = "durable target only" if args.durable_only else "fast + durable targets"
     print(f"{args.rounds} uploads per path of {PHOTO.name}, one at a time, {targets}")
