@@ -2,10 +2,12 @@
 checks that a task finished with the right results and that an API error has the one shape."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import cv2
@@ -99,6 +101,13 @@ def assert_error(response: requests.Response, status: int, code: str | None = No
     return body["error"]
 
 
+def presigned_expires_at(url: str) -> float:
+    """When a presigned URL stops working (Unix time): its X-Amz-Date plus X-Amz-Expires."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    signed = dt.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+    return signed.replace(tzinfo=dt.timezone.utc).timestamp() + int(query["X-Amz-Expires"][0])
+
+
 def check_result(servers, store, model, key: str, source: bytes, tasks):
     task = wait_for_task(tasks, derive_task_id(servers.cfg.minio.bucket, key), timeout=60)
     assert task is not None and task.status == "completed", task
@@ -112,8 +121,11 @@ def check_result(servers, store, model, key: str, source: bytes, tasks):
     expected = model.predict(rgb)
     assert np.abs(mask.astype(int) - expected.astype(int)).max() <= 1
     assert np.array_equal(cutout[:, :, 3], mask)
+    visible = mask > 0  # the cut-out is the photo where it shows, zero where it does not
+    assert np.array_equal(cutout[:, :, 2::-1][visible], rgb[visible])
+    assert not cutout[~visible].any()
     assert store.get(mask_key).metadata.get("task-id") == task.task_id
     return task
 
 
-__all__ = ["PHOTOS", "assert_error", "check_result", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]
+__all__ = ["PHOTOS", "assert_error", "check_result", "presigned_expires_at", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]

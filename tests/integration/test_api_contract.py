@@ -12,10 +12,10 @@ import urllib.parse
 import pytest
 import requests
 
-from checks import PHOTOS, assert_error
+from checks import PHOTOS, assert_error, presigned_expires_at
 from conftest import UPLOAD_LIMIT as LIMIT
 from infra.config import PROJECT_ROOT, replace
-from infra.objects import ObjectStore
+from infra.objects import PRESIGN_REUSE_S, ObjectStore
 from infra.queue import DEAD_LETTER_KEY, EventQueue
 from infra.stack import wait_until
 from infra.tasks import UPLOAD_DEADLINES, TaskStore
@@ -154,13 +154,15 @@ def test_completed_and_failed_tasks_render_like_the_contract(api, servers, tasks
     objects.put(f"masks/{task_id}.png", b"mask", "image/png")
     assert tasks.complete(task_id, "1", f"output/{task_id}.png", f"masks/{task_id}.png")
 
+    asked = time.time()
     task = requests.get(f"{api.url}/api/v1/tasks/{task_id}", timeout=5).json()
     assert set(task) == TASK_KEYS and task["status"] == "completed" and task["error"] is None
     parse_time(task["completed_at"])
     result = task["result"]
     assert requests.get(result["segmented_image_url"], timeout=5).content == b"segmented"
     assert requests.get(result["mask_image_url"], timeout=5).content == b"mask"
-    assert "X-Amz-Expires=3600" in result["mask_image_url"]
+    for url in result.values():  # valid for api.presign_expiry (3600 s) from when it was handed out
+        assert asked + 3600 - 1 <= presigned_expires_at(url) <= time.time() + 3600 + PRESIGN_REUSE_S
 
     failed_id = "failed" + str(time.monotonic_ns())
     tasks.create_pending(failed_id, f"input/{failed_id}.jpg")
