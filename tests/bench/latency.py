@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,18 +68,10 @@ def bare_processing(cfg, rounds: int) -> list[float]:
     return out
 
 
-def via_api(client: Client, photo: Path) -> float:
+def via_client(submit: Callable[[Path], str], client: Client, photo: Path) -> float:
+    """Client.submit (the API upload) or Client.submit_presigned, then a long-poll."""
     started = time.perf_counter()
-    task_id = client.submit(photo)
-    task = client.get(task_id, wait=30)
-    assert task["status"] == "completed", task
-    return time.perf_counter() - started
-
-
-def via_presigned(client: Client, photo: Path) -> float:
-    started = time.perf_counter()
-    task_id = client.submit_presigned(photo)
-    task = client.get(task_id, wait=30)
+    task = client.get(submit(photo), wait=30)
     assert task["status"] == "completed", task
     return time.perf_counter() - started
 
@@ -146,15 +139,15 @@ def main() -> None:
                 photo.write_bytes(PHOTO.read_bytes())
                 photos.append(photo)
             if photos:
-                via_api(client, photos[0])  # warm-up: first connections, first model run
+                via_client(client.submit, client, photos[0])  # warm-up: connections, first model run
             results: dict[str, list[float]] = {"api": [], "presigned": [], "mc cp": []}
             for i, photo in enumerate(photos):
                 for path in rng.sample(list(results), len(results)):
                     time.sleep(rng.uniform(0.05, 0.3))  # random moments on an idle stack
                     if path == "api":
-                        results[path].append(via_api(client, photo))
+                        results[path].append(via_client(client.submit, client, photo))
                     elif path == "presigned":
-                        results[path].append(via_presigned(client, photo))
+                        results[path].append(via_client(client.submit_presigned, client, photo))
                     else:
                         results[path].append(via_mc(client, photo, mc, cfg.minio.bucket,
                                                     f"input/latency/{i:03d}.jpg"))
