@@ -57,6 +57,15 @@ def test_redis_is_persistent_and_never_evicts():
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
 
+def test_only_the_worker_image_carries_the_model_runtime():
+    stages = re.split(r"^FROM ", (PROJECT_ROOT / "infra/docker/app.Dockerfile").read_text(), flags=re.M)
+    app, worker = (next(s for s in stages if s.split()[2:3] == [name]) for name in ("app", "worker"))
+    assert "pip install --no-cache-dir .\n" in app and "[worker]" not in app
+    assert '".[worker]"' in worker and "COPY models" in worker
+    targets = {name: SERVICES[name]["build"]["target"] for name in ("api", "init", "worker")}
+    assert targets == {"api": "app", "init": "app", "worker": "worker"}
+
+
 def test_minio_image_builds_the_pinned_source():
     dockerfile = (PROJECT_ROOT / "infra/docker/minio.Dockerfile").read_text()
     assert f"MINIO_VERSION={MINIO.version}" in dockerfile
