@@ -205,6 +205,11 @@ class Stack:
         return Service("redis", argv, dict(os.environ), lambda: self.redis_client().ping(),
                        (cfg.host, cfg.port))
 
+    @property
+    def event_store(self) -> Path:
+        """MinIO's queue_dir: events it has not yet delivered to Redis."""
+        return self.data_dir / "minio-events"
+
     def minio_env(self) -> dict[str, str]:
         cfg = self.cfg
         return {
@@ -216,13 +221,13 @@ class Stack:
             # Acknowledge an upload only once its event is delivered or queued on disk.
             "MINIO_API_SYNC_EVENTS": "on",
             "MINIO_API_CORS_ALLOW_ORIGIN": "*",
-            **notify_env(cfg, str(self.data_dir / "minio-events")),
+            **notify_env(cfg, str(self.event_store)),
         }
 
     def minio_service(self) -> Service:
         host, port = _split(self.cfg.minio.endpoint)
         binary = install.resolve_binary(install.MINIO, self.cfg.stack.minio_bin)
-        (self.data_dir / "minio-events").mkdir(parents=True, exist_ok=True)
+        self.event_store.mkdir(parents=True, exist_ok=True)
         argv = [str(binary), "server", str(self.data_dir / "minio"), "--quiet",
                 "--address", f"{host}:{port}", "--console-address", f"{host}:{free_port()}"]
         url = f"http://{host}:{port}/minio/health/ready"

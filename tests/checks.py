@@ -15,9 +15,11 @@ import numpy as np
 import requests
 
 from conftest import FIXTURES, wait_for_task
+from functions.events import ObjectCreated, PoisonEvent, parse_message
 from functions.handlers import result_keys
 from infra.config import PROJECT_ROOT, env_for
 from infra.images import decode_image
+from infra.keys import inflight_key
 from infra.tasks import derive_task_id
 
 PHOTOS = FIXTURES / "photos"
@@ -101,6 +103,24 @@ def assert_error(response: requests.Response, status: int, code: str | None = No
     return body["error"]
 
 
+def queued_events(r, events_key: str) -> list[ObjectCreated]:
+    """The events waiting in the list; items that are not MinIO's messages are passed over."""
+    events = []
+    for item in r.lrange(events_key, 0, -1):
+        try:
+            events += parse_message(item)
+        except PoisonEvent:
+            pass
+    return events
+
+
+def pipeline_idle(stack, r) -> bool:
+    """Every event MinIO owes sent and taken: its event store empty, nothing queued or in flight."""
+    stored = [p for p in stack.event_store.rglob("*") if p.is_file()]
+    return not stored and r.llen(stack.cfg.queue.events_key) == 0 and not any(
+        r.llen(key) for key in r.scan_iter(inflight_key("*")))
+
+
 def presigned_expires_at(url: str) -> float:
     """When a presigned URL stops working (Unix time): its X-Amz-Date plus X-Amz-Expires."""
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
@@ -128,4 +148,4 @@ def check_result(servers, store, model, key: str, source: bytes, tasks):
     return task
 
 
-__all__ = ["PHOTOS", "assert_error", "check_result", "presigned_expires_at", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]
+__all__ = ["PHOTOS", "assert_error", "check_result", "pipeline_idle", "presigned_expires_at", "queued_events", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]

@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from checks import pipeline_idle  # noqa: E402
 from conftest import make_config  # noqa: E402
 from functions.segmenter import Segmenter  # noqa: E402
 from infra import install  # noqa: E402
@@ -101,10 +102,7 @@ def exactly_once(stack: Stack, count: int) -> None:
 
     def settled() -> bool:
         summary = tasks.batch("input/once/")
-        stored = [p for p in (stack.data_dir / "minio-events").rglob("*") if p.is_file()]
-        return (summary is not None and summary.done == count and not stored
-                and r.llen(cfg.queue.events_key) == 0
-                and not any(r.llen(key) for key in r.scan_iter("maskflow:inflight:*")))
+        return summary is not None and summary.done == count and pipeline_idle(stack, r)
 
     wait_until(settled, "every copy of every event taken", 600)
     time.sleep(2 * cfg.worker.heartbeat)  # let each worker publish its final counters

@@ -16,32 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from checks import PHOTOS
+from checks import PHOTOS, pipeline_idle, queued_events
 from conftest import make_config
-from functions.events import PoisonEvent, parse_message
 from infra.objects import ObjectStore
 from infra.queue import worker_status
 from infra.stack import Stack, free_port, wait_until
 from infra.tasks import TaskStore, derive_task_id
 
 PHOTO = (PHOTOS / "rocket.jpg").read_bytes()
-
-
-def queued(r, events_key: str) -> list:
-    events = []
-    for item in r.lrange(events_key, 0, -1):
-        try:
-            events += parse_message(item)
-        except PoisonEvent:
-            pass
-    return events
-
-
-def settled(stack: Stack, r) -> bool:
-    """Both copies of every event sent and taken: MinIO's store empty, nothing queued or in flight."""
-    stored = [p for p in (stack.data_dir / "minio-events").rglob("*") if p.is_file()]
-    return not stored and r.llen(stack.cfg.queue.events_key) == 0 and not any(
-        r.llen(key) for key in r.scan_iter("maskflow:inflight:*"))
 
 
 def upload(stack: Stack, key: str) -> None:
@@ -89,10 +71,10 @@ def test_each_upload_arrives_twice_and_is_processed_once(dual, unique_prefix):
     for key in keys:
         upload(dual, key)
     # no worker yet: both copies of every event pile up, and they name the same version
-    wait_until(lambda: Counter(e.key for e in queued(r, cfg.queue.events_key)) == Counter(keys * 2),
+    wait_until(lambda: Counter(e.key for e in queued_events(r, cfg.queue.events_key)) == Counter(keys * 2),
                "two copies of each event", 30)
     copies = {}
-    for event in queued(r, cfg.queue.events_key):
+    for event in queued_events(r, cfg.queue.events_key):
         copies.setdefault(event.key, set()).add((event.sequencer, event.etag))
     assert all(len(versions) == 1 for versions in copies.values()), copies
 
@@ -100,7 +82,7 @@ def test_each_upload_arrives_twice_and_is_processed_once(dual, unique_prefix):
     try:
         tasks = TaskStore(r, cfg)
         wait_completed(tasks, cfg, keys, 60)
-        wait_until(lambda: settled(dual, r), "both copies taken", 30)
+        wait_until(lambda: pipeline_idle(dual, r), "both copies taken", 30)
         assert_processed_once(tasks, cfg, keys)
         assert processed(r) == len(keys), "a second copy ran the model again"
     finally:
@@ -122,7 +104,7 @@ def test_redis_killed_uploads_complete_once_after_up(dual, unique_prefix):
         r = dual.redis_client()
         tasks = TaskStore(r, cfg)
         wait_completed(tasks, cfg, keys, 90)
-        wait_until(lambda: settled(dual, r), "every event taken", 30)
+        wait_until(lambda: pipeline_idle(dual, r), "every event taken", 30)
         assert_processed_once(tasks, cfg, keys)
         assert processed(r) - before == len(keys)
     finally:
@@ -151,7 +133,7 @@ def test_event_delivered_by_the_durable_target_alone_completes(tmp_path, unique_
         r = stack.redis_client()
         tasks = TaskStore(r, stack.cfg)
         wait_completed(tasks, stack.cfg, keys, 60)
-        wait_until(lambda: settled(stack, r), "every event taken", 30)
+        wait_until(lambda: pipeline_idle(stack, r), "every event taken", 30)
         assert_processed_once(tasks, stack.cfg, keys)
         assert processed(r) == len(keys)
     finally:

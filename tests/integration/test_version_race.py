@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from checks import PHOTOS, check_result, make_photo, png
+from checks import PHOTOS, check_result, make_photo, pipeline_idle, png
 from conftest import app_stack
 from functions.handlers import result_keys
 from infra.stack import wait_until
@@ -32,12 +32,6 @@ def big_jpeg() -> bytes:
     return make_photo(source="astronaut.jpg", width=7200, height=5400, quality=90)
 
 
-def settled(r, cfg) -> bool:
-    """No event waiting and none in flight: every run of every upload has finished."""
-    return r.llen(cfg.queue.events_key) == 0 and not any(
-        r.llen(key) for key in r.scan_iter("maskflow:inflight:*"))
-
-
 def test_reupload_while_processing_never_mixes_versions(servers, workers, store, model, tasks,
                                                         unique_prefix, big_jpeg):
     r = servers.redis()
@@ -54,7 +48,7 @@ def test_reupload_while_processing_never_mixes_versions(servers, workers, store,
                                              len(small), "image/jpeg").etag
         wait_until(lambda: (t := tasks.get(task_id)) is not None and t.status == "completed"
                    and t.etag == small_etag, "the small upload's task to complete", 60)
-        wait_until(lambda: settled(r, servers.cfg), "every run to finish", 60)
+        wait_until(lambda: pipeline_idle(servers.stack, r), "every run to finish", 60)
 
         task = tasks.get(task_id)
         assert (task.status, task.etag) == ("completed", small_etag), (round_, task)

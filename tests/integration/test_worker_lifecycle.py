@@ -12,22 +12,11 @@ import time
 import cv2
 import numpy as np
 
-from checks import PHOTOS, check_result, make_photos, start_worker, stop_worker
-from functions.events import PoisonEvent, parse_message
+from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
 from functions.handlers import result_keys
 from infra.config import replace
 from infra.queue import worker_status
 from infra.stack import wait_until
-
-
-def queued_keys(r, events_key: str) -> set[str]:
-    keys = set()
-    for item in r.lrange(events_key, 0, -1):
-        try:
-            keys.update(event.key for event in parse_message(item))
-        except PoisonEvent:
-            pass
-    return keys
 
 
 def wait_batch_done(tasks, prefix: str, total: int, timeout: float):
@@ -54,7 +43,7 @@ def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
             store.put(key, (PHOTOS / "rocket.jpg").read_bytes(), "image/jpeg")
         # MinIO delivers within ~3 s; the broken worker must leave every event queued.  Compared
         # by key: a late or duplicate event of an earlier test may sit in the list as well.
-        wait_until(lambda: set(keys) <= queued_keys(r, servers.cfg.queue.events_key), "events queued", 30)
+        wait_until(lambda: set(keys) <= {e.key for e in queued_events(r, servers.cfg.queue.events_key)}, "events queued", 30)
         assert all(tasks.find_by_key(k) is None for k in keys)
     finally:
         broken.send_signal(signal.SIGTERM)
