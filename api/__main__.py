@@ -1,25 +1,25 @@
-"""`python -m api [--config FILE]`: serve the API with waitress (api/server.py), settings from `api.*`."""
+"""`python -m maskflow.api [--config FILE]`: serve the API with waitress (api/server.py), settings from `api.*`."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 
-from infra.config import ConfigError, load_config
+from maskflow.infra.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api", description="maskflow HTTP API")
+    parser = argparse.ArgumentParser(prog="python -m maskflow.api", description="maskflow HTTP API")
     parser.add_argument("--config", help="TOML config file (default: $MASKFLOW_CONFIG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
         cfg = load_config(args.config)
-        from api.server import create_server, ensure_fd_limit
+        from maskflow.api.server import create_server, ensure_fd_limit
         ensure_fd_limit(cfg.api.connection_limit)
-        from api.app import build_deps, create_app  # after the config: imports OpenCV
-        from api.resources import MULTIPART_SLACK
+        from maskflow.api.app import build_deps, create_app  # after the config: imports OpenCV
+        from maskflow.api.resources import MULTIPART_SLACK
         server = create_server(create_app(build_deps(cfg)), cfg,
                                max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK)
     except ConfigError as exc:

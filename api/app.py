@@ -9,18 +9,18 @@ import logging
 
 import falcon
 
-from api import errors
-from api.metrics import MetricsMiddleware
-from api.openapi import document
-from api.middleware import BearerAuth, BodyLimit
-from api.resources import (API, BatchResource, Deps, HealthResource, MetricsResource,
-                           OpenApiResource, ReadyResource, StaticResource, SubmitResource,
-                           TaskLookupResource, TaskResource, UploadsResource)
-from infra.clients import minio_client, redis_client
-from infra.config import Config, ConfigError, load_config
-from infra.net import is_loopback
-from infra.objects import ObjectStore
-from infra.tasks import TaskStore
+from maskflow.api import errors
+from maskflow.api.metrics import MetricsMiddleware
+from maskflow.api.openapi import document
+from maskflow.api.middleware import BearerAuth, BodyLimit
+from maskflow.api.resources import (API, BatchResource, Deps, HealthResource, MetricsResource,
+                                    OpenApiResource, ReadyResource, StaticResource, SubmitResource,
+                                    TaskLookupResource, TaskResource, UploadsResource)
+from maskflow.infra.clients import minio_client, redis_client
+from maskflow.infra.config import Config, ConfigError, load_config
+from maskflow.infra.net import is_loopback
+from maskflow.infra.objects import ObjectStore
+from maskflow.infra.tasks import TaskStore
 
 log = logging.getLogger("maskflow.api")
 

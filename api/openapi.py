@@ -4,9 +4,9 @@ Built as a dict (not a static file) so limits from the config appear in it.
 """
 from __future__ import annotations
 
-from api.middleware import DEFAULT_MAX_BODY
-from api.resources import MULTIPART_SLACK, UPLOAD_TYPES
-from infra.config import Config
+from maskflow.api.middleware import DEFAULT_MAX_BODY
+from maskflow.api.resources import MULTIPART_SLACK, UPLOAD_TYPES
+from maskflow.infra.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}

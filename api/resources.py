@@ -19,14 +19,14 @@ from typing import Any, Callable
 import falcon
 import redis
 
-from api import metrics as metrics_mod
-from api.errors import ApiError, bad_request, body as error_body, not_found
-from infra.clock import utc_iso
-from infra.config import Config
-from infra.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
-                           UnsupportedFormat, check_header)
-from infra.objects import ObjectStore
-from infra.tasks import Task, TaskStore, new_task_id
+from maskflow.api import metrics as metrics_mod
+from maskflow.api.errors import ApiError, bad_request, body as error_body, not_found
+from maskflow.infra.clock import utc_iso
+from maskflow.infra.config import Config
+from maskflow.infra.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
+                                    UnsupportedFormat, check_header)
+from maskflow.infra.objects import ObjectStore
+from maskflow.infra.tasks import Task, TaskStore, new_task_id
 
 log = logging.getLogger("maskflow.api")
 

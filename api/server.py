@@ -1,4 +1,4 @@
-"""Serving the app with waitress, hardened against hostile clients (`python -m api` calls `serve`).
+"""Serving the app with waitress, hardened against hostile clients (`python -m maskflow.api` calls `serve`).
 
 Waitress measures `channel_timeout` as inactivity, so a client sending a byte every few
 seconds keeps its connection forever, and its default `connection_limit` of 100 lets 100 such
@@ -27,8 +27,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
-from api.errors import body as error_body, default_code
-from infra.config import Config, ConfigError
+from maskflow.api.errors import body as error_body, default_code
+from maskflow.infra.config import Config, ConfigError
 
 log = logging.getLogger("maskflow.api")
 

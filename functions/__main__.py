@@ -1,4 +1,4 @@
-"""`python -m functions`: run one worker process (what `maskflow worker` and the stack start)."""
+"""`python -m maskflow.functions`: run one worker process (what `maskflow worker` and the stack start)."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +7,10 @@ import os
 import socket
 import sys
 
-from functions.runtime import build_worker, install_signal_handlers
-from functions.segmenter import Segmenter
-from infra.clients import redis_client
-from infra.config import ConfigError, load_config
+from maskflow.functions.runtime import build_worker, install_signal_handlers
+from maskflow.functions.segmenter import Segmenter
+from maskflow.infra.clients import redis_client
+from maskflow.infra.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
-from functions.events import ObjectCreated
-from infra.images import decode_image, encode_cutout_png, encode_mask_png
-from infra.objects import StoredObject
-from infra.tasks import normalise_sequencer
+from maskflow.functions.events import ObjectCreated
+from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png
+from maskflow.infra.objects import StoredObject
+from maskflow.infra.tasks import normalise_sequencer
 
 INPUT_PREFIX = "input/"
 

@@ -1,4 +1,4 @@
-"""The loop that feeds handlers: `maskflow worker` / `python -m functions`.
+"""The loop that feeds handlers: `maskflow worker` / `python -m maskflow.functions`.
 
 Delivery is at-least-once through the reliable-queue pattern in infra/queue.py (per-worker
 in-flight list, heartbeat, reaper); duplicates are absorbed by the task transitions in
@@ -47,14 +47,14 @@ from minio.error import S3Error, ServerError
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
                       wait_exponential, wait_random)
 
-from functions.events import ObjectCreated, PoisonEvent, parse_message
-from functions.handlers import INPUT_PREFIX, Context, Model, handle_object_created
-from infra.config import Config
-from infra.formats import ImageRejected
-from infra.keys import Heartbeat
-from infra.objects import ObjectChanged, ObjectMissing, ObjectStore
-from infra.queue import Delivery, EventQueue
-from infra.tasks import Decision, TaskStore, derive_task_id
+from maskflow.functions.events import ObjectCreated, PoisonEvent, parse_message
+from maskflow.functions.handlers import INPUT_PREFIX, Context, Model, handle_object_created
+from maskflow.infra.config import Config
+from maskflow.infra.formats import ImageRejected
+from maskflow.infra.keys import Heartbeat
+from maskflow.infra.objects import ObjectChanged, ObjectMissing, ObjectStore
+from maskflow.infra.queue import Delivery, EventQueue
+from maskflow.infra.tasks import Decision, TaskStore, derive_task_id
 
 log = logging.getLogger("maskflow.worker")
 

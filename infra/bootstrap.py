@@ -11,10 +11,8 @@ from minio import Minio
 from minio.notificationconfig import (NotificationConfig, PrefixFilterRule, QueueConfig,
                                       SuffixFilterRule)
 
-from infra import clients
-from infra.config import PROJECT_ROOT, Config, ConfigError, load_config
-
-NOTIFY_FILE = PROJECT_ROOT / "minio-notify.json"
+from maskflow.infra import clients
+from maskflow.infra.config import Config, ConfigError, load_config
 
 
 class BootstrapError(RuntimeError):
@@ -51,13 +49,14 @@ def notify_env(cfg: Config, queue_dir: str) -> dict[str, str]:
     return env
 
 
-def load_rules(cfg: Config, path: Path = NOTIFY_FILE) -> list[QueueRule]:
+def load_rules(cfg: Config, path: Path | None = None) -> list[QueueRule]:
     """The file's rules, each checked against the target its `role` names in the config.
 
     Rules for the fast target are left out when queue.fast_target_id is empty.
     """
     targets = {"durable": ("queue.target_id", cfg.queue.target_id),
                "fast": ("queue.fast_target_id", cfg.queue.fast_target_id)}
+    path = path or cfg.notify_path
     rules = []
     for q in json.loads(path.read_text())["queue"]:
         if q.get("role") not in targets:
@@ -97,7 +96,7 @@ def bootstrap(cfg: Config, client: Minio, redis_client: redis.Redis) -> None:
 
 
 def main() -> int:
-    """`python -m infra.bootstrap`: the compose stack's one-shot init service."""
+    """`python -m maskflow.infra.bootstrap`: the compose stack's one-shot init service."""
     try:
         cfg = load_config()
         bootstrap(cfg, clients.minio_client(cfg), clients.redis_client(cfg))

@@ -1,6 +1,6 @@
 """A small client for the maskflow HTTP API (needs only `requests`).
 
-    from infra.client import Client, TaskFailed
+    from maskflow.infra.client import Client, TaskFailed
     c = Client("http://127.0.0.1:8000", token=None)
     task_id = c.submit("photo.jpg")            # multipart upload through the API
     task = c.wait(task_id)                     # 2 s polls, at most 150 (the original semantics)
@@ -22,7 +22,7 @@ from typing import Callable
 
 import requests
 
-from infra.formats import CONTENT_TYPES, sniff_format
+from maskflow.infra.formats import CONTENT_TYPES, sniff_format
 
 API = "/api/v1"
 MAX_SERVER_WAIT = 30  # the API's upper bound for ?wait=

@@ -10,7 +10,7 @@ import certifi
 import urllib3
 from minio import Minio
 
-from infra.config import Config
+from maskflow.infra.config import Config
 
 if TYPE_CHECKING:
     import redis

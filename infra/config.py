@@ -19,7 +19,6 @@ from pathlib import Path
 
 ENV_PREFIX = "MASKFLOW_"
 CONFIG_FILE_ENV = "MASKFLOW_CONFIG"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -43,6 +42,8 @@ class MinioConfig:
     region: str = "us-east-1"
     # Host clients outside the stack use for presigned URLs; empty means `endpoint`.
     public_endpoint: str = ""
+    # The bucket notification rules bootstrap applies.
+    notify_file: str = "minio-notify.json"
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,10 @@ class Config:
         return _project_path(self.model.path)
 
     @property
+    def notify_path(self) -> Path:
+        return _project_path(self.minio.notify_file)
+
+    @property
     def api_url(self) -> str:
         return f"http://{self.api.host}:{self.api.port}"
 
@@ -148,8 +153,9 @@ class Config:
 
 
 def _project_path(value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    # Relative paths are the working directory's (a checkout, or /app in the images), never
+    # the installed package's: site-packages holds no models.
+    return Path(value).absolute()
 
 
 def _sections() -> dict[str, type]:
@@ -297,6 +303,6 @@ def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
     return new
 
 
-__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "PROJECT_ROOT",
+__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace",
            "RedisConfig", "MinioConfig", "ModelConfig", "TaskConfig", "QueueConfig",
            "WorkerConfig", "ApiConfig", "StackConfig"]

@@ -56,7 +56,7 @@ case "${1:-}" in
     need_apt redis-server redis-server chromium chromium
     setup_python
     # Build the servers here, not inside a test's time limit: the first MinIO build takes minutes.
-    .venv/bin/python -m infra.install
+    .venv/bin/python -m maskflow.infra.install
     # No test downloads: the mediapipe wheel the converter test rebuilds the model from is
     # fetched here, once, into the cache.
     .venv/bin/python tests/mediapipe_wheel.py

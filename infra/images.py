@@ -30,7 +30,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))
 
 import cv2  # noqa: E402
 
-from infra.formats import DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels, check_header  # noqa: E402
+from maskflow.infra.formats import DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels, check_header  # noqa: E402
 
 
 # ------------------------------------------------------------------ decode

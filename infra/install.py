@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.console import say
+from maskflow.infra.console import say
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def redis_server() -> Path:
 
 
 def main() -> int:
-    """`python -m infra.install`: build (or find) the pinned MinIO and mc, and Redis."""
+    """`python -m maskflow.infra.install`: build (or find) the pinned MinIO and mc, and Redis."""
     try:
         for pin in (MINIO, MC):
             say(f"{pin.name}: {go_install(pin)}")

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import redis
 
-from infra.config import Config
-from infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
+from maskflow.infra.config import Config
+from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
 
 # '#' never starts JSON, so a message MinIO wrote is never mistaken for a redelivery.
 REDELIVERY_MARK = b"#maskflow-redelivery "

@@ -4,7 +4,7 @@ Each service is a detached process with a pidfile under ``<data_dir>/run`` and a
 ``<data_dir>/logs``.  `up` reuses services that are already running (so running it twice is
 harmless), waits for each one by probing it, and on any failure stops what it started.
 `down` stops everything it finds a pidfile for.  The API and workers are launched as
-``python -m api`` / ``python -m functions`` so this module never imports them.
+``python -m maskflow.api`` / ``python -m maskflow.functions`` so this module never imports them.
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import redis
 from minio.error import S3Error, ServerError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from infra import install
-from infra.bootstrap import bootstrap, notify_env
-from infra.clients import minio_client, redis_client
-from infra.config import PROJECT_ROOT, Config, env_for
-from infra.console import say
-from infra.keys import Heartbeat
-from infra.net import is_loopback
-from infra.queue import worker_status
+from maskflow.infra import install
+from maskflow.infra.bootstrap import bootstrap, notify_env
+from maskflow.infra.clients import minio_client, redis_client
+from maskflow.infra.config import Config, env_for
+from maskflow.infra.console import say
+from maskflow.infra.keys import Heartbeat
+from maskflow.infra.net import is_loopback
+from maskflow.infra.queue import worker_status
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -146,7 +146,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{service.name}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(service.argv, env=service.env, cwd=PROJECT_ROOT,
+            proc = subprocess.Popen(service.argv, env=service.env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self._pidfile(service.name).write_text(f"{proc.pid}\n{service.marker}")
@@ -235,13 +235,13 @@ class Stack:
 
     def api_service(self) -> Service:
         cfg = self.cfg
-        return Service("api", [sys.executable, "-m", "api"], {**os.environ, **env_for(cfg)},
+        return Service("api", [sys.executable, "-m", "maskflow.api"], {**os.environ, **env_for(cfg)},
                        lambda: _http_ok(f"{cfg.api_url}/healthz"), (cfg.api.host, cfg.api.port))
 
     def worker_service(self, index: int) -> Service:
         name = f"worker-{index}"
         env = {**os.environ, **env_for(self.cfg)}
-        return Service(name, [sys.executable, "-m", "functions", "--id", name], env,
+        return Service(name, [sys.executable, "-m", "maskflow.functions", "--id", name], env,
                        lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1")
 
     # -- up / down ---------------------------------------------------------------------------

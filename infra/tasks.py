@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import redis
 
-from infra.clock import utc_iso
-from infra.config import Config
-from infra.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat, batch_failed_key,
-                        batch_key, heartbeat_key, index_key, task_channel, task_key)
+from maskflow.infra.clock import utc_iso
+from maskflow.infra.config import Config
+from maskflow.infra.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat, batch_failed_key,
+                                 batch_key, heartbeat_key, index_key, task_channel, task_key)
 
 STATUSES = ("pending", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")

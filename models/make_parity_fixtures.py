@@ -103,7 +103,7 @@ def make_photos(wheel: str) -> None:
 
 def decode(inputs: str) -> None:
     sys.path.insert(0, ROOT)
-    from infra.images import decode_image
+    from maskflow.infra.images import decode_image
 
     arrays = {}
     index = {"photos": {}}

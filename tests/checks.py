@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import requests
 
-from conftest import FIXTURES, wait_for_task
-from functions.events import ObjectCreated, PoisonEvent, parse_message
-from functions.handlers import result_keys
-from infra.config import PROJECT_ROOT, env_for
-from infra.images import decode_image
-from infra.keys import inflight_key
-from infra.tasks import derive_task_id
+from conftest import FIXTURES, REPO, wait_for_task
+from maskflow.functions.events import ObjectCreated, PoisonEvent, parse_message
+from maskflow.functions.handlers import result_keys
+from maskflow.infra.config import env_for
+from maskflow.infra.images import decode_image
+from maskflow.infra.keys import inflight_key
+from maskflow.infra.tasks import derive_task_id
 
 PHOTOS = FIXTURES / "photos"
 JPEGS = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
@@ -74,9 +74,9 @@ def png(data: bytes, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
 
 
 def start_worker(cfg, worker_id: str, *extra: str, **popen) -> subprocess.Popen:
-    """A worker process (`python -m functions`) for `cfg` that the test starts and stops itself."""
-    return subprocess.Popen([sys.executable, "-m", "functions", "--id", worker_id, *extra],
-                            env={**os.environ, **env_for(cfg)}, cwd=PROJECT_ROOT, **popen)
+    """A worker process (`python -m maskflow.functions`) for `cfg` that the test starts and stops itself."""
+    return subprocess.Popen([sys.executable, "-m", "maskflow.functions", "--id", worker_id, *extra],
+                            env={**os.environ, **env_for(cfg)}, cwd=REPO, **popen)
 
 
 def stop_worker(proc: subprocess.Popen) -> None:

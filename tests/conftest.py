@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from infra import install
-from infra.config import Config, load_config, replace
-from infra.stack import Stack, StackError, free_port
+from maskflow.infra import install
+from maskflow.infra.config import Config, load_config, replace
+from maskflow.infra.stack import Stack, StackError, free_port
 
-FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_addoption(parser):
@@ -56,7 +57,10 @@ def make_config(data_dir: Path, **overrides) -> Config:
                             if k in ("MASKFLOW_STACK_MINIO_BIN", "MASKFLOW_STACK_MC_BIN")})
     sections = {
         "redis": {"port": free_port()},
-        "minio": {"endpoint": f"127.0.0.1:{free_port()}", "bucket": "ai-segmentation"},
+        # The repository's files by absolute path, so a test may run a command from anywhere.
+        "minio": {"endpoint": f"127.0.0.1:{free_port()}", "bucket": "ai-segmentation",
+                  "notify_file": str(REPO / "minio-notify.json")},
+        "model": {"path": str(REPO / "models" / "segmentation.onnx")},
         "api": {"port": free_port()},
         "stack": {"data_dir": str(data_dir)},
         # Short leases so a killed worker's events come back within seconds in tests.
@@ -172,19 +176,19 @@ def mc(servers: Servers, tmp_path_factory):
 @pytest.fixture(scope="session")
 def model(servers):
     """The configured model, loaded in-process, to compare the workers' masks against."""
-    from functions.segmenter import Segmenter
+    from maskflow.functions.segmenter import Segmenter
     return Segmenter.load(servers.cfg.model_path, servers.cfg.model.input_size)
 
 
 @pytest.fixture
 def tasks(servers):
-    from infra.tasks import TaskStore
+    from maskflow.infra.tasks import TaskStore
     return TaskStore(servers.redis(), servers.cfg)
 
 
 @pytest.fixture
 def store(servers):
-    from infra.objects import ObjectStore
+    from maskflow.infra.objects import ObjectStore
     return ObjectStore(servers.cfg)
 
 

@@ -6,17 +6,17 @@ exits 2.
 """
 from __future__ import annotations
 
-from infra.cli.console import EXIT_USAGE, UsageError
-from infra.console import say
-from infra.cli.parser import build_parser
-from infra.client import ClientError
-from infra.config import ConfigError, load_config
-from infra.install import InstallError
+from maskflow.infra.cli.console import EXIT_USAGE, UsageError
+from maskflow.infra.console import say
+from maskflow.infra.cli.parser import build_parser
+from maskflow.infra.client import ClientError
+from maskflow.infra.config import ConfigError, load_config
+from maskflow.infra.install import InstallError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from infra.stack import StackError  # slow to import: not needed for --help or usage errors
+    from maskflow.infra.stack import StackError  # slow to import: not needed for --help or usage errors
     try:
         return args.run(args, load_config(args.config))
     except (ConfigError, InstallError, StackError, ClientError, UsageError) as exc:

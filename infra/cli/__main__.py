@@ -1,6 +1,6 @@
-"""`python -m infra.cli`: the same as the `maskflow` command."""
+"""`python -m maskflow.infra.cli`: the same as the `maskflow` command."""
 import sys
 
-from infra.cli import main
+from maskflow.infra.cli import main
 
 sys.exit(main())

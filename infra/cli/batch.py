@@ -9,14 +9,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
-from infra.console import say
-from infra.cli.progress import Progress
-from infra.cli.tasks import api_client, unique_stems
-from infra.cli.upload import STATE_FILE, upload_through_api, upload_to_minio
-from infra.client import Client, result_paths
-from infra.config import Config
-from infra.formats import SUPPORTED_FORMATS
+from maskflow.infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
+from maskflow.infra.console import say
+from maskflow.infra.cli.progress import Progress
+from maskflow.infra.cli.tasks import api_client, unique_stems
+from maskflow.infra.cli.upload import STATE_FILE, upload_through_api, upload_to_minio
+from maskflow.infra.client import Client, result_paths
+from maskflow.infra.config import Config
+from maskflow.infra.formats import SUPPORTED_FORMATS
 
 # Short spellings accepted besides .<format> (photo.jpg, scan.tif).
 _SHORT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from infra.cli import batch, serve, tasks
+from maskflow.infra.cli import batch, serve, tasks
 
 DESCRIPTION = "`maskflow`: one entry point for running the stack and using it."
 

@@ -1,6 +1,6 @@
 """Running the stack: `maskflow up`, `down`, `api` and `worker`.
 
-`api` and `worker` replace this process with ``python -m api`` / ``python -m functions`` so
+`api` and `worker` replace this process with ``python -m maskflow.api`` / ``python -m maskflow.functions`` so
 infra never imports them.  infra.stack is imported only when a command runs: it is slow to
 import, and --help should not wait for it.
 """
@@ -10,12 +10,12 @@ import os
 import sys
 from typing import NoReturn
 
-from infra.cli.console import EXIT_OK
-from infra.config import Config
+from maskflow.infra.cli.console import EXIT_OK
+from maskflow.infra.config import Config
 
 
 def up(args, cfg: Config) -> int:
-    from infra.stack import Stack
+    from maskflow.infra.stack import Stack
     Stack(cfg).up(app=not args.servers_only)
     print(f"Redis   redis://{cfg.redis.host}:{cfg.redis.port}/{cfg.redis.db}  (events list {cfg.queue.events_key})")
     print(f"MinIO   http://{cfg.minio.endpoint}  bucket {cfg.minio.bucket}  (public {cfg.minio_public_endpoint})")
@@ -26,19 +26,19 @@ def up(args, cfg: Config) -> int:
 
 
 def down(args, cfg: Config) -> int:
-    from infra.stack import Stack
+    from maskflow.infra.stack import Stack
     stopped = Stack(cfg).down()
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return EXIT_OK
 
 
 def api(args, cfg: Config) -> NoReturn:
-    _become("api", [], args.config)
+    _become("maskflow.api", [], args.config)
 
 
 def worker(args, cfg: Config) -> NoReturn:
     extra = (["--id", args.id] if args.id else []) + (["--burst"] if args.burst else [])
-    _become("functions", extra, args.config)
+    _become("maskflow.functions", extra, args.config)
 
 
 def _become(module: str, extra: list[str], config: str | None) -> NoReturn:

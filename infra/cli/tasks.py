@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
-from infra.console import say
-from infra.client import Client, ClientError, TaskFailed
-from infra.config import Config
+from maskflow.infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
+from maskflow.infra.console import say
+from maskflow.infra.client import Client, ClientError, TaskFailed
+from maskflow.infra.config import Config
 
 FAILURES_PAGE = 1000  # failures fetched per request beyond the first page of `status --batch`
 

@@ -10,15 +10,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from infra.cli.console import UsageError
-from infra.cli.progress import Progress
-from infra.client import Client, ClientError, atomic_write, sniff_content_type
-from infra.clock import utc_iso
-from infra.config import Config
+from maskflow.infra.cli.console import UsageError
+from maskflow.infra.cli.progress import Progress
+from maskflow.infra.client import Client, ClientError, atomic_write, sniff_content_type
+from maskflow.infra.clock import utc_iso
+from maskflow.infra.config import Config
 
 if TYPE_CHECKING:
-    from infra.cli.batch import Item
-    from infra.objects import ObjectStore
+    from maskflow.infra.cli.batch import Item
+    from maskflow.infra.objects import ObjectStore
 
 STATE_FILE = ".maskflow-batch.json"
 
@@ -28,7 +28,7 @@ def upload_to_minio(items: list[Item], cfg: Config, batch_name: str) -> None:
     """Put each file at input/<batch_name>/<rel> like `mc mirror`: identical objects are skipped."""
     from minio.error import S3Error
 
-    from infra.objects import ObjectStore
+    from maskflow.infra.objects import ObjectStore
     store = ObjectStore(cfg)
     bar = Progress("upload", len(items))
     try:
@@ -61,7 +61,7 @@ def _stat(store: ObjectStore, key: str):
     """The object's metadata, or None if there is no such object."""
     from minio.error import S3Error
 
-    from infra.objects import is_missing
+    from maskflow.infra.objects import is_missing
     try:
         return store.client.stat_object(store.bucket, key)
     except S3Error as exc:

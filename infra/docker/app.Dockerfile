@@ -1,16 +1,24 @@
-# The API and the one-shot bucket bootstrap: no model runtime, no OpenCV.
-FROM python:3.11-slim-bookworm AS app
-WORKDIR /app
-COPY pyproject.toml README.md minio-notify.json ./
+# The package is built once into a wheel; the images install it, so nothing at run time
+# comes from a source tree. Relative config paths (models/, minio-notify.json) are /app's.
+FROM python:3.11-slim-bookworm AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY api ./api
 COPY functions ./functions
 COPY infra ./infra
-RUN pip install --no-cache-dir .
-ENV PYTHONUNBUFFERED=1
-CMD ["python", "-m", "api"]
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# Workers: the same code plus ONNX Runtime, OpenCV, numpy and the models.
+# The API and the one-shot bucket bootstrap: no model runtime, no OpenCV.
+FROM python:3.11-slim-bookworm AS app
+WORKDIR /app
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir /wheels/maskflow-*.whl
+COPY minio-notify.json ./
+ENV PYTHONUNBUFFERED=1
+CMD ["python", "-m", "maskflow.api"]
+
+# Workers: the same package plus ONNX Runtime, OpenCV, numpy and the models.
 FROM app AS worker
+RUN pip install --no-cache-dir "$(ls /wheels/maskflow-*.whl)[worker]"
 COPY models ./models
-RUN pip install --no-cache-dir ".[worker]"
-CMD ["python", "-m", "functions"]
+CMD ["python", "-m", "maskflow.functions"]

@@ -23,9 +23,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from checks import make_photo  # noqa: E402
-from functions.segmenter import Segmenter  # noqa: E402
-from infra import images  # noqa: E402
-from infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
+from maskflow.functions.segmenter import Segmenter  # noqa: E402
+from maskflow.infra import images  # noqa: E402
+from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 
 PHOTOS = os.path.join(ROOT, "tests", "fixtures", "photos")
 

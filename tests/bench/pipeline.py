@@ -25,11 +25,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
-from functions.segmenter import Segmenter  # noqa: E402
-from infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
-from infra.objects import ObjectStore  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from infra.tasks import TaskStore  # noqa: E402
+from maskflow.functions.segmenter import Segmenter  # noqa: E402
+from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
+from maskflow.infra.objects import ObjectStore  # noqa: E402
+from maskflow.infra.stack import Stack  # noqa: E402
+from maskflow.infra.tasks import TaskStore  # noqa: E402
 
 
 def parse_iso(text: str) -> float:

@@ -1,4 +1,4 @@
-"""Issue 5: the HTTP contract, against a real `python -m api` process with real Redis and MinIO.
+"""Issue 5: the HTTP contract, against a real `python -m maskflow.api` process with real Redis and MinIO.
 
 No worker runs in this module: task transitions a worker would make are driven through
 TaskStore (the same calls the worker makes), so the API's rendering of every state is checked.
@@ -13,12 +13,13 @@ import pytest
 import requests
 
 from checks import PHOTOS, assert_error, presigned_expires_at
+from conftest import REPO
 from conftest import UPLOAD_LIMIT as LIMIT
-from infra.config import PROJECT_ROOT, replace
-from infra.objects import PRESIGN_REUSE_S, ObjectStore
-from infra.queue import DEAD_LETTER_KEY, EventQueue
-from infra.stack import wait_until
-from infra.tasks import UPLOAD_DEADLINES, TaskStore
+from maskflow.infra.config import replace
+from maskflow.infra.objects import PRESIGN_REUSE_S, ObjectStore
+from maskflow.infra.queue import DEAD_LETTER_KEY, EventQueue
+from maskflow.infra.stack import wait_until
+from maskflow.infra.tasks import UPLOAD_DEADLINES, TaskStore
 
 GRACE_S = 120  # api.resources.UPLOAD_GRACE_S, restated: the test checks the contract
 
@@ -105,7 +106,7 @@ def test_rejected_uploads_store_nothing(api, tasks):
 def test_storage_failure_fails_the_task_and_answers_503(servers, tasks):
     """The record is written before the object; when the put fails the record says so."""
     import falcon.testing
-    from api.app import build_deps, create_app
+    from maskflow.api.app import build_deps, create_app
     cfg = replace(servers.cfg, minio={"bucket": "no-such-bucket-maskflow"})
     client = falcon.testing.TestClient(create_app(build_deps(cfg)))
     form = requests.Request("POST", "http://x", files={"file": ("a.jpg", photo())}).prepare()
@@ -335,7 +336,7 @@ def test_health_ready_and_static(api):
     ready = requests.get(f"{api.url}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ready", "checks": {"redis": "ok", "minio": "ok"}}
-    index = PROJECT_ROOT / "api" / "static" / "index.html"
+    index = REPO / "api" / "static" / "index.html"
     home = requests.get(f"{api.url}/", timeout=5)
     if index.exists():
         assert home.status_code == 200 and home.headers["Content-Type"].startswith("text/html")

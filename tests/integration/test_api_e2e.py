@@ -8,13 +8,13 @@ import pytest
 import requests
 
 from checks import PHOTOS, make_photo, png
+from conftest import REPO
 from conftest import app_stack
-from infra.config import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
 def app(servers, tmp_path_factory):
-    if not (PROJECT_ROOT / "functions" / "__main__.py").exists():
+    if not (REPO / "functions" / "__main__.py").exists():
         pytest.fail("functions/__main__.py (the worker) is missing")
     # on the session's Redis and MinIO; stopped after the module, as later modules expect
     # nobody consuming the event list

@@ -1,4 +1,4 @@
-"""Issue 9, part 4: hostile clients against a real `python -m api` (waitress) process.
+"""Issue 9, part 4: hostile clients against a real `python -m maskflow.api` (waitress) process.
 
 Slow clients must neither starve the API nor stay connected for long, and what waitress
 refuses by itself (headers or body too large, malformed requests) is answered in the API's
@@ -17,7 +17,7 @@ import requests
 
 from checks import assert_error
 from conftest import UPLOAD_LIMIT as LIMIT
-from infra.tasks import TaskStore
+from maskflow.infra.tasks import TaskStore
 
 SLOW_CLIENTS = 500
 MAX_LATENCY_S = 1.0

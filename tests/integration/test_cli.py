@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from checks import PHOTOS, make_photos
+from conftest import REPO
 from conftest import app_stack
-from infra import install
-from infra.config import PROJECT_ROOT, env_for
-from infra.stack import free_port
+from maskflow.infra import install
+from maskflow.infra.config import env_for
+from maskflow.infra.stack import free_port
 
 TOKEN = "cli-test-token"
 MAX_WAIT = 240.0
@@ -38,7 +39,7 @@ def _env(cfg, **extra) -> dict[str, str]:
 
 
 def maskflow(stack, *args, cwd: Path, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], cwd=cwd, env=_env(stack.cfg),
+    return subprocess.run([sys.executable, "-m", "maskflow.infra.cli", *args], cwd=cwd, env=_env(stack.cfg),
                           capture_output=True, text=True, timeout=MAX_WAIT, **popen)
 
 
@@ -126,7 +127,7 @@ def test_batch_100_nested_interrupt_then_rerun_finishes_rest(stack, tmp_path):
     photos = tmp_path / "photos"
     rels = make_photos(photos, 100, nested=True)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "infra.cli", "batch", str(photos), "--prefix", "hundred",
+    argv = [sys.executable, "-m", "maskflow.infra.cli", "batch", str(photos), "--prefix", "hundred",
             "--out", str(out)]
     first = subprocess.Popen(argv, cwd=tmp_path, env=_env(stack.cfg), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -199,7 +200,7 @@ def test_batch_via_api_lists_failures_and_keeps_tree(stack, tmp_path):
 
 
 def _documented_mc_commands() -> list[str]:
-    text = (PROJECT_ROOT / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     block = text.split("<!-- mc-mirror-commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip()]
 
@@ -227,7 +228,7 @@ def test_documented_mc_mirror_commands_process_100_photos(stack, tmp_path):
         # `maskflow status --batch`: repeat until the whole batch is done (a polling loop).
         deadline = time.monotonic() + MAX_WAIT
         while True:
-            proc = subprocess.run([sys.executable, "-m", "infra.cli", *argv[1:]], cwd=tmp_path,
+            proc = subprocess.run([sys.executable, "-m", "maskflow.infra.cli", *argv[1:]], cwd=tmp_path,
                                   env=env, capture_output=True, text=True, timeout=60)
             if "100/100 done" in proc.stdout:
                 break

@@ -9,12 +9,12 @@ import time
 import pytest
 
 from checks import PHOTOS, check_result, start_worker, stop_worker, wait_for_task
-from functions.runtime import Worker, build_worker
-from infra.config import replace
-from infra.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
-from infra.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
-from infra.stack import wait_until
-from infra.tasks import derive_task_id
+from maskflow.functions.runtime import Worker, build_worker
+from maskflow.infra.config import replace
+from maskflow.infra.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
+from maskflow.infra.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
+from maskflow.infra.stack import wait_until
+from maskflow.infra.tasks import derive_task_id
 
 
 def record(bucket: str, key, name="s3:ObjectCreated:Put", **obj) -> dict:

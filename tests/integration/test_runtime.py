@@ -6,12 +6,12 @@ import json
 import pytest
 
 from checks import PHOTOS, check_result
-from functions.runtime import Worker, build_worker
-from infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
-from infra.objects import ObjectStore
-from infra.queue import EventQueue
-from infra.stack import wait_until
-from infra.tasks import TaskStore, derive_task_id
+from maskflow.functions.runtime import Worker, build_worker
+from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
+from maskflow.infra.objects import ObjectStore
+from maskflow.infra.queue import EventQueue
+from maskflow.infra.stack import wait_until
+from maskflow.infra.tasks import TaskStore, derive_task_id
 
 
 @pytest.fixture

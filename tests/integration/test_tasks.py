@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra.keys import heartbeat_key
-from infra.queue import EventQueue
-from infra.tasks import Decision, TaskStore, batch_prefixes, derive_task_id
+from maskflow.infra.keys import heartbeat_key
+from maskflow.infra.queue import EventQueue
+from maskflow.infra.tasks import Decision, TaskStore, batch_prefixes, derive_task_id
 
 
 @pytest.fixture

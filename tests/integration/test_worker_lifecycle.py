@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 
 from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
-from functions.handlers import result_keys
-from infra.config import replace
-from infra.queue import worker_status
-from infra.stack import wait_until
+from maskflow.functions.handlers import result_keys
+from maskflow.infra.config import replace
+from maskflow.infra.queue import worker_status
+from maskflow.infra.stack import wait_until
 
 
 def wait_batch_done(tasks, prefix: str, total: int, timeout: float):

@@ -14,11 +14,12 @@ import falcon.testing
 import pytest
 import requests
 
-from api.app import build_deps, check_credentials, create_app
-from api.metrics import HttpMetrics
-from api.openapi import document
-from infra.config import PROJECT_ROOT, ConfigError, load_config, replace
-from infra.stack import free_port
+from maskflow.api.app import build_deps, check_credentials, create_app
+from maskflow.api.metrics import HttpMetrics
+from maskflow.api.openapi import document
+from conftest import REPO
+from maskflow.infra.config import ConfigError, load_config, replace
+from maskflow.infra.stack import free_port
 
 PHOTO = (Path(__file__).resolve().parent.parent / "fixtures" / "photos" / "chelsea.jpg").read_bytes()
 
@@ -124,7 +125,7 @@ def test_default_credentials_only_on_loopback():
 ])
 def test_bad_config_fails_at_start_with_one_line(env, message):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")}
-    proc = subprocess.run([sys.executable, "-m", "api"], env={**clean, **env}, cwd=PROJECT_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "maskflow.api"], env={**clean, **env}, cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -224,7 +225,7 @@ def test_upload_request_validation(client, doc, status):
 def test_too_small_open_file_limit_fails_at_start_with_one_line():
     import resource
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")}
-    proc = subprocess.run([sys.executable, "-m", "api"], env=clean, cwd=PROJECT_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "maskflow.api"], env=clean, cwd=REPO,
                           capture_output=True, text=True, timeout=60,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
     assert proc.returncode == 2

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.cli.batch import result_stems as _stems
-from infra.cli.tasks import unique_stems
-from infra.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
-from infra.stack import free_port
+from maskflow.infra.cli.batch import result_stems as _stems
+from maskflow.infra.cli.tasks import unique_stems
+from maskflow.infra.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
+from maskflow.infra.stack import free_port
 
 
 class Scripted:

@@ -7,11 +7,12 @@ import re
 import pytest
 import yaml
 
-from infra.bootstrap import NOTIFY_FILE, load_rules, notify_env, redis_target_arn
-from infra.config import PROJECT_ROOT, load_config
-from infra.install import MC, MINIO
+from maskflow.infra.bootstrap import load_rules, notify_env, redis_target_arn
+from conftest import REPO
+from maskflow.infra.config import load_config
+from maskflow.infra.install import MC, MINIO
 
-COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
@@ -45,7 +46,7 @@ def test_app_environment_is_valid_config_matching_minio_and_redis():
 
 
 def test_credentials_have_no_defaults():
-    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    text = (REPO / "docker-compose.yml").read_text()
     assert "minioadmin" not in text
     for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
         assert re.search(r"\$\{" + var + r":\?", text), f"{var} must be required from .env"
@@ -58,22 +59,24 @@ def test_redis_is_persistent_and_never_evicts():
 
 
 def test_only_the_worker_image_carries_the_model_runtime():
-    stages = re.split(r"^FROM ", (PROJECT_ROOT / "infra/docker/app.Dockerfile").read_text(), flags=re.M)
+    stages = re.split(r"^FROM ", (REPO / "infra/docker/app.Dockerfile").read_text(), flags=re.M)
     app, worker = (next(s for s in stages if s.split()[2:3] == [name]) for name in ("app", "worker"))
-    assert "pip install --no-cache-dir .\n" in app and "[worker]" not in app
-    assert '".[worker]"' in worker and "COPY models" in worker
+    assert "pip install --no-cache-dir /wheels/maskflow-*.whl\n" in app and "[worker]" not in app
+    assert 'whl)[worker]"' in worker and "COPY models" in worker
+    # Installed from the wheel only: no source folder for the working directory to shadow.
+    assert not re.search(r"^COPY (api|functions|infra)\b", app + worker, flags=re.M)
     targets = {name: SERVICES[name]["build"]["target"] for name in ("api", "init", "worker")}
     assert targets == {"api": "app", "init": "app", "worker": "worker"}
 
 
 def test_minio_image_builds_the_pinned_source():
-    dockerfile = (PROJECT_ROOT / "infra/docker/minio.Dockerfile").read_text()
+    dockerfile = (REPO / "infra/docker/minio.Dockerfile").read_text()
     assert f"MINIO_VERSION={MINIO.version}" in dockerfile
     assert f"MC_VERSION={MC.version}" in dockerfile
 
 
 def test_notify_file_filters_input_created_events_only():
-    doc = json.loads(NOTIFY_FILE.read_text())
+    doc = json.loads((REPO / "minio-notify.json").read_text())
     assert [rule["role"] for rule in doc["queue"]] == ["durable", "fast"]
     for rule, command in zip(doc["queue"], doc["operator_command"]):
         assert rule["prefix"] == "input/"
@@ -90,7 +93,7 @@ def test_app_services_wait_for_bootstrap(name):
 
 
 def test_api_may_open_enough_files_for_its_connection_limit():
-    from api.server import FDS_PER_CONNECTION, RESERVED_FDS
+    from maskflow.api.server import FDS_PER_CONNECTION, RESERVED_FDS
     env = {k: v for k, v in app_env().items() if not str(v).startswith("${")}
     need = load_config(env=env).api.connection_limit * FDS_PER_CONNECTION + RESERVED_FDS
     nofile = SERVICES["api"]["ulimits"]["nofile"]

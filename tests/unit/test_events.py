@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from functions.events import MAX_MESSAGE_BYTES, ObjectCreated, PoisonEvent, parse_message
-from functions.handlers import result_keys
+from maskflow.functions.events import MAX_MESSAGE_BYTES, ObjectCreated, PoisonEvent, parse_message
+from maskflow.functions.handlers import result_keys
 
 
 def record(key: str = "input/a.jpg", name: str = "s3:ObjectCreated:Put", **obj) -> dict:

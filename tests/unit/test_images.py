@@ -15,17 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from infra.formats import (
-    CorruptImage,
-    EmptyImage,
-    ImageRejected,
-    TooManyPixels,
-    TruncatedImage,
-    UnsupportedFormat,
-    image_info,
-    sniff_format,
-)
-from infra.images import decode_image, encode_cutout_png, encode_mask_png
+from maskflow.infra.formats import (
+             CorruptImage,
+             EmptyImage,
+             ImageRejected,
+             TooManyPixels,
+             TruncatedImage,
+             UnsupportedFormat,
+             image_info,
+             sniff_format,
+         )
+from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PHOTOS = os.path.join(ROOT, "tests", "fixtures", "photos")
@@ -336,8 +336,8 @@ ACCEPTANCE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from infra.formats import ImageRejected
-    from infra.images import decode_image
+    from maskflow.infra.formats import ImageRejected
+    from maskflow.infra.images import decode_image
     results = {}
     for name, path in json.loads(sys.argv[2]).items():
         data = open(path, "rb").read()

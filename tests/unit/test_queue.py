@@ -6,7 +6,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infra.queue import MAX_REASON_CHARS, REDELIVERY_MARK, Delivery, unwrap, wrap
+from maskflow.infra.queue import MAX_REASON_CHARS, REDELIVERY_MARK, Delivery, unwrap, wrap
 
 MINIO_MESSAGE = json.dumps([{"Event": [{"eventName": "s3:ObjectCreated:Put"}], "EventTime": "t"}]).encode()
 

@@ -6,9 +6,9 @@ import redis
 import urllib3
 from minio.error import S3Error, ServerError
 
-from functions.runtime import is_transient
-from infra.formats import CorruptImage
-from infra.objects import ObjectMissing
+from maskflow.functions.runtime import is_transient
+from maskflow.infra.formats import CorruptImage
+from maskflow.infra.objects import ObjectMissing
 
 
 def s3_error(code: str, status: int) -> S3Error:

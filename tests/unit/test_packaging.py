@@ -1,0 +1,59 @@
+"""What `pip install` puts on a machine: one top-level name, and parts that import without the
+model runtime (the `worker` extra)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO
+
+
+def test_the_wheel_installs_everything_under_maskflow(tmp_path):
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("api", "functions", "infra"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--wheel-dir", str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("maskflow-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"maskflow"}
+    for module in ("maskflow/api/__main__.py", "maskflow/functions/__main__.py",
+                   "maskflow/infra/client.py", "maskflow/infra/cli/__init__.py", "maskflow/api/static/index.html"):
+        assert module in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "maskflow = maskflow.infra.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+BLOCK_MODEL_RUNTIME = """
+import importlib.abc, importlib.util, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("onnxruntime", "cv2", "numpy"):
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Absent())
+import maskflow.api.app, maskflow.api.server, maskflow.infra.client, maskflow.infra.cli, maskflow.infra.bootstrap
+assert all(importlib.util.find_spec(name) is None for name in ("api", "functions", "infra")), "generic names leak"
+print("ok")
+"""
+
+
+def test_api_client_and_cli_import_without_the_model_runtime(tmp_path):
+    # From another directory, so nothing resolves against the checkout.
+    proc = subprocess.run([sys.executable, "-c", BLOCK_MODEL_RUNTIME], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_worker_module_runs_by_its_installed_name(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "maskflow.functions", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--config" in proc.stdout
