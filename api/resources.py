@@ -183,7 +183,7 @@ class UploadsResource:
                            f"got {content_type!r}")
         if isinstance(size, float) and size.is_integer():
             size = int(size)  # JSON does not tell 267034.0 from 267034
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        if "size" in doc and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise bad_request("size must be a positive integer (bytes)")
         if size is not None and size > cfg.task.max_upload_bytes:
             # 422, not 413: this small request is fine, the file it announces is not.
