@@ -14,8 +14,8 @@ from maskflow.api.metrics import MetricsMiddleware
 from maskflow.api.openapi import document
 from maskflow.api.middleware import BearerAuth, BodyLimit
 from maskflow.api.resources import (API, BatchResource, Deps, HealthResource, MetricsResource,
-                                    OpenApiResource, ReadyResource, StaticResource, SubmitResource,
-                                    TaskLookupResource, TaskResource, UploadsResource)
+                                    ModelsResource, OpenApiResource, ReadyResource, StaticResource,
+                                    SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
 from maskflow.infra.clients import minio_client, redis_client
 from maskflow.infra.config import Config, ConfigError, load_config
 from maskflow.infra.net import is_loopback
@@ -47,6 +47,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(deps))
     app.add_route(f"{API}/tasks", TaskLookupResource(deps))
     app.add_route(f"{API}/uploads", UploadsResource(deps))
+    app.add_route(f"{API}/models", ModelsResource())
     app.add_route(f"{API}/batches/{{prefix:path}}", BatchResource(deps))
     return app
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from maskflow.api.middleware import DEFAULT_MAX_BODY
 from maskflow.api.resources import MULTIPART_SLACK, UPLOAD_TYPES
+from maskflow.infra.catalog import DEFAULT, NAMES
 from maskflow.infra.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _STATUS = {"type": "string", "enum": ["pending", "processing", "completed", "failed"]}
+_MODEL = {"type": "string", "enum": list(NAMES),
+          "description": f"The model to segment with (GET /api/v1/models); {DEFAULT} when absent"}
 
 
 def _error(description: str) -> dict:
@@ -62,7 +65,11 @@ def document(cfg: Config) -> dict:
                            "description": "Presigned GET URLs; null until the task is completed"},
                 "error": {**_NULLABLE_STR, "description": "Why the task failed; null otherwise"},
                 "created_at": _TIME,
-                "completed_at": _NULLABLE_TIME}},
+                "completed_at": _NULLABLE_TIME,
+                "model": {"type": "string", "enum": list(NAMES),
+                          "description": "Once completed, the model that made the result, for "
+                                         "tasks that named one (absent otherwise: the default "
+                                         f"{DEFAULT} model, and the original contract's shape)"}}},
         "UploadRequest": {
             "type": "object", "required": ["filename", "content_type"],
             "properties": {
@@ -75,7 +82,9 @@ def document(cfg: Config) -> dict:
                 "size": {"type": "integer", "minimum": 1, "maximum": limit,
                          "description": "Bytes; required with PUT, whose URL admits exactly "
                                         "this Content-Length"},
-                "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"}},
+                "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"},
+                "model": {**_MODEL, "description": _MODEL["description"] + "; signed into the "
+                          "upload, which must carry it as x-amz-meta-model"}},
             "if": {"required": ["method"], "properties": {"method": {"const": "PUT"}}},
             "then": {"required": ["size"]}},
         "Upload": {
@@ -109,6 +118,19 @@ def document(cfg: Config) -> dict:
                 "offset": {"type": "integer"},
                 "limit": {"type": "integer"},
                 "failures_total": {"type": "integer"}}},
+        "Models": {
+            "type": "object", "required": ["default", "models"],
+            "properties": {
+                "default": {"type": "string", "enum": list(NAMES)},
+                "models": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "input_size", "good_for", "license", "source", "default"],
+                    "properties": {"name": {"type": "string", "enum": list(NAMES)},
+                                   "input_size": {"type": "array", "items": {"type": "integer"},
+                                                  "minItems": 2, "maxItems": 2,
+                                                  "description": "width, height"},
+                                   "good_for": {"type": "string"}, "license": {"type": "string"},
+                                   "source": {"type": "string"}, "default": {"type": "boolean"}}}}}},
         "Ready": {
             "type": "object", "required": ["status", "checks"],
             "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},
@@ -139,11 +161,12 @@ def document(cfg: Config) -> dict:
                     "schema": {"type": "object", "required": ["file"],
                                "properties": {"file": {"type": "string", "minLength": 1,
                                                        "contentMediaType": "application/octet-stream",
-                                                       "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"}}}}}},
+                                                       "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"},
+                                              "model": _MODEL}}}}},
                 "responses": {
                     "202": _json("Accepted; processing starts from the storage event", "Submitted",
                                  _LOCATION),
-                    "400": _error("No `file` field, two of them, or a malformed form"),
+                    "400": _error("No `file` field, two of them, a malformed form, or an unknown model"),
                     "413": _error(f"File larger than {limit} bytes"),
                     "415": _error("Not multipart/form-data, or not a supported image format"),
                     "422": _error("A supported format, but empty, corrupt, truncated or too many pixels"),
@@ -172,7 +195,7 @@ def document(cfg: Config) -> dict:
                     "schema": {"$ref": "#/components/schemas/UploadRequest"}}}},
                 "responses": {"201": _json("Presigned upload; the task starts when the object lands",
                                            "Upload", _LOCATION),
-                              "400": _error("Malformed body, or PUT without size"),
+                              "400": _error("Malformed body, PUT without size, or an unknown model"),
                               "413": _error(f"Request body over {DEFAULT_MAX_BODY} bytes"),
                               "415": _error("content_type is not one of the supported types"),
                               "422": _error(f"size over {limit} bytes"), **_COMMON}}},
@@ -189,6 +212,10 @@ def document(cfg: Config) -> dict:
                 "responses": {"200": _json("Batch summary", "Batch"),
                               "400": _error("Bad offset or limit"),
                               "404": _error("No tasks under that prefix"), **_COMMON}}},
+            "/api/v1/models": {"get": {
+                "operationId": "listModels",
+                "summary": "The models a task may name, with what each is good at",
+                "responses": {"200": _json("The served models", "Models"), **_COMMON}}},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
                 "responses": {"200": {"description": "This document",

@@ -21,6 +21,7 @@ import redis
 
 from maskflow.api import metrics as metrics_mod
 from maskflow.api.errors import ApiError, bad_request, body as error_body, not_found
+from maskflow.infra.catalog import CATALOG, DEFAULT, METADATA_KEY, NAMES, UnknownModel, check_name
 from maskflow.infra.clock import utc_iso
 from maskflow.infra.config import Config
 from maskflow.infra.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
@@ -58,7 +59,7 @@ class Deps:
 def task_body(task: Task, objects: ObjectStore, expiry: int) -> dict:
     """Exactly the original contract's shape (design section 4.2)."""
     done = task.status == "completed" and task.output_key and task.mask_key
-    return {
+    body = {
         "task_id": task.task_id,
         "status": task.status,
         "result": {
@@ -69,6 +70,9 @@ def task_body(task: Task, objects: ObjectStore, expiry: int) -> dict:
         "created_at": task.created_at,
         "completed_at": task.completed_at if task.terminal else None,
     }
+    if done and task.model:
+        body["model"] = task.model  # only for tasks that named a model: else the contract's shape
+    return body
 
 
 def _int_param(req: falcon.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -86,14 +90,15 @@ def _int_param(req: falcon.Request, name: str, default: int, lo: int, hi: int) -
 
 # -- submission --------------------------------------------------------------------------------
 class SubmitResource:
-    """POST /api/v1/tasks/segmentation: multipart form, field `file`."""
+    """POST /api/v1/tasks/segmentation: multipart form, field `file`, optional field `model`."""
 
     def __init__(self, deps: Deps):
         self.deps = deps
         self.limit = deps.cfg.task.max_upload_bytes
         self.max_body_bytes = self.limit + MULTIPART_SLACK  # enforced by api.middleware.BodyLimit
 
-    def _read_file(self, req: falcon.Request) -> bytes:
+    def _read_form(self, req: falcon.Request) -> tuple[bytes, str]:
+        """The file's bytes and the requested model name ('' when none)."""
         kind = (req.content_type or "").split(";")[0].strip().lower()
         if kind in ("", "application/x-www-form-urlencoded"):
             # a form (or nothing) without the file: the contract's "missing file" case
@@ -102,8 +107,11 @@ class SubmitResource:
         if kind != "multipart/form-data":
             raise ApiError(415, "unsupported_media_type",
                            "send the image as multipart/form-data with a field named 'file'")
-        data = None
+        data, model = None, ""
         for part in req.get_media():
+            if part.name == "model":
+                model = _model_name(part.stream.read(MAX_MODEL_NAME + 1).decode("utf-8", "replace"))
+                continue
             if part.name != "file":
                 continue  # other fields are skipped by the parser without buffering them
             if data is not None:
@@ -121,14 +129,14 @@ class SubmitResource:
             data = b"".join(chunks)
         if data is None:
             raise bad_request("the multipart form has no field named 'file'", code="missing_file")
-        return data
+        return data, model
 
     def _too_large(self) -> ApiError:
         return ApiError(413, "payload_too_large",
                         f"the file exceeds the upload limit of {self.limit} bytes")
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self._read_file(req)
+        data, model = self._read_form(req)
         try:
             # Headers and container only: decoding the pixels is the worker's job.
             fmt, _w, _h, _orientation = check_header(data, self.deps.cfg.task.max_pixels)
@@ -141,7 +149,7 @@ class SubmitResource:
         # Record first: the worker maps key -> task through this index when the event arrives.
         task = self.deps.tasks.create_pending(task_id, key)
         try:
-            self.deps.objects.put(key, data, CONTENT_TYPES[fmt])
+            self.deps.objects.put(key, data, CONTENT_TYPES[fmt], {METADATA_KEY: model} if model else None)
         except Exception as exc:  # noqa: BLE001 - any storage failure means no event will come
             log.warning("storing %s failed: %s: %s", key, type(exc).__name__, exc)
             self.deps.tasks.fail_pending(task_id, "storing the upload failed; submit it again")
@@ -155,6 +163,27 @@ class SubmitResource:
 
 # Multipart framing around the file (boundaries, part headers, small extra fields).
 MULTIPART_SLACK = 64 * 1024
+MAX_MODEL_NAME = 64
+
+
+def _model_name(value: Any) -> str:
+    """A requested model name, checked against the catalogue: 400 listing the valid ones."""
+    if not isinstance(value, str):
+        raise bad_request(f"model must be a string, one of {', '.join(NAMES)}")
+    try:
+        return check_name(value)
+    except UnknownModel as exc:
+        raise bad_request(str(exc), code="unknown_model") from None
+
+
+class ModelsResource:
+    """GET /api/v1/models: the models a task may name."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"default": DEFAULT, "models": [
+            {"name": m.name, "input_size": list(m.input_size), "good_for": m.good_for,
+             "license": m.license, "source": m.source, "default": m.name == DEFAULT}
+            for m in CATALOG.values()]}
 
 
 # -- presigned uploads -------------------------------------------------------------------------
@@ -173,6 +202,8 @@ class UploadsResource:
         content_type = doc.get("content_type")
         size = doc.get("size")
         method = doc.get("method", "POST")
+        model = _model_name(doc["model"]) if "model" in doc else ""
+        metadata = {METADATA_KEY: model} if model else None
         if not isinstance(filename, str) or not FILENAME_RE.fullmatch(filename):
             raise bad_request("filename must be 1 to 255 characters, without control characters")
         if not isinstance(content_type, str) or not content_type:
@@ -207,12 +238,13 @@ class UploadsResource:
                                "expires_at": utc_iso(expires.timestamp())}
         if method == "POST":
             url, fields = self.deps.objects.presigned_post(key, content_type,
-                                                           cfg.task.max_upload_bytes, expires)
+                                                           cfg.task.max_upload_bytes, expires, metadata)
             out.update(url=url, fields=fields)
         else:
-            # Both headers are signed into the URL: MinIO refuses any other size or type.
-            out.update(url=self.deps.objects.presigned_put(key, expiry, content_type, size),
-                       headers={"Content-Type": content_type, "Content-Length": str(size)})
+            # The headers are signed into the URL: MinIO refuses any other size, type or model.
+            out.update(url=self.deps.objects.presigned_put(key, expiry, content_type, size, metadata),
+                       headers={"Content-Type": content_type, "Content-Length": str(size),
+                                **{f"X-Amz-Meta-{k.title()}": v for k, v in (metadata or {}).items()}})
         resp.status = falcon.HTTP_201
         resp.location = f"{API}/tasks/{task_id}"
         resp.media = out

@@ -9,6 +9,7 @@ import sys
 
 from maskflow.functions.runtime import build_worker, install_signal_handlers
 from maskflow.functions.segmenter import Segmenter
+from maskflow.infra.catalog import PERSON
 from maskflow.infra.clients import redis_client
 from maskflow.infra.config import ConfigError, load_config
 
@@ -31,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     # Longer than the API's: a worker waits out a slow Redis rather than failing an event.
     r = redis_client(cfg, timeout=10, connect_timeout=5, health_check_interval=15)
 
-    def load_model() -> Segmenter:
-        return Segmenter.load(cfg.model_path, cfg.model.input_size,
-                              intra_op_threads=cfg.model.intra_op_threads,
-                              inter_op_threads=cfg.model.inter_op_threads)
+    def load_models() -> dict[str, Segmenter]:
+        # Every served model, once per process: a task may name any of them.
+        return {name: Segmenter.load(path, cfg.model.input_size if name == PERSON else None,
+                                     intra_op_threads=cfg.model.intra_op_threads,
+                                     inter_op_threads=cfg.model.inter_op_threads)
+                for name, path in cfg.model_paths.items()}
 
-    worker = build_worker(cfg, args.id, r, load_model)
+    worker = build_worker(cfg, args.id, r, load_models)
     install_signal_handlers(worker)
     worker.run(burst=args.burst)
     return 0

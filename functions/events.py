@@ -16,6 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from maskflow.infra.catalog import METADATA_KEY
+
 CREATED_PREFIX = "s3:ObjectCreated:"
 # A real message is about 1-2 KiB (keys are at most 1024 bytes, 3x when escaped); the bound
 # keeps a hostile item from costing more than a moment to reject.
@@ -37,6 +39,7 @@ class ObjectCreated:
     size: int
     sequencer: str
     event_name: str
+    model: str = ""  # the object's x-amz-meta-model, if any; checked against the catalogue later
 
     @classmethod
     def from_record(cls, record: Any, where: str = "record") -> "ObjectCreated":
@@ -54,7 +57,8 @@ class ObjectCreated:
                    etag=_text(obj.get("eTag", ""), f"{at}.eTag"),
                    size=_size(obj.get("size", 0), f"{at}.size"),
                    sequencer=_sequencer(_required(obj, "sequencer", at), f"{at}.sequencer"),
-                   event_name=name)
+                   event_name=name,
+                   model=_requested_model(obj.get("userMetadata", {}), f"{at}.userMetadata"))
 
 
 def parse_message(raw: bytes) -> list[ObjectCreated]:
@@ -132,6 +136,16 @@ def _sequencer(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _SEQUENCER.fullmatch(value):
         raise PoisonEvent(f"{where}: expected 1 to 32 hex digits, got {_describe(value)}")
     return value
+
+
+def _requested_model(value: Any, where: str) -> str:
+    # MinIO keeps the header's spelling (X-Amz-Meta-Model); S3 metadata names are case-blind.
+    metadata = _object(value, where)
+    wanted = f"x-amz-meta-{METADATA_KEY}"
+    for name, text in metadata.items():
+        if name.lower() == wanted:
+            return _text(text, f"{where}.{name}")
+    return ""
 
 
 def _describe(value: Any) -> str:

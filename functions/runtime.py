@@ -38,7 +38,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import redis
@@ -49,6 +49,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
 
 from maskflow.functions.events import ObjectCreated, PoisonEvent, parse_message
 from maskflow.functions.handlers import INPUT_PREFIX, Context, Model, handle_object_created
+from maskflow.infra.catalog import DEFAULT, UnknownModel, named_model
 from maskflow.infra.config import Config
 from maskflow.infra.formats import ImageRejected
 from maskflow.infra.keys import Heartbeat
@@ -124,14 +125,14 @@ class Outcome:
 
 class Worker:
     def __init__(self, cfg: Config, queue: EventQueue, tasks: TaskStore, objects: ObjectStore,
-                 load_model: Callable[[], Model]):
+                 load_models: Callable[[], Mapping[str, Model]]):
         self.cfg = cfg
         self.worker_id = queue.worker_id
         self.queue = queue
         self.tasks = tasks
         self.objects = objects
-        self.load_model = load_model
-        self.model: Model | None = None
+        self.load_models = load_models
+        self.models: Mapping[str, Model] = {}  # by catalogue name; empty until loaded
         self.not_ready_reason = ""
         self.stats = Stats()
         self.stopping = threading.Event()
@@ -153,19 +154,19 @@ class Worker:
     def run(self, burst: bool = False) -> None:
         """Serve until stopped; with burst=True, exit once the queue is empty."""
         try:
-            self.model = self.load_model()
+            self.models = self.load_models()
         except Exception as exc:  # noqa: BLE001 - any load failure keeps the worker not-ready
             self.not_ready_reason = f"model failed to load: {exc}"
             log.error("%s; consuming nothing until restarted with a working model", self.not_ready_reason)
         self._beat()
-        if self.model is not None:
+        if self.models:
             moved = self._retrying(self.queue.reclaim_own)
             if moved:
                 log.warning("requeued %d events left in flight by a previous run of %s", moved, self.worker_id)
         maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
         maintenance.start()
         consumers = []
-        if self.model is not None:
+        if self.models:
             consumers = [threading.Thread(target=self._consume, args=(burst,), name=f"consumer-{i}")
                          for i in range(self.cfg.worker.concurrency)]
             for t in consumers:
@@ -190,7 +191,7 @@ class Worker:
     def _beat(self) -> None:
         with self._busy_lock:
             busy = self._busy
-        self.queue.heartbeat(**{Heartbeat.READY: "1" if self.model is not None else "0",
+        self.queue.heartbeat(**{Heartbeat.READY: "1" if self.models else "0",
                                 Heartbeat.REASON: self.not_ready_reason, Heartbeat.PID: os.getpid(),
                                 Heartbeat.HOST: socket.gethostname(), Heartbeat.BUSY: busy},
                              **self.stats.fields())
@@ -200,7 +201,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 self._beat()
-                if self.model is not None:
+                if self.models:
                     moved = self.queue.reap()
                     if moved:
                         log.warning("requeued %d events of dead workers", moved)
@@ -308,11 +309,18 @@ class Worker:
             # decided from the event alone: an oversized object is never downloaded
             return self._fail(task_id, event, None,
                               f"object of {event.size} bytes exceeds the limit of {limit} bytes")
-        return self._run_handler(task_id, event)
+        try:
+            named = named_model(event.model, event.key, self.cfg.models.by_prefix)
+        except UnknownModel as exc:
+            return self._fail(task_id, event, None, str(exc))
+        if (named or DEFAULT) not in self.models:
+            return self._fail(task_id, event, None, f"this worker does not serve model {named!r}")
+        return self._run_handler(task_id, event, named)
 
-    def _run_handler(self, task_id: str, event: ObjectCreated) -> Outcome:
-        assert self.model is not None
-        ctx = Context(task_id=task_id, objects=self.objects, model=self.model,
+    def _run_handler(self, task_id: str, event: ObjectCreated, named: str) -> Outcome:
+        """Run the handler with the task's model; `named` is '' when the task named none."""
+        model = named or DEFAULT
+        ctx = Context(task_id=task_id, objects=self.objects, model=self.models[model],
                       max_pixels=self.cfg.task.max_pixels)
         started = time.monotonic()
         try:
@@ -330,10 +338,11 @@ class Worker:
                 error = f"internal error: {type(exc).__name__}: {exc}"
             self._fail(task_id, event, started, error)
             return Outcome(Fate.DEAD, f"{event.key}: {error}")
-        self._retrying(self.tasks.complete, task_id, event.sequencer, result.output_key, result.mask_key)
+        self._retrying(self.tasks.complete, task_id, event.sequencer, result.output_key, result.mask_key,
+                       named)
         seconds = time.monotonic() - started
         self.stats.observe(seconds, ok=True)
-        log.info("task %s (%s) completed in %.0f ms", task_id, event.key, 1000 * seconds)
+        log.info("task %s (%s) completed by %s in %.0f ms", task_id, event.key, model, 1000 * seconds)
         return Outcome(Fate.COMPLETED)
 
     def _fail(self, task_id: str, event: ObjectCreated, started: float | None, error: str) -> Outcome:
@@ -345,9 +354,9 @@ class Worker:
 
 
 def build_worker(cfg: Config, worker_id: str, r: redis.Redis,
-                 load_model: Callable[[], Model]) -> Worker:
+                 load_models: Callable[[], Mapping[str, Model]]) -> Worker:
     """A worker with its real parts: the queue and task store share one Redis client."""
-    return Worker(cfg, EventQueue(r, cfg, worker_id), TaskStore(r, cfg), ObjectStore(cfg), load_model)
+    return Worker(cfg, EventQueue(r, cfg, worker_id), TaskStore(r, cfg), ObjectStore(cfg), load_models)
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from maskflow.infra.catalog import GENERAL, PERSON, UnknownModel, check_name
+
 ENV_PREFIX = "MASKFLOW_"
 CONFIG_FILE_ENV = "MASKFLOW_CONFIG"
 
@@ -52,6 +54,14 @@ class ModelConfig:
     input_size: tuple[int, int] = (256, 256)
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The named models beyond the default one (`model.*` is `person`, infra/catalog.py)."""
+    general_path: str = "models/u2netp.onnx"
+    # Key prefix -> model name, for uploads that cannot carry x-amz-meta-model (mc mirror).
+    by_prefix: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     minio: MinioConfig = field(default_factory=MinioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -138,6 +149,11 @@ class Config:
     @property
     def model_path(self) -> Path:
         return _project_path(self.model.path)
+
+    @property
+    def model_paths(self) -> dict[str, Path]:
+        """Every served model's file, by name."""
+        return {PERSON: self.model_path, GENERAL: _project_path(self.models.general_path)}
 
     @property
     def notify_path(self) -> Path:
@@ -186,6 +202,16 @@ def _coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
             if not isinstance(raw, (str, int, float)):
                 raise ValueError("expected a string")
             return str(raw)
+        if typing.get_origin(kind) is dict:
+            # TOML gives a table; the environment "input/a/=general,input/b/=person"
+            pairs = raw.items() if isinstance(raw, dict) else \
+                [item.split("=", 1) for item in raw.split(",") if item.strip()]
+            out = {}
+            for pair in pairs:
+                if len(pair) != 2 or not all(isinstance(v, str) and v for v in pair):
+                    raise ValueError("expected prefix=name pairs")
+                out[pair[0].strip()] = pair[1].strip()
+            return out
         if typing.get_origin(kind) is tuple:
             parts = raw.split(",") if isinstance(raw, str) else list(raw)
             values = tuple(int(p) for p in parts)
@@ -237,6 +263,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key minio.endpoint: expected host:port, got {cfg.minio.endpoint!r}")
     if not cfg.minio.bucket:
         raise ConfigError("config key minio.bucket: must not be empty")
+    for prefix, name in cfg.models.by_prefix.items():
+        if not prefix.startswith("input/"):
+            raise ConfigError(f"config key models.by_prefix: prefix {prefix!r} is not under input/")
+        try:
+            check_name(name)
+        except UnknownModel as exc:
+            raise ConfigError(f"config key models.by_prefix: {prefix!r}: {exc}") from None
 
 
 def load_config(path: str | os.PathLike | None = None,
@@ -289,6 +322,8 @@ def env_for(cfg: Config) -> dict[str, str]:
                 text = "true" if value else "false"
             elif isinstance(value, tuple):
                 text = ",".join(str(v) for v in value)
+            elif isinstance(value, dict):
+                text = ",".join(f"{k}={v}" for k, v in value.items())
             else:
                 text = str(value)
             out[f"{ENV_PREFIX}{section.name.upper()}_{f.name.upper()}"] = text

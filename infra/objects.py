@@ -156,16 +156,19 @@ class ObjectStore:
         return self._public.presigned_get_object(self.bucket, key,
                                                  expires=dt.timedelta(seconds=expiry_seconds))
 
-    def presigned_put(self, key: str, expiry_seconds: int, content_type: str, size: int) -> str:
-        """A PUT URL whose signature also covers Content-Type and Content-Length.
+    def presigned_put(self, key: str, expiry_seconds: int, content_type: str, size: int,
+                      metadata: dict[str, str] | None = None) -> str:
+        """A PUT URL whose signature also covers Content-Type, Content-Length and `metadata`.
 
-        SigV4 query signing as in minio's presign_v4, which signs only `host`: with these two
-        headers signed, MinIO refuses a body of any other size or type (or a chunked one).
+        SigV4 query signing as in minio's presign_v4, which signs only `host`: with these
+        headers signed, MinIO refuses a body of any other size or type (or a chunked one), and
+        an upload without the user metadata (sent as x-amz-meta-<name> headers).
         """
         now = dt.datetime.now(dt.timezone.utc)
         public = urllib.parse.urlsplit(self._post_url)  # scheme://public endpoint/bucket
         headers = {"content-length": str(size), "content-type": content_type,
-                   "host": public.netloc}
+                   "host": public.netloc,
+                   **{f"x-amz-meta-{name}": value for name, value in (metadata or {}).items()}}
         signed = ";".join(sorted(headers))
         access_key, secret_key = self._credentials
         path = urllib.parse.quote(f"/{self.bucket}/{key}", safe="/~")
@@ -189,11 +192,16 @@ class ObjectStore:
         return f"{public.scheme}://{public.netloc}{path}?{query}&X-Amz-Signature={signature}"
 
     def presigned_post(self, key: str, content_type: str, max_bytes: int,
-                       expires_at: dt.datetime) -> tuple[str, dict[str, str]]:
-        """A browser-style POST policy pinned to one key, one content type and a size limit."""
+                       expires_at: dt.datetime,
+                       metadata: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+        """A browser-style POST policy pinned to one key, one content type, a size limit and
+        the user `metadata` (form fields x-amz-meta-<name>)."""
         policy = PostPolicy(self.bucket, expires_at)
         policy.add_equals_condition("key", key)
         policy.add_equals_condition("Content-Type", content_type)
+        meta_fields = {f"x-amz-meta-{name}": value for name, value in (metadata or {}).items()}
+        for name, value in meta_fields.items():
+            policy.add_equals_condition(name, value)
         policy.add_content_length_range_condition(1, max_bytes)
         fields = self._public.presigned_post_policy(policy)
-        return self._post_url, {"key": key, "Content-Type": content_type, **fields}
+        return self._post_url, {"key": key, "Content-Type": content_type, **meta_fields, **fields}

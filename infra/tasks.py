@@ -155,7 +155,7 @@ if known ~= '' and seq == known then
   attempts = attempts + 1
 else
   attempts = 1
-  redis.call('HDEL', task, 'error', 'output_key', 'mask_key', 'completed_at')
+  redis.call('HDEL', task, 'error', 'output_key', 'mask_key', 'model', 'completed_at')
 end
 redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
            'started_at', ARGV[4], 'attempts', attempts)
@@ -214,6 +214,7 @@ class Task:
     error: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
+    model: str | None = None  # the model that made the result, when the task named one
 
     @property
     def terminal(self) -> bool:
@@ -263,7 +264,7 @@ class TaskStore:
                     etag=f.get("etag", ""), sequencer=f.get("sequencer", ""),
                     output_key=f.get("output_key"), mask_key=f.get("mask_key"),
                     error=f.get("error"), started_at=f.get("started_at"),
-                    completed_at=f.get("completed_at"))
+                    completed_at=f.get("completed_at"), model=f.get("model"))
 
     def task_id_for_key(self, input_key: str) -> str | None:
         value = self.r.get(index_key(input_key))
@@ -310,9 +311,12 @@ class TaskStore:
             if done >= 0:
                 return bool(done)
 
-    def complete(self, task_id: str, sequencer: str, output_key: str, mask_key: str) -> bool:
+    def complete(self, task_id: str, sequencer: str, output_key: str, mask_key: str,
+                 model: str = "") -> bool:
+        """`model`: the name the task asked for; '' (the default model, unnamed) is not stored."""
+        named = {"model": model} if model else {}
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "completed",
-                                output_key=output_key, mask_key=mask_key)
+                                output_key=output_key, mask_key=mask_key, **named)
 
     def fail(self, task_id: str, sequencer: str, error: str) -> bool:
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "failed",

@@ -10,6 +10,7 @@ import pytest
 
 from checks import PHOTOS, check_result, start_worker, stop_worker, wait_for_task
 from maskflow.functions.runtime import Worker, build_worker
+from maskflow.infra.catalog import PERSON
 from maskflow.infra.config import replace
 from maskflow.infra.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
 from maskflow.infra.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
@@ -137,7 +138,7 @@ def test_message_failing_every_time_is_dead_lettered_after_max_deliveries(server
     # The key's task index holds a list, so every lookup of the task fails with Redis'
     # WRONGTYPE before any task exists.
     r.rpush(index_key(key), "not a task id")
-    worker = build_worker(cfg, "cursed", r, lambda: model)
+    worker = build_worker(cfg, "cursed", r, lambda: {PERSON: model})
     run_in_thread(worker, timeout=60)
 
     (dead,) = dead_letters(r)
@@ -174,7 +175,7 @@ def test_requeues_after_worker_deaths_count_deliveries(servers, clean_redis, mod
         requeued = unwrap(r.lindex(cfg.queue.events_key, 0))
         assert (requeued.message, requeued.attempt, requeued.last_error) == (raw, attempt + 1, why)
     # taken once more, past max_deliveries: a dead letter, never processed again
-    run_in_thread(build_worker(cfg, "survivor", r, lambda: model), timeout=60)
+    run_in_thread(build_worker(cfg, "survivor", r, lambda: {PERSON: model}), timeout=60)
     (dead,) = dead_letters(r)
     assert dead["payload"] == raw.decode("utf-8", "replace") and dead["deliveries"] == 3
     assert dead["reason"] == "gave up after 3 deliveries; last error: worker ghost stopped heartbeating before settling it"
@@ -185,7 +186,7 @@ def test_dead_letters_are_capped_keeping_the_newest(servers, clean_redis, model)
     r = clean_redis
     cfg = replace(servers.cfg, queue={"dead_letter_max": 3}, worker={"concurrency": 1})
     r.rpush(cfg.queue.events_key, *[f"poison {i}".encode() for i in range(5)])
-    run_in_thread(build_worker(cfg, "capped", r, lambda: model), timeout=60)
+    run_in_thread(build_worker(cfg, "capped", r, lambda: {PERSON: model}), timeout=60)
     assert dead_letter_count(r) == 3
     assert [d["payload"] for d in dead_letters(r)] == ["poison 2", "poison 3", "poison 4"]
     assert all(d["reason"].startswith("poison event: not JSON") for d in dead_letters(r))

@@ -7,6 +7,7 @@ import pytest
 
 from checks import PHOTOS, check_result
 from maskflow.functions.runtime import Worker, build_worker
+from maskflow.infra.catalog import PERSON
 from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
 from maskflow.infra.objects import ObjectStore
 from maskflow.infra.queue import EventQueue
@@ -21,7 +22,7 @@ def quiet_queue(servers, clean_redis):
 
 
 def make_worker(servers, model, worker_id: str) -> Worker:
-    return build_worker(servers.cfg, worker_id, servers.redis(), lambda: model)
+    return build_worker(servers.cfg, worker_id, servers.redis(), lambda: {PERSON: model})
 
 
 class TaskStoreFailingOnce(TaskStore):
@@ -52,7 +53,7 @@ def test_unsettled_event_is_handed_back_and_worker_survives(servers, quiet_queue
     upload_and_wait_for_event(servers, store, r, key, data)
     flaky_tasks = TaskStoreFailingOnce(r, servers.cfg)
     worker = Worker(servers.cfg, EventQueue(r, servers.cfg, "flaky"), flaky_tasks,
-                    ObjectStore(servers.cfg), lambda: model)
+                    ObjectStore(servers.cfg), lambda: {PERSON: model})
     worker.run(burst=True)
     assert flaky_tasks.begin_calls == 2, "the event must come back and be taken again"
     check_result(servers, store, model, key, data, tasks)
@@ -75,7 +76,7 @@ def test_handler_bug_fails_one_task_and_is_dead_lettered(servers, quiet_queue, s
             raise ValueError("injected bug")
 
     predicted: list = []
-    worker = build_worker(servers.cfg, "buggy", r, ModelWithBug)
+    worker = build_worker(servers.cfg, "buggy", r, lambda: {PERSON: ModelWithBug()})
     worker.run(burst=True)
     task = tasks.get(derive_task_id(servers.cfg.minio.bucket, bad_key))
     assert task.status == "failed" and task.error == "internal error: ValueError: injected bug"

@@ -1,0 +1,64 @@
+"""The models maskflow serves, by stable name, and how a task's model is chosen.
+
+The API lists and validates names from here without loading anything (it has no model
+runtime); workers load the files the config names for each entry.  A task names its model
+in the object's user metadata (``x-amz-meta-model``: the API sets it, ``mc cp --attr`` and any
+S3 SDK can); failing that, ``models.by_prefix`` maps key prefixes to names; failing that, the
+task gets ``person``, which is what maskflow did before models had names.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PERSON = "person"
+GENERAL = "general"
+DEFAULT = PERSON
+# S3 user metadata key; travels as the header x-amz-meta-model.
+METADATA_KEY = "model"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    manifest_file: str     # the ONNX file's name; its manifest (same stem, .json) must agree
+    input_size: tuple[int, int]  # width, height
+    good_for: str
+    license: str
+    source: str
+
+
+CATALOG: dict[str, ModelEntry] = {entry.name: entry for entry in (
+    ModelEntry(PERSON, "segmentation.onnx", (256, 256),
+               "people: portraits, selfies, video-call framing; fast (about 5 ms of one core per image)",
+               "Apache-2.0",
+               "MediaPipe selfie segmentation (general, 256x256), converted to ONNX by "
+               "models/build_segmentation.py"),
+    ModelEntry(GENERAL, "u2netp.onnx", (320, 320),
+               "any salient object: products, animals, things on a plain background; "
+               "slow (about 0.6 s of one core per image)",
+               "Apache-2.0",
+               "U^2-Net-p (Qin et al. 2020), the ONNX export rembg distributes"),
+)}
+NAMES = tuple(CATALOG)
+
+
+class UnknownModel(ValueError):
+    """A task asked for a model this deployment does not serve."""
+
+
+def check_name(name: str) -> str:
+    if name not in CATALOG:
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise UnknownModel(f"unknown model {shown!r}; valid models: {', '.join(NAMES)}")
+    return name
+
+
+def named_model(requested: str, input_key: str, by_prefix: Mapping[str, str]) -> str:
+    """The model a task names: the object's own request, else the longest matching prefix;
+    '' when it names none (it then gets DEFAULT, and its record keeps the original contract's
+    shape).  A name that is not served raises UnknownModel."""
+    if requested:
+        return check_name(requested)
+    matches = [prefix for prefix in by_prefix if input_key.startswith(prefix)]
+    return check_name(by_prefix[max(matches, key=len)]) if matches else ""
