@@ -128,6 +128,21 @@ def presigned_expires_at(url: str) -> float:
     return signed.replace(tzinfo=dt.timezone.utc).timestamp() + int(query["X-Amz-Expires"][0])
 
 
+def reference_mask(photo: str, model: str) -> np.ndarray:
+    """The upstream pipeline's foreground probability (0..1) for a fixture photo: MediaPipe's for
+    `person`, rembg's U^2-Netp for `general` (models/make_parity_fixtures.py made them)."""
+    if model == "person":
+        return np.load(FIXTURES / "parity" / f"{photo}.mediapipe.npz")["prob"] / 65535
+    return np.load(FIXTURES / "parity" / f"{photo}.rembg_u2netp.npz")["mask"] / 255
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two masks in 0..1, each cut at 0.5."""
+    fa, fb = a >= 0.5, b >= 0.5
+    union = (fa | fb).sum()
+    return 1.0 if union == 0 else float((fa & fb).sum() / union)
+
+
 def check_result(servers, store, model, key: str, source: bytes, tasks):
     task = wait_for_task(tasks, derive_task_id(servers.cfg.minio.bucket, key), timeout=60)
     assert task is not None and task.status == "completed", task
@@ -148,4 +163,4 @@ def check_result(servers, store, model, key: str, source: bytes, tasks):
     return task
 
 
-__all__ = ["PHOTOS", "assert_error", "check_result", "pipeline_idle", "presigned_expires_at", "queued_events", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]
+__all__ = ["PHOTOS", "assert_error", "check_result", "iou", "pipeline_idle", "reference_mask", "presigned_expires_at", "queued_events", "make_photo", "make_photos", "start_worker", "stop_worker", "wait_for_task", "png"]

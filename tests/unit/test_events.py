@@ -175,3 +175,17 @@ def test_bound_is_checked_before_decoding():
     assert MAX_MESSAGE_BYTES == 64 * 1024
     with pytest.raises(PoisonEvent, match="exceeds the limit"):
         parse_message(b" " * (MAX_MESSAGE_BYTES + 1))
+
+
+def test_the_requested_model_comes_from_user_metadata_whatever_its_case():
+    meta = {"content-type": "image/jpeg", "X-Amz-Meta-Model": "general"}
+    (event,) = parse_message(message("input/a.jpg", userMetadata=meta))
+    assert event.model == "general"
+    (event,) = parse_message(message("input/a.jpg", userMetadata={"x-amz-meta-model": "person"}))
+    assert event.model == "person"
+    (event,) = parse_message(message("input/a.jpg", userMetadata={"content-type": "image/jpeg"}))
+    assert event.model == ""
+    with pytest.raises(PoisonEvent, match="userMetadata"):
+        parse_message(message("input/a.jpg", userMetadata={"X-Amz-Meta-Model": 7}))
+    with pytest.raises(PoisonEvent, match="userMetadata"):
+        parse_message(message("input/a.jpg", userMetadata=["general"]))
