@@ -6,6 +6,7 @@ task latency (object stored -> task completed) and the workers' peak memory.  Th
 decode -> model -> encode loop in this process, single-threaded, as the reference.
 
     .venv/bin/python tests/bench/pipeline.py --images 200 --workers 2 --concurrency 1
+    .venv/bin/python tests/bench/pipeline.py --images 40 --model general   # U^2-Netp per task
 
 Uses the pinned MinIO (or MASKFLOW_STACK_MINIO_BIN).  Not collected by pytest.
 """
@@ -26,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
 from maskflow.functions.segmenter import Segmenter  # noqa: E402
+from maskflow.infra.catalog import DEFAULT, METADATA_KEY, NAMES  # noqa: E402
 from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 from maskflow.infra.objects import ObjectStore  # noqa: E402
 from maskflow.infra.stack import Stack  # noqa: E402
@@ -49,6 +51,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1, help="consumer threads per worker")
     ap.add_argument("--size", default="1024x768")
+    ap.add_argument("--model", choices=NAMES, help="name it on every upload (x-amz-meta-model); "
+                                                   "default: name none, the person model runs")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     data = [make_photo(i, width, height, quality=90) for i in range(args.images)]
@@ -65,7 +69,8 @@ def main() -> None:
             stored_at: dict[int, float] = {}
 
             def upload(i: int) -> None:
-                store.put(f"{prefix}{i:05d}.jpg", data[i], "image/jpeg")
+                store.put(f"{prefix}{i:05d}.jpg", data[i], "image/jpeg",
+                          {METADATA_KEY: args.model} if args.model else None)
                 stored_at[i] = time.time()
 
             with ThreadPoolExecutor(8) as pool:
@@ -85,7 +90,7 @@ def main() -> None:
         finally:
             stack.down()
 
-    model = Segmenter.load(cfg.model_path, cfg.model.input_size)
+    model = Segmenter.load(cfg.model_paths[args.model or DEFAULT])
     loop_started = time.perf_counter()
     for blob in data[: min(50, len(data))]:
         rgb = decode_image(blob)
@@ -95,7 +100,8 @@ def main() -> None:
     per_image = (time.perf_counter() - loop_started) / min(50, len(data))
 
     q = statistics.quantiles(latencies, n=20)
-    print(f"images {len(data)} of {width}x{height}, {args.workers} workers x {args.concurrency} threads")
+    print(f"images {len(data)} of {width}x{height}, model {args.model or DEFAULT}, "
+          f"{args.workers} workers x {args.concurrency} threads")
     print(f"upload      {uploaded:6.2f} s ({len(data) / uploaded:6.1f} img/s into MinIO)")
     print(f"end to end  {elapsed:6.2f} s  -> {len(data) / elapsed:6.1f} img/s "
           f"(completed {summary.counts['completed']}, failed {summary.counts['failed']})")
