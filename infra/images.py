@@ -30,6 +30,11 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))
 
 import cv2  # noqa: E402
 
+try:
+    import fpng  # see encode_cutout_png
+except ImportError:  # pragma: no cover - a platform without it: OpenCV writes the cut-outs
+    fpng = None
+
 from maskflow.infra.formats import DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels, check_header  # noqa: E402
 
 
@@ -126,18 +131,14 @@ def encode_mask_png(mask: np.ndarray, params: list[int] | None = None) -> bytes:
         mask = mask[:, :, 0]
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be HxW uint8, got {mask.shape} {mask.dtype}")
-    ok, out = cv2.imencode(".png", mask, PNG_PARAMS if params is None else params)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return out.tobytes()
+    return encode_png_opencv(mask, params)
 
 
-def encode_cutout_png(rgb: np.ndarray, mask: np.ndarray, params: list[int] | None = None) -> bytes:
-    """RGBA PNG: the image with the mask as alpha (same H x W).
+def cutout_rgba(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The cut-out's pixels: the image with the mask as alpha (same H x W), RGBA order.
 
     Pixels under alpha 0 are stored as zero (as rembg does): nobody sees them, and a flat
-    background makes the PNG smaller and faster to write (a 512x512 photo: 452 -> 312 KB,
-    22 -> 16 ms).
+    background makes the PNG smaller and faster to write.
     """
     rgb = np.asarray(rgb)
     mask = np.asarray(mask)
@@ -147,13 +148,27 @@ def encode_cutout_png(rgb: np.ndarray, mask: np.ndarray, params: list[int] | Non
         raise ValueError(f"rgb must be HxWx3 uint8, got {rgb.shape} {rgb.dtype}")
     if mask.shape != rgb.shape[:2] or mask.dtype != np.uint8:
         raise ValueError(f"mask {mask.shape} {mask.dtype} does not match image {rgb.shape[:2]}")
-    bgra = np.empty(rgb.shape[:2] + (4,), np.uint8)
-    bgra[:, :, 0] = rgb[:, :, 2]
-    bgra[:, :, 1] = rgb[:, :, 1]
-    bgra[:, :, 2] = rgb[:, :, 0]
-    bgra[:, :, 3] = mask
-    bgra[mask == 0] = 0
-    ok, out = cv2.imencode(".png", bgra, PNG_PARAMS if params is None else params)
+    # OpenCV, not numpy boolean indexing: 1.6 ms against 35 ms for a 1024x768 photo
+    visible = (mask > 0).view(np.uint8)  # cv2.compare misreads a scalar beside 4-wide arrays
+    return cv2.merge([*cv2.split(cv2.bitwise_and(rgb, rgb, mask=visible)), mask])
+
+
+def encode_cutout_png(rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    """RGBA PNG of cutout_rgba(rgb, mask).
+
+    fpng writes it when installed (the worker extra pins it): 3.5x faster than OpenCV's zlib
+    on 1024x768 photos (tests/bench/model.py), for files about 20 % larger.  Without it, OpenCV writes the same
+    pixels (tests/unit/test_images.py decodes both with two decoders).
+    """
+    rgba = cutout_rgba(rgb, mask)
+    if fpng is not None:
+        return fpng.from_ndarray(rgba)
+    return encode_png_opencv(rgba[:, :, [2, 1, 0, 3]])
+
+
+def encode_png_opencv(image: np.ndarray, params: list[int] | None = None) -> bytes:
+    """PNG of a gray, BGR or BGRA uint8 image with OpenCV (PNG_PARAMS unless given)."""
+    ok, out = cv2.imencode(".png", image, PNG_PARAMS if params is None else params)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return out.tobytes()

@@ -84,12 +84,17 @@ def main(argv=None) -> int:
         print(f"   decode        {timeit(lambda: decode_image(blob), r):8.2f}")
         print(f"   preprocess    {timeit(lambda: seg.preprocess(rgb), r):8.2f}")
         print(f"   postprocess   {timeit(lambda: seg.postprocess(raw, rgb.shape[:2]), r):8.2f}")
+        bgra = images.cutout_rgba(rgb, mask)[:, :, [2, 1, 0, 3]]
         for label, params in PNG_SETTINGS.items():
             mt = timeit(lambda: encode_mask_png(mask, params), r)
-            ct = timeit(lambda: encode_cutout_png(rgb, mask, params), r)
+            ct = timeit(lambda: images.encode_png_opencv(bgra, params), r)
             ms = len(encode_mask_png(mask, params)) // 1024
-            cs = len(encode_cutout_png(rgb, mask, params)) // 1024
+            cs = len(images.encode_png_opencv(bgra, params)) // 1024
             print(f"   encode {label:22s} mask {mt:7.2f} ms {ms:5d} KB | cutout {ct:7.2f} ms {cs:5d} KB")
+        ct = timeit(lambda: encode_cutout_png(rgb, mask), r)
+        cs = len(encode_cutout_png(rgb, mask)) // 1024
+        print(f"   encode {'cut-out as served':22s} {'':22s} | cutout {ct:7.2f} ms {cs:5d} KB "
+              f"({'fpng' if images.fpng else 'OpenCV'})")
 
     print("\n== inference only (ms per image) ==")
     x1 = seg.preprocess(decode_image(data["astronaut 512x512.jpg"]))[None]

@@ -13,18 +13,22 @@ import zlib
 
 import cv2
 import numpy as np
+import PIL.Image
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from maskflow.infra.formats import (
-             CorruptImage,
-             EmptyImage,
-             ImageRejected,
-             TooManyPixels,
-             TruncatedImage,
-             UnsupportedFormat,
-             image_info,
-             sniff_format,
-         )
+    CorruptImage,
+    EmptyImage,
+    ImageRejected,
+    TooManyPixels,
+    TruncatedImage,
+    UnsupportedFormat,
+    image_info,
+    sniff_format,
+)
+from maskflow.infra import images
 from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -420,3 +424,48 @@ def test_encode_rejects_mismatched_shapes():
         encode_cutout_png(pattern(10, 10), np.zeros((10, 11), np.uint8))
     with pytest.raises(ValueError):
         encode_mask_png(np.zeros((10, 10), np.float32))
+
+
+@pytest.fixture(params=["fpng", "opencv"])
+def cutout_encoder(request, monkeypatch):
+    """encode_cutout_png as served (fpng) and as its fallback (OpenCV) writes it."""
+    if request.param == "fpng":
+        assert images.fpng is not None, "the worker extra pins fpng; it must be installed"
+    else:
+        monkeypatch.setattr(images, "fpng", None)
+    return encode_cutout_png
+
+
+def _both_decoders(data: bytes) -> list[np.ndarray]:
+    """RGBA pixels as libpng (OpenCV) and Pillow's own PNG decoder read them."""
+    bgra = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    with PIL.Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "RGBA"
+        pil = np.asarray(im)
+    return [bgra[:, :, [2, 1, 0, 3]], pil]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(height=st.integers(1, 80), width=st.integers(1, 80), seed=st.integers(0, 2**32 - 1),
+       hidden=st.floats(0, 1))
+def test_cutout_decodes_to_the_photo_where_visible_and_zero_elsewhere(cutout_encoder, height, width,
+                                                                      seed, hidden):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (height, width, 3), np.uint8)
+    mask = rng.integers(0, 256, (height, width), np.uint8)
+    mask[rng.random((height, width)) < hidden] = 0
+    visible = mask > 0
+    for back in _both_decoders(cutout_encoder(rgb, mask)):
+        assert back.shape == (height, width, 4)
+        assert np.array_equal(back[:, :, 3], mask)
+        assert np.array_equal(back[:, :, :3][visible], rgb[visible])
+        assert not back[~visible].any()
+
+
+def test_cutout_of_a_real_photo_with_either_encoder(cutout_encoder):
+    with open(os.path.join(PHOTOS, "coffee.jpg"), "rb") as f:
+        rgb = decode_image(f.read())
+    mask = np.zeros(rgb.shape[:2], np.uint8)
+    mask[50:300, 100:500] = np.linspace(0, 255, 400, dtype=np.uint8)
+    for back in _both_decoders(cutout_encoder(rgb, mask)):
+        assert np.array_equal(back, images.cutout_rgba(rgb, mask))
