@@ -323,7 +323,13 @@ class Segmenter:
         interp = cv2.INTER_LINEAR if m.output_resize == "bilinear" else cv2.INTER_NEAREST
         if prob.shape != (h, w):
             prob = cv2.resize(prob, (w, h), interpolation=interp)
-        return (np.clip(prob, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        # In place (prob is our own copy), and minimum/maximum rather than np.clip: the same
+        # float32 arithmetic, so the same mask bytes, in less time.
+        np.minimum(prob, 1.0, out=prob)
+        np.maximum(prob, 0.0, out=prob)
+        prob *= 255.0
+        prob += 0.5
+        return prob.astype(np.uint8)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> H x W uint8 foreground mask (0..255)."""
