@@ -14,6 +14,7 @@ win whatever order the runs finish in.  A run that loses raises ObjectChanged.
 from __future__ import annotations
 
 import urllib.parse
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,8 @@ class Objects(Protocol):
     def get(self, key: str, etag: str = "") -> StoredObject: ...
     def publish(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
                 version: str) -> None: ...
+    def publish_later(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
+                      version: str) -> Future[None]: ...
 
 
 class Model(Protocol):
@@ -65,6 +68,10 @@ def handle_object_created(event: ObjectCreated, ctx: Context) -> Result:
     metadata = {"task-id": ctx.task_id, "source-key": urllib.parse.quote(event.key),
                 "source-etag": source.etag}
     version = normalise_sequencer(event.sequencer)
-    ctx.objects.publish(mask_key, encode_mask_png(mask), "image/png", metadata, version)
-    ctx.objects.publish(output_key, encode_cutout_png(rgb, mask), "image/png", metadata, version)
+    # The mask is written while the cut-out is encoded; both are stored before we return.
+    mask_written = ctx.objects.publish_later(mask_key, encode_mask_png(mask), "image/png", metadata, version)
+    try:
+        ctx.objects.publish(output_key, encode_cutout_png(rgb, mask), "image/png", metadata, version)
+    finally:
+        mask_written.result()
     return Result(output_key, mask_key)
