@@ -32,6 +32,13 @@ class RedisConfig:
     host: str = "127.0.0.1"
     port: int = 6379
     db: int = 0
+    # Redis Sentinel, "host:port" of each (TOML array, or "h1:26379,h2:26379" in the
+    # environment).  Empty: every client talks to host:port.  Set: every client asks the
+    # Sentinels for the master of `master_name` and follows it across failovers, and host:port
+    # is only the address MinIO's notification targets use (MinIO knows no Sentinel), so it
+    # must be a stable address of the master: see README, "Running on a cluster".
+    sentinels: tuple[str, ...] = ()
+    master_name: str = "maskflow"
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,17 @@ def _coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
                     raise ValueError("expected prefix=name pairs")
                 out[pair[0].strip()] = pair[1].strip()
             return out
+        if typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, Ellipsis):
+            # TOML gives an array of strings; the environment "a,b" ("" is the empty list)
+            if isinstance(raw, str):
+                items = [item.strip() for item in raw.split(",")] if raw.strip() else []
+            elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+                items = [item.strip() for item in raw]
+            else:
+                raise ValueError("expected a list of strings")
+            if not all(items):
+                raise ValueError("empty item in list")
+            return tuple(items)
         if typing.get_origin(kind) is tuple:
             parts = raw.split(",") if isinstance(raw, str) else list(raw)
             values = tuple(int(p) for p in parts)
@@ -221,6 +239,15 @@ def _coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config key {key}: bad value {raw!r} ({exc})") from None
     raise ConfigError(f"config key {key}: unsupported type {kind}")  # pragma: no cover
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """"host:port" (or "[v6]:port") -> (host, port); ValueError names what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host, int(port)
 
 
 def _validate(cfg: Config) -> None:
@@ -233,6 +260,15 @@ def _validate(cfg: Config) -> None:
         port = getattr(getattr(cfg, section), name)
         if not 0 < port < 65536:
             raise ConfigError(f"config key {key}: not a TCP port: {port}")
+    for address in cfg.redis.sentinels:
+        try:
+            split_address(address)
+        except ValueError as exc:
+            raise ConfigError(f"config key redis.sentinels: {exc}") from None
+    if cfg.redis.sentinels and (not cfg.redis.master_name or cfg.redis.master_name.strip() != cfg.redis.master_name
+                                or any(c.isspace() or c == "," for c in cfg.redis.master_name)):
+        raise ConfigError(f"config key redis.master_name: the Sentinels' name of the master, without "
+                          f"spaces or commas; got {cfg.redis.master_name!r}")
     if not 0 <= cfg.redis.db <= 15:
         raise ConfigError(f"config key redis.db: must be 0..15, got {cfg.redis.db}")
     # Target ids end MinIO's environment variable names (MINIO_NOTIFY_REDIS_*_<ID>).
@@ -338,6 +374,6 @@ def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
     return new
 
 
-__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace",
+__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "split_address",
            "RedisConfig", "MinioConfig", "ModelConfig", "TaskConfig", "QueueConfig",
            "WorkerConfig", "ApiConfig", "StackConfig"]

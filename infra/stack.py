@@ -246,11 +246,18 @@ class Stack:
 
     # -- up / down ---------------------------------------------------------------------------
     def up(self, app: bool = True) -> None:
-        """Start Redis and MinIO, bootstrap the bucket, then (with app) the API and workers."""
-        _require_loopback("redis.host", self.cfg.redis.host)
+        """Start Redis and MinIO, bootstrap the bucket, then (with app) the API and workers.
+
+        With `redis.sentinels` set, Redis is the operator's (a master, replicas, Sentinels): the
+        stack starts none and finds the master through the Sentinels.
+        """
+        if not self.cfg.redis.sentinels:
+            _require_loopback("redis.host", self.cfg.redis.host)
         _require_loopback("minio.endpoint", _split(self.cfg.minio.endpoint)[0])
         install.resolve_binary(install.MINIO, self.cfg.stack.minio_bin)  # build before starting anything
-        services = [self.redis_service, self.minio_service, self.bootstrap]
+        services = [self.minio_service, self.bootstrap]
+        if not self.cfg.redis.sentinels:
+            services.insert(0, self.redis_service)
         if app:
             _require_loopback("api.host", self.cfg.api.host)
             services.append(self.api_service)

@@ -53,3 +53,38 @@ def test_unknown_section_in_file(tmp_path):
     path.write_text("[redsi]\nport = 1\n")
     with pytest.raises(ConfigError, match="redsi"):
         load_config(path, env={})
+
+
+def test_sentinels_from_file_and_environment(tmp_path):
+    assert load_config(env={}).redis.sentinels == ()
+    path = tmp_path / "maskflow.toml"
+    path.write_text('[redis]\nsentinels = ["10.0.0.5:26379", "sentinel-b:26380"]\nmaster_name = "mf"\n')
+    cfg = load_config(path, env={})
+    assert cfg.redis.sentinels == ("10.0.0.5:26379", "sentinel-b:26380")
+    assert cfg.redis.master_name == "mf"
+    env = {"MASKFLOW_REDIS_SENTINELS": "h1:26379, h2:26379,[::1]:26379"}
+    assert load_config(env=env).redis.sentinels == ("h1:26379", "h2:26379", "[::1]:26379")
+    assert load_config(env={"MASKFLOW_REDIS_SENTINELS": ""}).redis.sentinels == ()
+    # env_for round-trips the list, the empty one included
+    for cfg in (load_config(path, env={}), load_config(env={})):
+        assert load_config(env=env_for(cfg)) == cfg
+
+
+@pytest.mark.parametrize("env", [
+    {"MASKFLOW_REDIS_SENTINELS": "h1"},
+    {"MASKFLOW_REDIS_SENTINELS": "h1:26379,,h2:26379"},
+    {"MASKFLOW_REDIS_SENTINELS": "h1:0"},
+    {"MASKFLOW_REDIS_SENTINELS": ":26379"},
+    {"MASKFLOW_REDIS_SENTINELS": "h1:26379", "MASKFLOW_REDIS_MASTER_NAME": ""},
+    {"MASKFLOW_REDIS_SENTINELS": "h1:26379", "MASKFLOW_REDIS_MASTER_NAME": "my master"},
+])
+def test_bad_sentinels_name_the_key(env):
+    with pytest.raises(ConfigError, match=r"redis\.(sentinels|master_name)"):
+        load_config(env=env)
+
+
+def test_sentinels_in_file_must_be_strings(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[redis]\nsentinels = [26379]\n")
+    with pytest.raises(ConfigError, match=r"redis\.sentinels"):
+        load_config(path, env={})
