@@ -3,6 +3,7 @@
     from maskflow.infra.client import Client, TaskFailed
     c = Client("http://127.0.0.1:8000", token=None)
     task_id = c.submit("photo.jpg")            # multipart upload through the API
+    task_id = c.submit("shoe.jpg", model="general")  # a named model (c.models() lists them)
     task = c.wait(task_id)                     # 2 s polls, at most 150 (the original semantics)
     c.download(task, "out", "photo")          # out/photo.png (cut-out), out/photo.mask.png (mask)
 
@@ -123,18 +124,21 @@ class Client:
         return doc
 
     # -- submitting ---------------------------------------------------------------------------
-    def submit(self, path: str | os.PathLike) -> str:
-        """Upload through the API (multipart field `file`); returns the task id."""
+    def submit(self, path: str | os.PathLike, model: str | None = None) -> str:
+        """Upload through the API (multipart field `file`, and `model` if given); returns the
+        task id.  Without a model the task gets the API's default (GET /api/v1/models)."""
         path = Path(path)
         with open(path, "rb") as f:
             data = f.read()
         ctype = sniff_content_type(data, path.name) or "application/octet-stream"
         doc = self._request("POST", f"{API}/tasks/segmentation",
+                            data={"model": model} if model else None,
                             files={"file": (path.name, data, ctype)})
         return doc["task_id"]
 
-    def submit_presigned(self, path: str | os.PathLike) -> str:
-        """Ask for a presigned POST policy, then upload straight to MinIO; returns the task id."""
+    def submit_presigned(self, path: str | os.PathLike, model: str | None = None) -> str:
+        """Ask for a presigned POST policy (naming `model` if given, which the policy then
+        binds), then upload straight to MinIO; returns the task id."""
         path = Path(path)
         data = path.read_bytes()
         ctype = sniff_content_type(data, path.name)
@@ -142,7 +146,9 @@ class Client:
             raise ClientError("not an image (unrecognised format)", 415,
                               "unsupported_media_type")
         grant = self._request("POST", f"{API}/uploads",
-                              json={"filename": path.name, "content_type": ctype, "size": len(data)})
+                              json={"filename": path.name, "content_type": ctype, "size": len(data),
+                                    **({"model": model} if model else {})})
+        # The fields carry everything the policy demands, x-amz-meta-model included.
         fields = dict(grant.get("fields") or {})
         fields.setdefault("Content-Type", ctype)
         try:
@@ -158,6 +164,10 @@ class Client:
         return grant["task_id"]
 
     # -- reading ------------------------------------------------------------------------------
+    def models(self) -> list[dict]:
+        """The models a task may name: [{name, input_size, good_for, license, source, default}]."""
+        return self._request("GET", f"{API}/models")["models"]
+
     def get(self, task_id: str, wait: float | None = None) -> dict:
         """The task (design 4.2 shape); with `wait`, the API holds the answer until it is done."""
         params = {"wait": f"{min(wait, MAX_SERVER_WAIT):g}"} if wait else None
