@@ -1,25 +1,29 @@
 """`maskflow batch`: upload a folder, show progress, mirror the results into --out.
 
-A re-run skips files whose results are already in --out.
+A re-run skips files whose results are already in --out, made by the model it asks for.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from maskflow.infra.cli.console import EXIT_FAILED, EXIT_OK, UsageError
 from maskflow.infra.console import say
 from maskflow.infra.cli.progress import Progress
 from maskflow.infra.cli.tasks import api_client, unique_stems
 from maskflow.infra.cli.upload import STATE_FILE, upload_through_api, upload_to_minio
-from maskflow.infra.client import Client, result_paths
+from maskflow.infra.client import Client, atomic_write, result_paths
 from maskflow.infra.config import Config
 from maskflow.infra.formats import SUPPORTED_FORMATS
 
 # Short spellings accepted besides .<format> (photo.jpg, scan.tif).
 _SHORT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
+# In --out: the model each result there was asked of, for results that named one.
+MODELS_FILE = ".maskflow-models.json"
 
 
 @dataclass
@@ -46,18 +50,22 @@ def batch(args, cfg: Config) -> int:
         raise UsageError(f"{root}: no image files ({', '.join(sorted(suffixes))})")
     stems = result_stems(rels)
     items = [Item(rel, root / rel, stems[rel]) for rel in rels]
-    todo = [i for i in items if not _done_locally(out, i.stem)]
+    model = args.model or ""
+    made_by = ResultModels(out)
+    todo = [i for i in items if not (_done_locally(out, i.stem) and made_by.get(i.stem) == model)]
     client = api_client(args, cfg)
     _check_api(client)
     say(f"batch input/{name}/: {len(items)} images"
+        + (f", model {model}" if model else "")
         + (f" ({skipped} other files ignored)" if skipped else "")
         + (f", {len(items) - len(todo)} already done in {out}, skipping them" if out else ""))
     if todo:
         if args.via == "s3":
-            upload_to_minio(todo, cfg, name)
+            upload_to_minio(todo, cfg, name, model)
         else:
-            upload_through_api(todo, client, (out or root) / STATE_FILE)
-        _poll_until_done(todo, client, out, cfg, args.via)
+            upload_through_api(todo, client, (out or root) / STATE_FILE, model)
+        _poll_until_done(todo, client, out, cfg, args.via,
+                         on_download=lambda item: made_by.record(item.stem, model))
     failures = [i for i in todo if i.error is not None]
     say(f"batch input/{name}/: {len(items) - len(failures)} completed, {len(failures)} failed"
         + (f"; results in {out}" if out else ""))
@@ -122,9 +130,41 @@ def _done_locally(out: Path | None, stem: str) -> bool:
     return all(p.is_file() for p in result_paths(out, stem))
 
 
+class ResultModels:
+    """The model each result in --out was asked of ('' for none), kept in MODELS_FILE there,
+    so that a re-run asking for another model does not take those results for done.
+
+    Results that named no model are not listed (a batch that never names one writes no file).
+    An entry is written after its results, so an interrupt in between means doing it again.
+    """
+
+    def __init__(self, out: Path | None):
+        self.path = out / MODELS_FILE if out is not None else None
+        self.models: dict[str, str] = {}
+        if self.path is not None:
+            try:
+                loaded = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                loaded = {}
+            if isinstance(loaded, dict):
+                self.models = {k: v for k, v in loaded.items() if isinstance(v, str)}
+
+    def get(self, stem: str) -> str:
+        return self.models.get(stem, "")
+
+    def record(self, stem: str, model: str) -> None:
+        if self.path is None or self.get(stem) == model:
+            return
+        if model:
+            self.models[stem] = model
+        else:
+            self.models.pop(stem, None)
+        atomic_write(self.path, [json.dumps(self.models, indent=1, sort_keys=True).encode()])
+
+
 # -- waiting --------------------------------------------------------------------------------------
 def _poll_until_done(items: list[Item], client: Client, out: Path | None, cfg: Config,
-                      via: str) -> None:
+                      via: str, on_download: Callable[[Item], None] | None = None) -> None:
     """Poll every unfinished item each round, downloading results as they complete."""
     pending = [i for i in items if i.error is None]
     failed = done = len(items) - len(pending)  # files the API rejected at upload
@@ -146,6 +186,8 @@ def _poll_until_done(items: list[Item], client: Client, out: Path | None, cfg: C
                     continue
                 if status == "completed" and out is not None:
                     client.download(task, out, item.stem)
+                    if on_download:
+                        on_download(item)
                 if status == "failed":
                     item.error = task.get("error") or "failed"
                     failed += 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from maskflow.infra.catalog import DEFAULT, NAMES
 from maskflow.infra.cli import batch, serve, tasks
 
 DESCRIPTION = "`maskflow`: one entry point for running the stack and using it."
@@ -45,6 +46,13 @@ def _api_options() -> argparse.ArgumentParser:
     return options
 
 
+def _add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--model", choices=NAMES, metavar="NAME",
+                        help=f"the model {what}: {', '.join(NAMES)} (`GET /api/v1/models` says "
+                             f"what each is good at; default: {DEFAULT}, or what the server's "
+                             f"models.by_prefix names for the key)")
+
+
 def _add_submit(commands, api_options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "submit", parents=[api_options], help="upload images through the API (and wait for results)",
@@ -56,6 +64,7 @@ def _add_submit(commands, api_options: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="download results into DIR (implies --wait)")
     parser.add_argument("--presigned", action="store_true",
                         help="upload straight to MinIO with a presigned POST from the API")
+    _add_model_option(parser, "to segment every IMAGE with")
     parser.set_defaults(run=tasks.submit)
 
 
@@ -85,4 +94,6 @@ def _add_batch(commands, api_options: argparse.ArgumentParser) -> None:
     parser.add_argument("--via", choices=("s3", "api"), default="s3",
                         help="upload straight to MinIO with the config's credentials (s3, the "
                              "default, like mc mirror) or through the API (api)")
+    _add_model_option(parser, "to segment every image with (with --via s3, set as each "
+                              "object's user metadata model=NAME)")
     parser.set_defaults(run=batch.batch)

@@ -51,7 +51,8 @@ def submit(args, cfg: Config) -> int:
     submitted: list[tuple[Path, str, str]] = []
     for path, stem in zip(paths, unique_stems(paths)):
         try:
-            task_id = client.submit_presigned(path) if args.presigned else client.submit(path)
+            send = client.submit_presigned if args.presigned else client.submit
+            task_id = send(path, model=args.model)
         except ClientError as exc:
             if not exc.rejected:
                 raise
@@ -109,6 +110,7 @@ def _print_task(task: dict, as_json: bool) -> int:
     else:
         result = task.get("result") or {}
         rows = [("task_id", task.get("task_id")), ("status", task.get("status")),
+                ("model", task.get("model")),  # only tasks that named one show it
                 ("created_at", task.get("created_at")), ("completed_at", task.get("completed_at")),
                 ("cut-out", result.get("segmented_image_url")), ("mask", result.get("mask_image_url")),
                 ("error", task.get("error"))]

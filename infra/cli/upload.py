@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maskflow.infra.catalog import METADATA_KEY
 from maskflow.infra.cli.console import UsageError
 from maskflow.infra.cli.progress import Progress
 from maskflow.infra.client import Client, ClientError, atomic_write, sniff_content_type
@@ -24,8 +25,11 @@ STATE_FILE = ".maskflow-batch.json"
 
 
 # -- straight to MinIO ----------------------------------------------------------------------------
-def upload_to_minio(items: list[Item], cfg: Config, batch_name: str) -> None:
-    """Put each file at input/<batch_name>/<rel> like `mc mirror`: identical objects are skipped."""
+def upload_to_minio(items: list[Item], cfg: Config, batch_name: str, model: str | None = None) -> None:
+    """Put each file at input/<batch_name>/<rel> like `mc mirror`: identical objects are skipped.
+
+    With `model`, each object carries the user metadata model=NAME (x-amz-meta-model), which
+    the worker reads from the event."""
     from minio.error import S3Error
 
     from maskflow.infra.objects import ObjectStore
@@ -35,7 +39,7 @@ def upload_to_minio(items: list[Item], cfg: Config, batch_name: str) -> None:
         for n, item in enumerate(items, 1):
             item.key = f"input/{batch_name}/{item.rel}"
             try:
-                _mirror(store, item)
+                _mirror(store, item, model)
             except S3Error as exc:
                 raise UsageError(f"MinIO at {cfg.minio.endpoint} refused {item.key}: {exc.code}") from None
             except OSError as exc:  # urllib3 connection errors are OSErrors too
@@ -46,15 +50,23 @@ def upload_to_minio(items: list[Item], cfg: Config, batch_name: str) -> None:
         bar.close()
 
 
-def _mirror(store: ObjectStore, item: Item) -> None:
-    """Upload the file unless the bucket holds the same bytes under its key already."""
+def _mirror(store: ObjectStore, item: Item, model: str | None = None) -> None:
+    """Upload the file unless the bucket holds the same bytes under its key already, asking
+    for the same model (none, or the same name): a different model means a new task."""
     existing = _stat(store, item.key)
-    if existing is not None and (existing.etag or "").strip('"') == _md5(item.path):
+    if (existing is not None and (existing.etag or "").strip('"') == _md5(item.path)
+            and _stored_model(existing) == (model or "")):
         return
     if existing is not None:
         item.fresh_after = utc_iso()
     store.client.fput_object(store.bucket, item.key, str(item.path),
-                             content_type=_content_type(item.path))
+                             content_type=_content_type(item.path),
+                             metadata={METADATA_KEY: model} if model else None)
+
+
+def _stored_model(stat) -> str:
+    """The model an object asks for in its user metadata; '' when it names none."""
+    return (stat.metadata or {}).get(f"x-amz-meta-{METADATA_KEY}", "")
 
 
 def _stat(store: ObjectStore, key: str):
@@ -95,7 +107,8 @@ class StateFile:
             self.state = {"api_url": api_url, "tasks": {}}
 
     def task_id(self, rel: str, signature: str) -> str | None:
-        """The task of this file, unless the file changed since it was submitted."""
+        """The task of this file, unless the file (or the model asked for) changed since it
+        was submitted."""
         known = self.state["tasks"].get(rel)
         return known["task_id"] if known and known.get("sig") == signature else None
 
@@ -104,18 +117,20 @@ class StateFile:
         atomic_write(self.path, [json.dumps(self.state).encode()])
 
 
-def upload_through_api(items: list[Item], client: Client, state_path: Path) -> None:
-    """Submit each file through the API, or reuse its task from an earlier run."""
+def upload_through_api(items: list[Item], client: Client, state_path: Path,
+                       model: str | None = None) -> None:
+    """Submit each file through the API (with `model` if given), or reuse its task from an
+    earlier run that asked for the same model."""
     state = StateFile(state_path, client.api_url)
     bar = Progress("upload", len(items))
     try:
         for n, item in enumerate(items, 1):
             st = item.path.stat()
-            signature = f"{st.st_size}:{st.st_mtime_ns}"
+            signature = f"{st.st_size}:{st.st_mtime_ns}" + (f":{model}" if model else "")
             item.task_id = state.task_id(item.rel, signature)
             if item.task_id is None:
                 try:
-                    item.task_id = client.submit(item.path)
+                    item.task_id = client.submit(item.path, model=model)
                 except ClientError as exc:
                     if not exc.rejected:
                         raise
