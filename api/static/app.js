@@ -1,4 +1,5 @@
 // maskflow web page: presigned POST straight to MinIO, then long-poll the task.
+// The model selector lists GET /api/v1/models; the chosen one is signed into the upload.
 "use strict";
 
 const API = "/api/v1";
@@ -7,9 +8,18 @@ const tokenInput = document.getElementById("token");
 const drop = document.getElementById("drop");
 const picker = document.getElementById("picker");
 const list = document.getElementById("files");
+const modelSelect = document.getElementById("model");
+const modelHelp = document.getElementById("model-help");
+let models = [];
+let modelsRequest = 0; // only the newest listing counts (the token may change meanwhile)
+let modelsTimer = null;
 
 tokenInput.value = localStorage.getItem(TOKEN_KEY) || "";
-tokenInput.addEventListener("input", () => localStorage.setItem(TOKEN_KEY, tokenInput.value.trim()));
+tokenInput.addEventListener("input", () => {
+  localStorage.setItem(TOKEN_KEY, tokenInput.value.trim());
+  clearTimeout(modelsTimer);
+  modelsTimer = setTimeout(loadModels, 300); // the listing needs the token too
+});
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -39,11 +49,44 @@ async function api(method, path, body) {
   return doc;
 }
 
+function showModelHelp(problem) {
+  const m = models.find((x) => x.name === modelSelect.value);
+  modelHelp.classList.toggle("problem", Boolean(problem));
+  modelHelp.textContent = problem || (m ? m.good_for : "");
+}
+
+async function loadModels() {
+  const n = ++modelsRequest;
+  let doc;
+  try {
+    doc = await api("GET", "/models");
+  } catch (e) {
+    if (n === modelsRequest && !models.length) showModelHelp("models not listed: " + e.message);
+    return;
+  }
+  if (n !== modelsRequest) return;
+  const chosen = modelSelect.value;
+  models = doc.models;
+  modelSelect.innerHTML = "";
+  for (const m of models) {
+    const opt = document.createElement("option");
+    opt.value = m.name;
+    opt.textContent = m.name + (m.default ? " (default)" : "");
+    opt.title = m.good_for;
+    modelSelect.append(opt);
+  }
+  modelSelect.value = models.some((m) => m.name === chosen) ? chosen : doc.default;
+  modelSelect.disabled = false;
+  showModelHelp();
+}
+
+modelSelect.addEventListener("change", () => showModelHelp());
+
 function row(file) {
   const li = document.createElement("li");
   li.className = "file";
   li.innerHTML = '<div class="head"><span class="name"></span><span class="status"></span>' +
-                 '<span class="task"></span></div><p class="error" hidden></p>' +
+                 '<span class="task"></span><span class="model"></span></div><p class="error" hidden></p>' +
                  '<div class="results" hidden></div>';
   li.querySelector(".name").textContent = file.name;
   list.prepend(li);
@@ -59,6 +102,7 @@ function row(file) {
       this.status("failed");
     },
     task(id) { li.dataset.taskId = id; li.querySelector(".task").textContent = id; },
+    model(name) { li.dataset.model = name; li.querySelector(".model").textContent = "model " + name; },
     results(r) {
       const box = li.querySelector(".results");
       box.innerHTML = "";
@@ -78,11 +122,14 @@ function row(file) {
 
 async function process(file) {
   const ui = row(file);
+  const model = modelSelect.value; // "" until the listing loaded: the API's default
   try {
     ui.status("uploading");
-    const grant = await api("POST", "/uploads", {
+    const request = {
       filename: file.name, content_type: file.type || "application/octet-stream", size: file.size,
-    });
+    };
+    if (model) request.model = model; // the grant's fields then carry x-amz-meta-model
+    const grant = await api("POST", "/uploads", request);
     ui.task(grant.task_id);
     const form = new FormData();
     for (const [k, v] of Object.entries(grant.fields)) form.append(k, v);
@@ -102,7 +149,11 @@ async function process(file) {
     for (;;) {
       const task = await api("GET", "/tasks/" + encodeURIComponent(grant.task_id) + "?wait=20");
       ui.status(task.status);
-      if (task.status === "completed") { ui.results(task.result); return; }
+      if (task.status === "completed") {
+        if (task.model) ui.model(task.model);
+        ui.results(task.result);
+        return;
+      }
       if (task.status === "failed") { ui.error(task.error || "failed"); return; }
     }
   } catch (e) {
@@ -122,3 +173,4 @@ for (const ev of ["dragleave", "drop"]) {
   drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
 }
 drop.addEventListener("drop", (e) => handle(e.dataTransfer.files));
+loadModels();
