@@ -37,6 +37,11 @@ MINIO = GoPin("minio", "github.com/minio/minio", "v0.0.0-20260212201848-7aac2a2c
               "commit 7aac2a2c5b7c (2026-02-12)")
 MC = GoPin("mc", "github.com/minio/mc", "v0.0.0-20250313080218-cf909e1063a9",
            "commit cf909e1063a9 (2025-03-13)")
+# Offline validation of infra/k8s (tests/unit/test_k8s.py): kustomize renders, kubeconform
+# checks the result against the schemas vendored in infra/k8s/schemas/.  kustomize v5.8.2 is
+# the newest release whose go.mod accepts Go 1.26 (v5.8.3 needs 1.27).
+KUBECONFORM = GoPin("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0", "v0.8.0")
+KUSTOMIZE = GoPin("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.2", "v5.8.2")
 REDIS_DEBIAN_PACKAGE = "redis-server"
 
 
