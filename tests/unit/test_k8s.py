@@ -1,0 +1,383 @@
+"""infra/k8s, offline: rendered by the pinned kustomize, validated by the pinned kubeconform against
+the schemas vendored in infra/k8s/schemas/, and checked against the config the way
+test_compose.py checks docker-compose.yml.
+
+kustomize and kubeconform are built by infra/install.py (once; cached in ~/.cache/maskflow/bin).
+A tool that cannot be built is an error of these tests, never a skip.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import falcon.testing
+import pytest
+import redis
+import yaml
+
+from conftest import REPO
+from maskflow.api.app import build_deps, create_app
+from maskflow.infra import install
+from maskflow.infra.bootstrap import load_rules, notify_env, redis_target_arn
+from maskflow.infra.config import ENV_PREFIX, env_for, load_config, replace
+from maskflow.infra.queue import EventQueue
+from maskflow.infra.stack import free_port, wait_until
+
+K8S = REPO / "infra" / "k8s"
+SCHEMAS = K8S / "schemas"
+TARGETS = {"base": K8S / "base", "small": K8S / "overlays" / "small"}
+KINDS = {"ConfigMap", "Service", "Deployment", "Job", "ScaledObject"}
+# Config keys that are credentials: only ever from a Secret.
+SECRET_ENV = {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY", "MASKFLOW_API_TOKEN"}
+
+
+def _schema_pins():
+    spec = importlib.util.spec_from_file_location("make_schemas", SCHEMAS / "make_schemas.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PINS = _schema_pins()
+
+
+@pytest.fixture(scope="module")
+def kustomize() -> Path:
+    return install.go_install(install.KUSTOMIZE)
+
+
+@pytest.fixture(scope="module")
+def kubeconform() -> Path:
+    return install.go_install(install.KUBECONFORM)
+
+
+def render(kustomize: Path, target: Path) -> str:
+    proc = subprocess.run([str(kustomize), "build", str(target)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def rendered(kustomize) -> dict[str, list[dict]]:
+    return {name: list(yaml.safe_load_all(render(kustomize, path))) for name, path in TARGETS.items()}
+
+
+def validate(kubeconform: Path, docs: list[dict], tmp_path: Path) -> tuple[int, dict]:
+    """kubeconform, strict, schemas from the vendored folders only; missing schemas are errors."""
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    proc = subprocess.run(
+        [str(kubeconform), "-strict", "-summary", "-verbose", "-output", "json",
+         "-kubernetes-version", PINS.KUBERNETES,
+         "-schema-location",
+         str(SCHEMAS / "{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}"
+                       "/{{ .ResourceKind }}{{ .KindSuffix }}.json"),
+         "-schema-location", str(SCHEMAS / "keda" / "{{ .ResourceKind }}{{ .KindSuffix }}.json"),
+         str(manifest)],
+        capture_output=True, text=True)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+def container(docs: list[dict], kind: str, name: str) -> dict:
+    containers = one(docs, kind, name)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def environment(docs: list[dict], c: dict) -> dict[str, str]:
+    """A container's MASKFLOW_* environment, credentials as placeholders (checked elsewhere)."""
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for var in c.get("env", []):
+        if var["name"].startswith(ENV_PREFIX):
+            env[var["name"]] = var.get("value", "from-a-secret")
+    return env
+
+
+def workloads(docs: list[dict]) -> list[tuple[str, dict]]:
+    return [(d["metadata"]["name"], c) for d in docs if d["kind"] in ("Deployment", "Job")
+            for c in d["spec"]["template"]["spec"]["containers"]]
+
+
+# -- schemas --------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_manifests_validate_strictly_against_the_vendored_schemas(target, rendered, kubeconform, tmp_path):
+    docs = rendered[target]
+    code, report = validate(kubeconform, docs, tmp_path)
+    statuses = {(r["kind"], r["name"]): r["status"] for r in report["resources"]}
+    assert code == 0, report
+    assert set(statuses.values()) == {"statusValid"}, statuses
+    assert report["summary"]["skipped"] == 0 and len(statuses) == len(docs) == 7
+    assert {kind for kind, _ in statuses} == KINDS
+
+
+def test_validation_fails_on_a_wrong_field_a_wrong_type_or_an_unknown_kind(rendered, kubeconform, tmp_path):
+    docs = copy.deepcopy(rendered["small"])
+    one(docs, "Deployment", "maskflow-worker")["spec"]["template"]["spec"]["terminationGracePeriod"] = 120
+    one(docs, "ScaledObject", "maskflow-worker")["spec"]["triggers"][0]["metadata"]["listLength"] = 20
+    docs.append({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x"},
+                 "spec": {"maxUnavailable": 1}})
+    code, report = validate(kubeconform, docs, tmp_path)
+    bad = {r["kind"]: r for r in report["resources"] if r["status"] != "statusValid"}
+    assert code != 0
+    assert set(bad) == {"Deployment", "ScaledObject", "PodDisruptionBudget"}
+    assert "terminationGracePeriod" in bad["Deployment"]["msg"]
+    assert "listLength" in bad["ScaledObject"]["msg"]
+    assert bad["PodDisruptionBudget"]["status"] == "statusError"  # no schema is an error, not a skip
+
+
+def test_schemas_are_the_pinned_ones():
+    folders = sorted(p.name for p in SCHEMAS.iterdir() if p.is_dir())
+    assert folders == ["keda", f"v{PINS.KUBERNETES}-standalone-strict"]
+    names = {p.name for p in (SCHEMAS / folders[1]).glob("*.json")}
+    assert names == {PINS.file_name(kind, api) for kind, api in PINS.KINDS}
+    keda = json.loads((SCHEMAS / "keda" / "scaledobject-keda-v1alpha1.json").read_text())
+    assert PINS.KEDA in keda["$comment"]
+    for name in names:
+        schema = json.loads((SCHEMAS / folders[1] / name).read_text())
+        assert f"kubernetes-validate {PINS.KUBERNETES_VALIDATE}" in schema["$comment"]
+        # standalone: kubeconform must never need the network to resolve a reference
+        assert not re.search(r'"\$ref": "(?!#)', json.dumps(schema)), name
+
+
+# -- agreement with the config --------------------------------------------------------------
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_environment_is_valid_config(target, rendered):
+    docs = rendered[target]
+    names = set(env_for(load_config(env={})))
+    for workload, c in workloads(docs):
+        env = environment(docs, c)
+        assert set(env) <= names, f"{workload}: not config keys: {set(env) - names}"
+        cfg = load_config(env=env)  # malformed values fail here
+        assert cfg.api.host == "0.0.0.0", "the API must listen beyond the pod's loopback"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_scaling_follows_the_configured_events_list(target, rendered):
+    docs = rendered[target]
+    worker = container(docs, "Deployment", "maskflow-worker")
+    env = environment(docs, worker)
+    cfg = load_config(env=env)
+    scaled = one(docs, "ScaledObject", "maskflow-worker")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == one(docs, "Deployment", "maskflow-worker")["metadata"]["name"]
+    assert "replicas" not in one(docs, "Deployment", "maskflow-worker")["spec"], "KEDA owns the count"
+    assert scaled["minReplicaCount"] == 0 and scaled["maxReplicaCount"] >= 1
+    assert scaled["cooldownPeriod"] > 0
+    [trigger] = scaled["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "redis"
+    # the list MinIO writes to, as the workers are configured and as the config's default
+    assert meta["listName"] == cfg.queue.events_key == load_config(env={}).queue.events_key
+    assert int(meta["listLength"]) > 0
+    # KEDA reads the Redis address from the worker container's own environment
+    names = env_for(load_config(env={}))
+    assert meta["hostFromEnv"] in names and meta["portFromEnv"] in names
+    assert env[meta["hostFromEnv"]] == cfg.redis.host
+    assert int(env[meta["portFromEnv"]]) == cfg.redis.port
+    assert int(meta["databaseIndex"]) == cfg.redis.db
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_bucket_targets_and_ports_agree_with_the_config(target, rendered):
+    docs = rendered[target]
+    defaults = load_config(env={})
+    api = container(docs, "Deployment", "maskflow-api")
+    cfg = load_config(env=environment(docs, api))
+    assert cfg.minio.bucket == defaults.minio.bucket == "ai-segmentation"
+    assert (cfg.queue.target_id, cfg.queue.fast_target_id) == \
+           (defaults.queue.target_id, defaults.queue.fast_target_id)
+    assert [rule.arn for rule in load_rules(cfg, REPO / "minio-notify.json")] == \
+           [redis_target_arn(cfg.queue.target_id), redis_target_arn(cfg.queue.fast_target_id)]
+    [port] = api["ports"]
+    assert port["containerPort"] == cfg.api.port == defaults.api.port
+    service = one(docs, "Service", "maskflow-api")["spec"]
+    [sport] = service["ports"]
+    assert sport["targetPort"] == port["name"] and sport["port"] == cfg.api.port
+    assert service["selector"].items() <= \
+        one(docs, "Deployment", "maskflow-api")["spec"]["template"]["metadata"]["labels"].items()
+    # every workload sees the same config (only the API needs its token)
+    configs = [replace(load_config(env=environment(docs, c)), api={"token": ""}) for _, c in workloads(docs)]
+    assert all(other == configs[0] for other in configs)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_credentials_only_from_secrets(target, rendered):
+    docs = rendered[target]
+    assert "Secret" not in {d["kind"] for d in docs}
+    for workload, c in workloads(docs):
+        for var in c.get("env", []):
+            if var["name"] in SECRET_ENV:
+                assert set(var) == {"name", "valueFrom"} and "secretKeyRef" in var["valueFrom"], workload
+        for source in c.get("envFrom", []):
+            data = one(docs, "ConfigMap", source["configMapRef"]["name"])["data"]
+            assert not set(data) & SECRET_ENV
+    text = "\n".join(p.read_text() for p in K8S.rglob("*") if p.suffix in (".yaml", ".md", ".py"))
+    assert "minioadmin" not in text
+    for name in ("api", "worker", "bootstrap"):
+        env = {v["name"] for v in container(docs, "Deployment" if name != "bootstrap" else "Job",
+                                            f"maskflow-{name}").get("env", [])}
+        assert {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY"} <= env
+
+
+# -- commands and probes are real -----------------------------------------------------------
+def test_commands_are_the_packages_modules_in_the_right_images(rendered):
+    docs = rendered["small"]
+    dockerfile = (REPO / "infra/docker/app.Dockerfile").read_text()
+    assert re.search(r"^FROM .* AS app\nWORKDIR /app$", dockerfile, flags=re.M)
+    assert re.search(r"^FROM app AS worker$", dockerfile, flags=re.M)
+    expected = {"maskflow-api": (["python", "-m", "maskflow.api"], "maskflow-app"),
+                "maskflow-bootstrap": (["python", "-m", "maskflow.infra.bootstrap"], "maskflow-app"),
+                "maskflow-worker": (["python", "-m", "maskflow.functions", "--id", "$(WORKER_ID)"],
+                                    "maskflow-worker")}
+    for workload, c in workloads(docs):
+        command, image = expected[workload]
+        assert c["command"] == command and c["image"].split(":")[0] == image
+        assert c["workingDir"] == "/app"
+        module = command[2]
+        assert importlib.util.find_spec(f"{module}.__main__" if module != "maskflow.infra.bootstrap" else module)
+    # $(WORKER_ID) is expanded by the kubelet from the pod's name
+    worker = container(docs, "Deployment", "maskflow-worker")
+    [var] = [v for v in worker["env"] if v["name"] == "WORKER_ID"]
+    assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    helped = subprocess.run([sys.executable, "-m", "maskflow.functions", "--help"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert helped.returncode == 0 and "--id" in helped.stdout
+
+
+def test_api_probes_are_real_routes(rendered):
+    api = container(rendered["small"], "Deployment", "maskflow-api")
+    assert api["livenessProbe"]["httpGet"]["port"] == api["readinessProbe"]["httpGet"]["port"] == "http"
+    cfg = replace(load_config(env={}), redis={"port": free_port()},
+                  minio={"endpoint": f"127.0.0.1:{free_port()}"})
+    client = falcon.testing.TestClient(create_app(build_deps(cfg)))
+    assert client.simulate_get(api["livenessProbe"]["httpGet"]["path"]).status_code == 200
+    # Redis and MinIO are closed ports here: the readiness route exists and says not ready
+    ready = client.simulate_get(api["readinessProbe"]["httpGet"]["path"])
+    assert ready.status_code == 503 and ready.json["status"] == "not_ready"
+
+
+def test_grace_period_covers_the_retry_budget(rendered):
+    """Handler and settle each retry for the whole transient-fault budget (functions/runtime.py)."""
+    worker = one(rendered["small"], "Deployment", "maskflow-worker")["spec"]["template"]["spec"]
+    cfg = load_config(env=environment(rendered["small"], worker["containers"][0]))
+    w = cfg.worker
+    waits = sum(min(0.5 * 2 ** i, w.retry_max_wait) + 0.5 for i in range(w.retry_attempts - 1))
+    assert 2 * waits + 10 <= worker["terminationGracePeriodSeconds"] <= cfg.task.timeout
+
+
+# -- the worker probe, run on a real Redis and a real worker ---------------------------------
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory):
+    port = free_port()
+    proc = subprocess.Popen([str(install.redis_server()), "--bind", "127.0.0.1", "--port", str(port),
+                             "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    try:
+        wait_until(r.ping, "redis-server", timeout=20, proc=proc)
+        yield port, r
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def probe(rendered, tmp_path, private_redis):
+    """probe(mode, worker_id, port=...) -> exit code of the worker probe as deployed."""
+    docs = rendered["small"]
+    worker = container(docs, "Deployment", "maskflow-worker")
+    [mount] = worker["volumeMounts"]
+    [volume] = one(docs, "Deployment", "maskflow-worker")["spec"]["template"]["spec"]["volumes"]
+    assert volume["name"] == mount["name"]
+    files = one(docs, "ConfigMap", volume["configMap"]["name"])["data"]
+    script = tmp_path / "worker_probe.py"
+    script.write_text(files[script.name])
+    commands = {worker[kind]["exec"]["command"][-1]: worker[kind]["exec"]["command"]
+                for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert set(commands) == {"live", "ready"}
+    assert all(cmd[:2] == ["python", f"{mount['mountPath']}/{script.name}"] for cmd in commands.values())
+
+    def run(mode: str, worker_id: str, port: int = private_redis[0]) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(environment(docs, worker), MASKFLOW_REDIS_HOST="127.0.0.1",
+                   MASKFLOW_REDIS_PORT=str(port), WORKER_ID=worker_id)
+        return subprocess.run([sys.executable, str(script), *commands[mode][2:]], env=env,
+                              capture_output=True, timeout=30).returncode
+    return run
+
+
+def test_worker_probe_reads_the_heartbeat(probe, private_redis):
+    port, r = private_redis
+    cfg = replace(load_config(env={}), redis={"port": port})
+    queue = EventQueue(r, cfg, "maskflow-worker-abc")
+    assert (probe("live", queue.worker_id), probe("ready", queue.worker_id)) == (1, 1)
+    queue.heartbeat(ready="0")  # models not loaded (yet, or never)
+    assert (probe("live", queue.worker_id), probe("ready", queue.worker_id)) == (0, 1)
+    queue.heartbeat(ready="1")
+    assert (probe("live", queue.worker_id), probe("ready", queue.worker_id)) == (0, 0)
+    assert probe("live", "another-pod") == 1
+    queue.retire()
+    assert probe("live", queue.worker_id) == 1
+    # Redis away: not the worker's fault, so alive, but not ready
+    closed = free_port()
+    assert (probe("live", "x", port=closed), probe("ready", "x", port=closed)) == (0, 1)
+
+
+def test_worker_probe_follows_a_real_worker(rendered, probe, private_redis, tmp_path):
+    """The deployed command, with $(WORKER_ID) as the kubelet expands it; only Redis is needed."""
+    port, _ = private_redis
+    docs = rendered["small"]
+    worker = container(docs, "Deployment", "maskflow-worker")
+    pod = "maskflow-worker-7d9f-x2k4q"
+    argv = [sys.executable if a == "python" else a.replace("$(WORKER_ID)", pod) for a in worker["command"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(environment(docs, worker), MASKFLOW_REDIS_HOST="127.0.0.1", MASKFLOW_REDIS_PORT=str(port),
+               MASKFLOW_WORKER_HEARTBEAT="1", MASKFLOW_WORKER_LEASE="3")
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: probe("ready", pod) == 0, "worker readiness", timeout=60, proc=proc, log=log)
+        assert probe("live", pod) == 0
+        proc.send_signal(signal.SIGTERM)  # finishes (nothing in flight) and deregisters
+        assert proc.wait(timeout=30) == 0
+        assert probe("live", pod) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_readme_tenant_env_is_what_minio_needs(rendered):
+    """Every MinIO node: both Redis targets, the durable one with a queue_dir on its own volume."""
+    text = (K8S / "README.md").read_text()
+    block = re.search(r"<!-- tenant-env:[^>]*-->\n```yaml\n(.*?)```", text, flags=re.S)
+    assert block, "the Tenant block is gone from infra/k8s/README.md"
+    tenant = yaml.safe_load(block.group(1))["spec"]
+    env = {var["name"]: var["value"] for var in tenant["env"]}
+    docs = rendered["small"]
+    cfg = load_config(env=environment(docs, container(docs, "Deployment", "maskflow-worker")))
+    queue_dir = env[f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{cfg.queue.target_id}"]
+    assert {k: v for k, v in env.items() if k.startswith("MINIO_NOTIFY_")} == notify_env(cfg, queue_dir)
+    assert env["MINIO_API_SYNC_EVENTS"] == "on"
+    # on the pod's first volume, beside (not inside) MinIO's drive
+    volume = f"{tenant['mountPath']}0"
+    assert queue_dir.startswith(volume + "/")
+    assert not queue_dir.startswith(f"{volume}/{tenant['subPath'].strip('/')}")
+    assert tenant["pools"][0]["servers"] >= 4
