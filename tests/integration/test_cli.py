@@ -1,5 +1,6 @@
 """Issue 6 acceptance: `maskflow submit/status/batch` and the documented `mc mirror` path,
-run as real processes against a real stack (Redis, MinIO, API, worker) with a token on."""
+run as real processes against a real stack (Redis, MinIO, API, worker) with a token on.
+Issue 14: `--model` on submit and batch, and `mc mirror --attr` as documented."""
 from __future__ import annotations
 
 import os
@@ -15,12 +16,14 @@ import cv2
 import numpy as np
 import pytest
 
-from checks import PHOTOS, make_photos
+from checks import PHOTOS, iou, make_photos, reference_mask
 from conftest import REPO
-from conftest import app_stack
+from conftest import app_stack, wait_for_task
 from maskflow.infra import install
 from maskflow.infra.config import env_for
+from maskflow.infra.objects import ObjectStore
 from maskflow.infra.stack import free_port
+from maskflow.infra.tasks import TaskStore, derive_task_id
 
 TOKEN = "cli-test-token"
 MAX_WAIT = 240.0
@@ -82,6 +85,7 @@ def test_submit_wait_out_writes_cutout_and_mask(stack, tmp_path):
     assert status.returncode == 0, status.stderr
     assert re.search(r"^status\s+completed$", status.stdout, re.M)
     assert "mask" in status.stdout and "http" in status.stdout
+    assert not re.search(r"^model", status.stdout, re.M)  # it named none
 
 
 def test_submit_presigned_and_status_by_key(stack, tmp_path):
@@ -239,3 +243,120 @@ def test_documented_mc_mirror_commands_process_100_photos(stack, tmp_path):
         _check_pair(tmp_path / "results/output" / f"{rel}.png",
                     tmp_path / "results/masks" / f"{rel}.png", tmp_path / "photos" / rel)
     assert len(list((tmp_path / "results").rglob("*.png"))) == 200
+
+
+# -- issue 14: --model ----------------------------------------------------------------------------
+# Scene photos where the two models disagree (their references overlap at IoU 0.48 and 0.03),
+# so a mask that matches one reference at 0.99 cannot be the other's.
+SCENES = ("coffee.jpg", "motorcycle.jpg")
+
+
+def _made_by(mask_path: Path, photo: str, model: str) -> None:
+    """The mask is `model`'s for `photo`, and not the other model's."""
+    mask = _read(mask_path) / 255
+    other = "person" if model == "general" else "general"
+    assert iou(reference_mask(photo, model), reference_mask(photo, other)) < 0.9, photo
+    assert iou(mask, reference_mask(photo, model)) >= 0.99, (mask_path, f"not {model}'s mask")
+
+
+def _scene_folder(root: Path, photos=SCENES) -> Path:
+    root.mkdir()
+    for name in photos:
+        (root / name).write_bytes((PHOTOS / name).read_bytes())
+    return root
+
+
+def test_unknown_model_is_refused_before_anything_is_sent(stack, tmp_path):
+    for args in (["submit", str(PHOTOS / "coffee.jpg"), "--model", "nope"],
+                 ["batch", str(PHOTOS), "--model", "nope"]):
+        proc = maskflow(stack, *args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "invalid choice: 'nope' (choose from 'person', 'general')" in proc.stderr
+        assert not proc.stdout  # no task id: nothing was submitted
+
+
+def test_submit_model_general_and_status_shows_it(stack, tmp_path):
+    proc = maskflow(stack, "submit", str(PHOTOS / "coffee.jpg"), "--model", "general",
+                    "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    task_id = re.search(r"^([0-9a-f]{32})\s", proc.stdout, re.M).group(1)
+    _made_by(tmp_path / "out/coffee.mask.png", "coffee.jpg", "general")
+    status = maskflow(stack, "status", task_id, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"^model\s+general$", status.stdout, re.M), status.stdout
+
+    # The presigned path: the model is signed into the upload.
+    proc = maskflow(stack, "submit", str(PHOTOS / "motorcycle.jpg"), "--presigned",
+                    "--model", "general", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _made_by(tmp_path / "out/motorcycle.mask.png", "motorcycle.jpg", "general")
+
+
+def test_batch_model_general_writes_u2netp_masks_and_reruns_follow_the_model(stack, tmp_path):
+    photos = _scene_folder(tmp_path / "scenes")
+    out = tmp_path / "out"
+    base = ["batch", str(photos), "--prefix", "scenes-s3"]
+
+    first = maskflow(stack, *base, "--model", "general", "--out", str(out), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "model general" in first.stderr and "2 completed, 0 failed" in first.stderr
+    for name in SCENES:
+        _made_by(out / f"{Path(name).stem}.mask.png", name, "general")
+    written = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
+
+    # The same command again: everything is done, nothing is written.
+    again = maskflow(stack, *base, "--model", "general", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 already done" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.png")} == written
+
+    # Same bytes, but the objects in the bucket asked for general: without --model they are
+    # uploaded again, and the new results are the default model's.
+    default_out = tmp_path / "default-out"
+    second = maskflow(stack, *base, "--out", str(default_out), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "2 completed, 0 failed" in second.stderr
+    for name in SCENES:
+        _made_by(default_out / f"{Path(name).stem}.mask.png", name, "person")
+
+    # Results in --out made by general are not taken for done by a run without --model.
+    third = maskflow(stack, *base, "--out", str(out), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "0 already done" in third.stderr
+    for name in SCENES:
+        _made_by(out / f"{Path(name).stem}.mask.png", name, "person")
+
+
+def test_batch_via_api_with_model(stack, tmp_path):
+    photos = _scene_folder(tmp_path / "scene", ("coffee.jpg",))
+    base = ["batch", str(photos), "--via", "api", "--out", "res"]
+    proc = maskflow(stack, *base, "--model", "general", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _made_by(tmp_path / "res/coffee.mask.png", "coffee.jpg", "general")
+    # Without --model the task kept in the state file is not reused: it asked for general.
+    proc = maskflow(stack, *base, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 already done" in proc.stderr
+    _made_by(tmp_path / "res/coffee.mask.png", "coffee.jpg", "person")
+
+
+def test_documented_mc_mirror_attr_names_the_model(stack, tmp_path):
+    cfg, m = stack.cfg, stack.cfg.minio
+    mc_bin = install.resolve_binary(install.MC, cfg.stack.mc_bin)
+    _scene_folder(tmp_path / "products", ("motorcycle.jpg",))
+    env = _env(cfg, MC_CONFIG_DIR=str(tmp_path / "mc"))
+    line = next(l for l in (REPO / "README.md").read_text().splitlines()
+                if l.startswith("mc mirror --attr"))
+    argv = shlex.split(line.replace("input/products/", "input/mirror-attr/"))
+    for args in (["alias", "set", "maskflow", f"http://{m.endpoint}", m.access_key, m.secret_key],
+                 argv[1:]):
+        proc = subprocess.run([str(mc_bin), *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=MAX_WAIT)
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    key = "input/mirror-attr/motorcycle.jpg"
+    task = wait_for_task(TaskStore(stack.redis_client(), cfg), derive_task_id(m.bucket, key),
+                         timeout=MAX_WAIT)
+    assert task is not None and task.status == "completed", task
+    assert task.model == "general"
+    (tmp_path / "mask.png").write_bytes(ObjectStore(cfg).get(task.mask_key).data)
+    _made_by(tmp_path / "mask.png", "motorcycle.jpg", "general")

@@ -1,12 +1,16 @@
-"""Issue 6 acceptance: the web page at / in headless Debian chromium, auth on, real stack."""
+"""Issue 6 acceptance: the web page at / in headless Debian chromium, auth on, real stack.
+Issue 14: its model selector changes the result."""
 from __future__ import annotations
 
 import base64
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import requests
 
+from checks import iou, png, reference_mask
 from conftest import FIXTURES, app_stack
 
 from playwright import sync_api as playwright_api
@@ -89,6 +93,65 @@ def test_drop_two_images_shows_cutouts_and_masks(stack, tmp_path):
             assert shot.stat().st_size > 10_000
             ARTIFACTS.mkdir(exist_ok=True)
             shutil.copy(shot, ARTIFACTS / "web.png")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+# A scene where the two models disagree: their reference masks overlap at IoU 0.48, so a mask
+# that matches one reference at 0.99 cannot be the other's.
+SCENE = "coffee.jpg"
+
+
+def _page_mask(page, task_id: str) -> np.ndarray:
+    """The mask image the page shows for the task, fetched from the URL the page loaded."""
+    url = page.get_attribute(f"li.file[data-task-id='{task_id}'] img.mask", "src")
+    resp = requests.get(url, timeout=10)
+    resp.raise_for_status()
+    return png(resp.content) / 255
+
+
+def test_model_selector_changes_the_result(stack):
+    assert iou(reference_mask(SCENE, "person"), reference_mask(SCENE, "general")) < 0.9
+    listed = requests.get(stack.cfg.api_url + "/api/v1/models",
+                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(stack.cfg.api_url + "/")
+            # Without the token the listing is refused, and the page says why.
+            _wait_for(page, "document.getElementById('model-help').textContent.includes('token')", 30)
+            page.fill("#token", TOKEN)  # the selector fills once the token is there
+            _wait_for(page, "document.querySelectorAll('#model option').length === 2", 30)
+            options = page.eval_on_selector_all("#model option", "os => os.map(o => [o.value, o.textContent])")
+            assert options == [["person", "person (default)"], ["general", "general"]]
+            assert page.input_value("#model") == listed["default"] == "person"
+            good_for = {m["name"]: m["good_for"] for m in listed["models"]}
+            assert page.inner_text("#model-help") == good_for["person"]
+
+            # The default: the person model's mask.
+            page.evaluate(DROP_JS, [[_file(FIXTURES / "photos" / SCENE)]])
+            _wait_for(page, "document.querySelectorAll('li.file[data-status=completed]').length === 1")
+            default_id = page.get_attribute("li.file[data-status=completed]", "data-task-id")
+
+            # general, chosen in the selector: U^2-Netp's mask, and the row says so.
+            page.select_option("#model", "general")
+            assert page.inner_text("#model-help") == good_for["general"]
+            page.evaluate(DROP_JS, [[_file(FIXTURES / "photos" / SCENE)]])
+            _wait_for(page, "document.querySelectorAll('li.file[data-status=completed]').length === 2")
+            _wait_for(page, "[...document.querySelectorAll('li.file img')].length === 4 && "
+                            "[...document.querySelectorAll('li.file img')]"
+                            ".every(i => i.complete && i.naturalWidth > 0)", 30)
+            general_id = page.get_attribute("li.file[data-model=general]", "data-task-id")
+            assert general_id and general_id != default_id
+            assert "model general" in page.inner_text(f"li.file[data-task-id='{general_id}'] .head")
+            assert page.get_attribute(f"li.file[data-task-id='{default_id}']", "data-model") == "person"
+
+            assert iou(_page_mask(page, default_id), reference_mask(SCENE, "person")) >= 0.99
+            assert iou(_page_mask(page, general_id), reference_mask(SCENE, "general")) >= 0.99
             assert not errors, errors
         finally:
             browser.close()
