@@ -136,6 +136,7 @@ class Worker:
         self.not_ready_reason = ""
         self.stats = Stats()
         self.stopping = threading.Event()
+        self._consumers_done = threading.Event()  # the heartbeat lasts until then
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._retry = dict(
@@ -179,6 +180,7 @@ class Worker:
                 self.stopping.wait()
         finally:
             self.stopping.set()
+            self._consumers_done.set()
             maintenance.join(timeout=5)
             try:
                 self.queue.retire()
@@ -198,7 +200,9 @@ class Worker:
 
     def _maintain(self) -> None:
         interval = self.cfg.worker.heartbeat
-        while not self.stopping.is_set():
+        # Beats on after a SIGTERM while consumers finish in-flight events: a silent worker
+        # would have them requeued by others and run twice.
+        while not self._consumers_done.is_set():
             try:
                 self._beat()
                 if self.models:
@@ -209,7 +213,7 @@ class Worker:
                         log.warning("task %s expired", task_id)
             except redis.RedisError as exc:
                 log.warning("maintenance: Redis unavailable: %s", exc)
-            self.stopping.wait(interval)
+            self._consumers_done.wait(interval)
 
     # -- consuming ----------------------------------------------------------------------------
     def _consume(self, burst: bool) -> None:

@@ -77,8 +77,9 @@ def go_install(pin: GoPin) -> Path:
     if proc.returncode != 0 or not target.is_file():
         errors = [line for line in proc.stdout.splitlines() if not line.startswith("go: downloading")]
         detail = "\n".join(errors[-6:]) or f"exit code {proc.returncode}"
-        raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed (to use a {pin.name} "
-                           f"built elsewhere, set MASKFLOW_STACK_{pin.name.upper()}_BIN):\n{detail}")
+        elsewhere = (f" (to use a {pin.name} built elsewhere, set MASKFLOW_STACK_{pin.name.upper()}_BIN)"
+                     if pin in (MINIO, MC) else "")
+        raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed{elsewhere}:\n{detail}")
     say(f"built {pin.name} in {time.monotonic() - started:.0f} s: {target}")
     return target
 
@@ -113,9 +114,9 @@ def redis_server() -> Path:
 
 
 def main() -> int:
-    """`python -m maskflow.infra.install`: build (or find) the pinned MinIO and mc, and Redis."""
+    """`python -m maskflow.infra.install`: build (or find) every pinned Go tool, and Redis."""
     try:
-        for pin in (MINIO, MC):
+        for pin in (MINIO, MC, KUSTOMIZE, KUBECONFORM):
             say(f"{pin.name}: {go_install(pin)}")
         say(f"redis-server: {redis_server()}")
     except InstallError as exc:

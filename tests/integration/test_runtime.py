@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
 from checks import PHOTOS, check_result
 from maskflow.functions.runtime import Worker, build_worker
 from maskflow.infra.catalog import PERSON
-from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, inflight_key
+from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
 from maskflow.infra.objects import ObjectStore
 from maskflow.infra.queue import EventQueue
 from maskflow.infra.stack import wait_until
@@ -98,3 +99,43 @@ def test_folder_markers_make_no_task(servers, quiet_queue, store, model, tasks, 
     make_worker(servers, model, "markers").run(burst=True)
     assert tasks.find_by_key(marker) is None
     check_result(servers, store, model, photo, data, tasks)
+
+
+class ModelHeldAtPredict:
+    """The real model, but predict() waits until the test lets it go."""
+
+    def __init__(self, model):
+        self.model = model
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def predict(self, rgb):
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the model"
+        return self.model.predict(rgb)
+
+
+def test_a_stopping_worker_keeps_its_heartbeat_until_its_events_are_done(servers, quiet_queue, store,
+                                                                        model, tasks, unique_prefix):
+    """SIGTERM finishes in-flight events; a worker that went silent meanwhile would see them
+    requeued by the reaper of others and run twice."""
+    r = quiet_queue
+    key = f"input/{unique_prefix}/slow.jpg"
+    data = (PHOTOS / "coffee.jpg").read_bytes()
+    upload_and_wait_for_event(servers, store, r, key, data)
+    held = ModelHeldAtPredict(model)
+    worker = make_worker(servers, held, "draining")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert held.entered.wait(30)
+    worker.stop()  # what the first SIGTERM does
+    beat = r.hget(heartbeat_key("draining"), Heartbeat.UPDATED)
+    # Past a whole lease: the heartbeat must have been renewed meanwhile.
+    wait_until(lambda: r.hget(heartbeat_key("draining"), Heartbeat.UPDATED) != beat,
+               "a heartbeat while draining", 3 * servers.cfg.worker.lease)
+    assert r.exists(heartbeat_key("draining"))
+    held.release.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    check_result(servers, store, model, key, data, tasks)
+    assert r.llen(servers.cfg.queue.events_key) == 0, "nothing was requeued"
