@@ -168,6 +168,7 @@ def wait_quiet(limit: float, max_wait: float, ours: Callable[[], list[int]],
     if max_wait <= 0:
         return
     deadline = time.monotonic() + max_wait
+    told = 0.0
     while True:
         roots = ours()
         before = sum(tree_cpu(r) for r in roots)
@@ -179,7 +180,10 @@ def wait_quiet(limit: float, max_wait: float, ours: Callable[[], list[int]],
         if time.monotonic() > deadline:
             log(f"the machine is still shared ({others:.2f} cores busy elsewhere); running anyway")
             return
-        log(f"waiting for a quieter machine: {others:.2f} cores busy elsewhere")
+        if time.monotonic() - told > 30:
+            told = time.monotonic()
+            log(f"waiting (up to {max_wait:.0f} s) for a quieter machine: "
+                f"{others:.2f} cores busy elsewhere")
 
 
 # -- measurements --------------------------------------------------------------------------------
