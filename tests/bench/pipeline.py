@@ -13,6 +13,7 @@ Uses the pinned MinIO (or MASKFLOW_STACK_MINIO_BIN).  Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import statistics
 import sys
@@ -45,12 +46,20 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1, help="consumer threads per worker")
     ap.add_argument("--size", default="1024x768")
+    ap.add_argument("--durable-only", action="store_true",
+                    help="one event per upload (no fast target), to see what the duplicate costs")
     ap.add_argument("--model", choices=NAMES, help="name it on every upload (x-amz-meta-model); "
                                                    "default: name none, the person model runs")
     args = ap.parse_args()
@@ -58,12 +67,15 @@ def main() -> None:
     data = [make_photo(i, width, height, quality=90) for i in range(args.images)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(Path(tmp), worker={"concurrency": args.concurrency})
+        cfg = make_config(Path(tmp), worker={"concurrency": args.concurrency},
+                          **({"queue": {"fast_target_id": ""}} if args.durable_only else {}))
         stack = Stack(cfg, log=lambda _msg: None)
         stack.up(app=False)
         try:
             stack.start(*[lambda i=i: stack.worker_service(i) for i in range(args.workers)])
             store, tasks = ObjectStore(cfg), TaskStore(stack.redis_client(), cfg)
+            pids = [stack.running(f"worker-{i}") for i in range(args.workers)] + [stack.running("minio")]
+            cpu_before = [cpu_seconds(pid) for pid in pids]
             prefix = "input/bench/"
             started = time.monotonic()
             stored_at: dict[int, float] = {}
@@ -83,6 +95,7 @@ def main() -> None:
                 time.sleep(0.1)  # polling interval of the batch counters
             elapsed = time.monotonic() - started
             rss = [peak_rss_mb(stack.running(f"worker-{i}")) for i in range(args.workers)]
+            cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
             latencies = []
             for i in range(len(data)):
                 task = tasks.find_by_key(f"{prefix}{i:05d}.jpg")
@@ -108,6 +121,8 @@ def main() -> None:
     print(f"latency     p50 {statistics.median(latencies):.2f} s  p95 {q[18]:.2f} s  max {max(latencies):.2f} s "
           f"(object stored -> task completed; includes MinIO's 0-3 s queue_dir replay and queueing)")
     print("worker peak RSS  " + ", ".join(f"{r:.0f} MB" for r in rss))
+    print(f"CPU per image    workers {1000 * sum(cpu[:-1]) / len(data):.1f} ms, "
+          f"MinIO {1000 * cpu[-1] / len(data):.1f} ms (until the last task finished)")
     print(f"in-process limit {1000 * per_image:.1f} ms/img = {1 / per_image:.1f} img/s on one thread "
           f"-> pipeline reaches {(len(data) / elapsed) * per_image:.2f}x of it")
 
