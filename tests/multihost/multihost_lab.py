@@ -218,6 +218,12 @@ class Lab:
         poll(lambda: not _namespace_pids(host.ns), f"every process of {host.name} gone", 30)
         return pids
 
+    def signal_host(self, host: Host, signum: int) -> None:
+        """Send `signum` to every process of the host (SIGSTOP freezes it)."""
+        for pid in _namespace_pids(host.ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def kill(self, proc: Proc) -> None:
         proc.popen.kill()
         proc.popen.wait(timeout=30)

@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -424,12 +425,22 @@ def test_worker_host_killed_mid_batch(cluster):
     c = cluster
 
     def kill_worker_b(c: Cluster, prefix: str) -> dict:
-        r = c.redis()
-        poll(lambda: _batch_total(c, prefix) >= 40 and r.llen(inflight_key("worker-b")) > 0,
-             "worker-b busy mid-batch", BATCH_TIMEOUT, 0.02)
+        r, host = c.redis(), c.host("worker-b")
+
+        def frozen_holding_events() -> bool:
+            # freeze the host, and kill it only if it holds events in flight at that moment
+            if _batch_total(c, prefix) < 40 or not r.llen(inflight_key("worker-b")):
+                return False
+            c.lab.signal_host(host, signal.SIGSTOP)
+            if r.llen(inflight_key("worker-b")):
+                return True
+            c.lab.signal_host(host, signal.SIGCONT)
+            return False
+
+        poll(frozen_holding_events, "worker-b holding events mid-batch", BATCH_TIMEOUT, 0.02)
         killed_at, at = time.monotonic(), c.since_start()
-        c.lab.kill_host(c.host("worker-b"))
-        # what it held is frozen now: these events must come back through the reaper
+        c.lab.kill_host(host)
+        # what it held: these events must come back through the reaper
         stranded = []
         for item in r.lrange(inflight_key("worker-b"), 0, -1):
             try:
