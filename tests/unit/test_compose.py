@@ -98,3 +98,23 @@ def test_api_may_open_enough_files_for_its_connection_limit():
     need = load_config(env=env).api.connection_limit * FDS_PER_CONNECTION + RESERVED_FDS
     nofile = SERVICES["api"]["ulimits"]["nofile"]
     assert min(nofile["soft"], nofile["hard"]) >= need  # else the API refuses to start
+
+
+CLUSTER = yaml.safe_load((REPO / "infra/docker/cluster.compose.yml").read_text())["services"]
+
+
+def test_cluster_override_is_four_erasure_coded_nodes_like_the_single_minio():
+    assert set(CLUSTER) == {"minio", "minio2", "minio3", "minio4"}
+    assert CLUSTER["minio"]["networks"]["default"]["aliases"] == ["minio1"]  # minio{1...4} resolves
+    single = SERVICES["minio"]
+    data, events = set(), set()
+    for node in CLUSTER.values():
+        # MinIO refuses to form a cluster unless every node's MINIO_* environment is the same
+        assert node["environment"] == single["environment"]
+        assert node["command"][:2] == ["server", "http://minio{1...4}:9000/data"]
+        assert node["build"] == single["build"] and node["healthcheck"] == single["healthcheck"]
+        volumes = dict(reversed(v.split(":")) for v in node["volumes"])
+        data.add(volumes["/data"])
+        events.add(volumes["/events"])  # the durable target's queue_dir, one per node
+        assert "ports" not in node  # node 1 keeps docker-compose.yml's port
+    assert len(data) == len(events) == 4
