@@ -24,7 +24,7 @@ def main() -> None:
     photo = Path(sys.argv[1] if len(sys.argv) > 1 else HERE.parent / "tests" / "fixtures" / "photos" / "coffee.jpg")
     rgb = decode_image(photo.read_bytes())
     for name, entry in CATALOG.items():
-        alpha = Segmenter.load(str(MODELS / entry.manifest_file)).predict(rgb)[..., None] / 255
+        alpha = Segmenter.load(str(MODELS / entry.model_file)).predict(rgb)[..., None] / 255
         shown = (rgb * alpha + GREY * (1 - alpha)).astype(np.uint8)
         height = round(shown.shape[0] * WIDTH / shown.shape[1])
         shown = cv2.resize(shown, (WIDTH, height), interpolation=cv2.INTER_AREA)

@@ -21,7 +21,7 @@ METADATA_KEY = "model"
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    manifest_file: str     # the ONNX file's name; its manifest (same stem, .json) must agree
+    model_file: str        # in models/, with its manifest beside it (same stem, .json)
     input_size: tuple[int, int]  # width, height
     good_for: str
     license: str
