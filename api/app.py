@@ -17,7 +17,7 @@ from maskflow.api.resources import (API, BatchResource, Deps, HealthResource, Me
                                     ModelsResource, OpenApiResource, ReadyResource, StaticResource,
                                     SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
 from maskflow.infra.clients import minio_client, redis_client
-from maskflow.infra.config import Config, ConfigError, load_config
+from maskflow.infra.config import Config, ConfigError, load_config, split_address
 from maskflow.infra.net import is_loopback
 from maskflow.infra.objects import ObjectStore
 from maskflow.infra.tasks import TaskStore
@@ -56,7 +56,7 @@ def check_credentials(cfg: Config) -> None:
     """MinIO's well-known default credentials are tolerated only on a loopback-only setup."""
     if (cfg.minio.access_key, cfg.minio.secret_key) != DEV_CREDENTIALS:
         return
-    minio_host = cfg.minio.endpoint.rpartition(":")[0]
+    minio_host = split_address(cfg.minio.endpoint)[0]
     exposed = [f"{key}={host}" for key, host in (("api.host", cfg.api.host),
                                                  ("minio.endpoint", minio_host))
                if not is_loopback(host)]

@@ -298,8 +298,10 @@ def _validate(cfg: Config) -> None:
                           f"got {cfg.api.presign_expiry}")
     if cfg.worker.lease <= cfg.worker.heartbeat:
         raise ConfigError("config key worker.lease: must exceed worker.heartbeat")
-    if ":" not in cfg.minio.endpoint:
-        raise ConfigError(f"config key minio.endpoint: expected host:port, got {cfg.minio.endpoint!r}")
+    try:
+        split_address(cfg.minio.endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"config key minio.endpoint: {exc}") from None
     if not cfg.minio.bucket:
         raise ConfigError("config key minio.bucket: must not be empty")
     for prefix, name in cfg.models.by_prefix.items():

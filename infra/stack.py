@@ -27,7 +27,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 from maskflow.infra import install
 from maskflow.infra.bootstrap import bootstrap, notify_env
 from maskflow.infra.clients import minio_client, redis_client
-from maskflow.infra.config import Config, env_for
+from maskflow.infra.config import Config, env_for, split_address
 from maskflow.infra.console import say
 from maskflow.infra.keys import Heartbeat
 from maskflow.infra.net import is_loopback
@@ -55,11 +55,6 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _split(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host, int(port)
 
 
 def _require_loopback(key: str, host: str) -> None:
@@ -225,7 +220,7 @@ class Stack:
         }
 
     def minio_service(self) -> Service:
-        host, port = _split(self.cfg.minio.endpoint)
+        host, port = split_address(self.cfg.minio.endpoint)
         binary = install.resolve_binary(install.MINIO, self.cfg.stack.minio_bin)
         self.event_store.mkdir(parents=True, exist_ok=True)
         argv = [str(binary), "server", str(self.data_dir / "minio"), "--quiet",
@@ -253,7 +248,7 @@ class Stack:
         """
         if not self.cfg.redis.sentinels:
             _require_loopback("redis.host", self.cfg.redis.host)
-        _require_loopback("minio.endpoint", _split(self.cfg.minio.endpoint)[0])
+        _require_loopback("minio.endpoint", split_address(self.cfg.minio.endpoint)[0])
         install.resolve_binary(install.MINIO, self.cfg.stack.minio_bin)  # build before starting anything
         services = [self.minio_service, self.bootstrap]
         if not self.cfg.redis.sentinels:
