@@ -64,6 +64,11 @@ class StoredObject:
     metadata: dict[str, str]
 
 
+def meta_headers(metadata: dict[str, str] | None) -> dict[str, str]:
+    """S3 user metadata as the x-amz-meta-<name> headers (or POST form fields) that carry it."""
+    return {f"x-amz-meta-{name}": value for name, value in (metadata or {}).items()}
+
+
 class ObjectStore:
     def __init__(self, cfg: Config):
         self.bucket = cfg.minio.bucket
@@ -118,7 +123,7 @@ class ObjectStore:
         ObjectChanged when a newer result is already there.
         """
         headers = {"Content-Type": content_type,
-                   **{f"x-amz-meta-{k}": v for k, v in {**metadata, SOURCE_VERSION: version}.items()}}
+                   **meta_headers({**metadata, SOURCE_VERSION: version})}
         condition = {"If-None-Match": "*"}
         for _ in range(_PUBLISH_ROUNDS):
             try:
@@ -176,7 +181,7 @@ class ObjectStore:
         public = urllib.parse.urlsplit(self._post_url)  # scheme://public endpoint/bucket
         headers = {"content-length": str(size), "content-type": content_type,
                    "host": public.netloc,
-                   **{f"x-amz-meta-{name}": value for name, value in (metadata or {}).items()}}
+                   **meta_headers(metadata)}
         signed = ";".join(sorted(headers))
         access_key, secret_key = self._credentials
         path = urllib.parse.quote(f"/{self.bucket}/{key}", safe="/~")
@@ -207,7 +212,7 @@ class ObjectStore:
         policy = PostPolicy(self.bucket, expires_at)
         policy.add_equals_condition("key", key)
         policy.add_equals_condition("Content-Type", content_type)
-        meta_fields = {f"x-amz-meta-{name}": value for name, value in (metadata or {}).items()}
+        meta_fields = meta_headers(metadata)
         for name, value in meta_fields.items():
             policy.add_equals_condition(name, value)
         policy.add_content_length_range_condition(1, max_bytes)
