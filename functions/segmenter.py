@@ -12,7 +12,6 @@ with the ONNX graph is a ModelError at start-up, not a wrong mask later.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 import cv2
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 
 class ModelError(Exception):
@@ -131,53 +131,9 @@ def mediapipe_warp(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     return cv2.warpPerspective(rgb, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-_PIL_PRECISION_BITS = 32 - 8 - 2
-
-
-def _lanczos(x: np.ndarray) -> np.ndarray:
-    return np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
-
-
-@functools.lru_cache(maxsize=32)
-def _pil_coefficients(in_size: int, out_size: int) -> np.ndarray:
-    """Dense (out, in) fixed-point Lanczos weights exactly as Pillow's
-    ImagingResample (antialiased: support widened by the scale when shrinking)."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
-    center = (np.arange(out_size) + 0.5) * scale
-    # Pillow truncates with (int) casts; values are >= -support so trunc == floor+1 issues do not arise
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
-    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size)
-    x = np.arange(in_size)[None, :]
-    inside = (x >= xmin[:, None]) & (x < xmax[:, None])
-    k = np.where(inside, _lanczos((x - center[:, None] + 0.5) / filterscale), 0.0)
-    total = k.sum(axis=1, keepdims=True)
-    k = np.divide(k, total, out=np.zeros_like(k), where=total != 0)
-    # Pillow rounds the normalised weights to fixed point, half away from zero
-    coeffs = np.trunc(k * (1 << _PIL_PRECISION_BITS) + np.where(k < 0, -0.5, 0.5))
-    coeffs[~inside] = 0.0
-    coeffs.setflags(write=False)
-    return coeffs
-
-
-def _pil_pass(img: np.ndarray, coeffs: np.ndarray, axis: int) -> np.ndarray:
-    acc = np.tensordot(img.astype(np.float64), coeffs, axes=([axis], [1]))  # new axis goes last
-    acc = np.moveaxis(acc, -1, axis)
-    out = np.floor((acc + (1 << (_PIL_PRECISION_BITS - 1))) / (1 << _PIL_PRECISION_BITS))
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
 def pil_lanczos_resize(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """Pillow's Image.resize(..., LANCZOS) for uint8 (H,W) or (H,W,C):
-    horizontal pass first, 8-bit intermediate, as Pillow does."""
-    h, w = img.shape[:2]
-    out = img
-    if out_w != w:
-        out = _pil_pass(out, _pil_coefficients(w, out_w), 1)
-    if out_h != h:
-        out = _pil_pass(out, _pil_coefficients(h, out_h), 0)
-    return np.ascontiguousarray(out)
+    """Pillow's own Image.resize(..., LANCZOS), as rembg resizes, for uint8 (H,W) or (H,W,3)."""
+    return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.LANCZOS))
 
 
 # --------------------------------------------------------------- segmenter
