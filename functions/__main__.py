@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 
 from maskflow.functions.runtime import build_worker, install_signal_handlers
 from maskflow.functions.segmenter import Segmenter
@@ -34,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def load_models() -> dict[str, Segmenter]:
         # Every served model, once per process: a task may name any of them.
+        run_slots = threading.BoundedSemaphore(cfg.model.concurrent_runs)
         return {name: Segmenter.load(path, cfg.model.input_size if name == PERSON else None,
                                      intra_op_threads=cfg.model.intra_op_threads,
-                                     inter_op_threads=cfg.model.inter_op_threads)
+                                     inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
                 for name, path in cfg.model_paths.items()}
 
     worker = build_worker(cfg, args.id, r, load_models)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import MISSING, dataclass, field, fields
 
 import cv2
@@ -146,17 +147,20 @@ class Segmenter:
     Create once per process (Segmenter.load) and reuse; it is thread-safe for
     predict() as ONNX Runtime sessions are."""
 
-    def __init__(self, manifest: ModelManifest, session: ort.InferenceSession, model_path: str):
+    def __init__(self, manifest: ModelManifest, session: ort.InferenceSession, model_path: str,
+                 run_slots: threading.Semaphore | None = None):
         self.manifest = manifest
         self.session = session
         self.model_path = model_path
+        # Shared by a process's models: runs beyond the cores share them and only add activations.
+        self.run_slots = run_slots or threading.BoundedSemaphore(1)
         shape = session.get_inputs()[[i.name for i in session.get_inputs()].index(manifest.input_name)].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
     # ---------------------------------------------------------- loading
     @classmethod
     def load(cls, model_path: str, input_size=None, intra_op_threads: int = 1, inter_op_threads: int = 1,
-             optimization_level: str = "all") -> "Segmenter":
+             optimization_level: str = "all", run_slots: threading.Semaphore | None = None) -> "Segmenter":
         model_path = os.fspath(model_path)
         if not os.path.isfile(model_path):
             raise ModelError(f"{model_path}: model file not found")
@@ -192,7 +196,7 @@ class Segmenter:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{model_path}: onnxruntime cannot load the model: {exc}") from exc
         cls._check_graph(m, session, model_path)
-        return cls(m, session, model_path)
+        return cls(m, session, model_path, run_slots)
 
     @staticmethod
     def _check_graph(m: ModelManifest, session: ort.InferenceSession, path: str) -> None:
@@ -260,7 +264,8 @@ class Segmenter:
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
             return np.concatenate([self.infer(batch[i:i + self.fixed_batch])
                                    for i in range(0, batch.shape[0], self.fixed_batch)])
-        return self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})[0]
+        with self.run_slots:
+            return self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})[0]
 
     def _channels_last(self, out: np.ndarray) -> np.ndarray:
         return out if self.manifest.output_layout == "NHWC" else out.transpose(1, 2, 0)

@@ -61,6 +61,9 @@ class ModelConfig:
     input_size: tuple[int, int] = (256, 256)
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    # Model runs at once per worker process, over all its models.  The stack starts a process
+    # per core, so one each keeps the cores busy; every extra U2-Netp run holds ~300 MB more.
+    concurrent_runs: int = 1
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,7 @@ def _validate(cfg: Config) -> None:
                 "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
                 "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "task.max_upload_bytes", "api.presign_expiry",
                 "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
+                "model.concurrent_runs",
                 "api.connection_limit", "api.request_timeout", "api.min_request_rate",
                 "stack.workers", "worker.max_deliveries", "queue.dead_letter_max"):
         section, name = key.split(".")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 
 import cv2
 import numpy as np
@@ -145,6 +146,64 @@ def test_mediapipe_warp_is_corner_aligned_bilinear():
     assert np.abs(out - ref).max() <= 2  # OpenCV uses 1/32-pixel fixed point weights
     half_pixel = cv2.resize(img, (32, 24), interpolation=cv2.INTER_LINEAR).astype(np.float64)
     assert np.abs(half_pixel - ref).mean() > 5 * np.abs(out - ref).mean()
+
+
+class RunRecorder:
+    """Stands in front of a real session: counts runs inside it at once, and can hold them."""
+
+    def __init__(self, session, inside: threading.Barrier | None = None):
+        self.session, self.inside = session, inside
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def run(self, *args):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        self.entered.set()
+        try:
+            if self.inside:
+                self.inside.wait()  # every run must be inside together, or this breaks
+            else:
+                self.release.wait(10)
+            return self.session.run(*args)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_models_of_a_process_share_their_run_slots(selfie):
+    # One slot for two models: the second model's run waits for the first model's to end.
+    slots = threading.BoundedSemaphore(1)
+    person, other = Segmenter.load(SELFIE, run_slots=slots), Segmenter.load(SELFIE, run_slots=slots)
+    first, second = RunRecorder(person.session), RunRecorder(other.session)
+    person.session, other.session = first, second
+    img = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    masks = {}
+    a = threading.Thread(target=lambda: masks.setdefault("a", person.predict(img)))
+    b = threading.Thread(target=lambda: masks.setdefault("b", other.predict(img)))
+    a.start()
+    assert first.entered.wait(10)
+    b.start()
+    b.join(0.3)
+    assert not second.entered.is_set(), "a second run started while the only slot was taken"
+    first.release.set()
+    second.release.set()
+    a.join(10)
+    b.join(10)
+    assert np.array_equal(masks["a"], masks["b"]) and np.array_equal(masks["a"], selfie.predict(img))
+
+
+def test_more_run_slots_let_runs_overlap():
+    seg = Segmenter.load(SELFIE, run_slots=threading.BoundedSemaphore(2))
+    seg.session = recorder = RunRecorder(seg.session, threading.Barrier(2, timeout=10))
+    img = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    threads = [threading.Thread(target=seg.predict, args=(img,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert recorder.most == 2 and not recorder.inside.broken
 
 
 def test_preprocess_selfie_tensor(selfie):
