@@ -1,0 +1,66 @@
+"""Peak memory of one model run, by ONNX Runtime setting (not collected by pytest).
+
+    .venv/bin/python tests/bench/model_memory.py [--model models/u2netp.onnx] [--runs 4]
+
+Each setting runs in a fresh process: load the model as the worker does, predict a
+1024x768 photo `--runs` times one at a time, and print RSS after loading, peak RSS
+(VmHWM) and ms per image.  It answers how low one worker's memory can go for a model,
+whatever the service around it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ONE_SETTING = r"""
+import resource, sys, time
+sys.path[:0] = [sys.argv[1] + "/tests"]
+from checks import make_photo
+from maskflow.functions.segmenter import Segmenter
+from maskflow.infra.images import decode_image
+import maskflow.functions.segmenter as segmenter
+
+model, level, arena, runs = sys.argv[2], sys.argv[3], sys.argv[4] == "on", int(sys.argv[5])
+
+
+class Options(segmenter.ort.SessionOptions):
+    def __init__(self):
+        super().__init__()
+        self.enable_cpu_mem_arena = arena
+
+
+segmenter.ort.SessionOptions = Options
+rgb = decode_image(make_photo(0, 1024, 768), 40_000_000)
+seg = Segmenter.load(model, optimization_level=level)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+started = time.perf_counter()
+for _ in range(runs):
+    seg.predict(rgb)
+ms = (time.perf_counter() - started) / runs * 1000
+print(f"{loaded:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} {ms:.0f}")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.join(ROOT, "models", "u2netp.onnx"))
+    parser.add_argument("--runs", type=int, default=4)
+    args = parser.parse_args()
+    print(f"{os.path.basename(args.model)}, 1024x768 photo, one run at a time, 1 intra-op thread\n")
+    print("| optimisation | memory arena | RSS loaded MB | peak RSS MB | ms/image |")
+    print("|---|---|---|---|---|")
+    for level in ("all", "extended", "basic"):
+        for arena in ("on", "off"):
+            out = subprocess.run([sys.executable, "-c", ONE_SETTING, ROOT, args.model, level, arena,
+                                  str(args.runs)], capture_output=True, text=True, check=True).stdout
+            loaded, peak, ms = out.split()
+            print(f"| {level} | {arena} | {loaded} | {peak} | {ms} |")
+
+
+if __name__ == "__main__":
+    main()
