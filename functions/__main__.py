@@ -8,7 +8,7 @@ import socket
 import sys
 import threading
 
-from maskflow.functions.runtime import build_worker, install_signal_handlers
+from maskflow.functions.runtime import build_worker, install_signal_handlers, reuse_freed_buffers
 from maskflow.functions.segmenter import Segmenter
 from maskflow.infra.catalog import PERSON
 from maskflow.infra.clients import redis_client
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {args.id} %(levelname)s %(message)s")
+    if not reuse_freed_buffers():
+        logging.info("malloc tuning unavailable (not glibc): image buffers are mapped per use")
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

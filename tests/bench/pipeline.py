@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
+from maskflow.functions.runtime import reuse_freed_buffers  # noqa: E402
 from maskflow.functions.segmenter import Segmenter  # noqa: E402
 from maskflow.infra.catalog import DEFAULT, METADATA_KEY, NAMES  # noqa: E402
 from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--model", choices=NAMES, help="name it on every upload (x-amz-meta-model); "
                                                    "default: name none, the person model runs")
     args = ap.parse_args()
+    reuse_freed_buffers()  # as a worker process does, so the in-process figure is a fair limit
     width, height = (int(v) for v in args.size.split("x"))
     data = [make_photo(i, width, height, quality=90) for i in range(args.images)]
 
