@@ -187,4 +187,6 @@ def render(http: HttpMetrics, r: redis.Redis, tasks: TaskStore, events_key: str)
         up = 0  # still expose HTTP metrics while Redis is down
     lines += ["# HELP maskflow_redis_up Whether Redis answered this scrape.",
               "# TYPE maskflow_redis_up gauge", f"maskflow_redis_up {up}"]
+    lines += ["# HELP maskflow_long_polls Requests of this API process waiting for a task to finish.",
+              "# TYPE maskflow_long_polls gauge", f"maskflow_long_polls {tasks.changes.waiting()}"]
     return "\n".join(lines) + "\n"

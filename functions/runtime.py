@@ -344,7 +344,7 @@ class Worker:
             self._fail(task_id, event, started, error)
             return Outcome(Fate.DEAD, f"{event.key}: {error}")
         self._retrying(self.tasks.complete, task_id, event.sequencer, result.output_key, result.mask_key,
-                       named)
+                       named, input_key=event.key)
         seconds = time.monotonic() - started
         self.stats.observe(seconds, ok=True)
         log.info("task %s (%s) completed by %s in %.0f ms", task_id, event.key, model, 1000 * seconds)
@@ -352,7 +352,7 @@ class Worker:
 
     def _fail(self, task_id: str, event: ObjectCreated, started: float | None, error: str) -> Outcome:
         """Fail the task; `started` is when the handler started, None if it never ran."""
-        self._retrying(self.tasks.fail, task_id, event.sequencer, error)
+        self._retrying(self.tasks.fail, task_id, event.sequencer, error, input_key=event.key)
         self.stats.observe(0.0 if started is None else time.monotonic() - started, ok=False)
         log.warning("task %s (%s) failed: %s", task_id, event.key, error)
         return Outcome(Fate.FAILED, error)

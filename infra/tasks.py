@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from maskflow.infra.clock import utc_iso
 from maskflow.infra.config import Config
 from maskflow.infra.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat, batch_failed_key,
                                  batch_key, heartbeat_key, index_key, task_channel, task_key)
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("pending", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
@@ -114,14 +118,16 @@ def _script(first_batch: int, body: str) -> str:
 
 
 # ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none)
+# Returns the record (HGETALL), new or not.
 _CREATE = _script(6, """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6]))
-redis.call('HSET', KEYS[1], 'status', 'pending')
-move(ARGV[2], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
-if tonumber(ARGV[7]) > 0 then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1]) end
-touch(tonumber(ARGV[6]))
-return 1
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[1], 'status', 'pending')
+  move(ARGV[2], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
+  if tonumber(ARGV[7]) > 0 then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1]) end
+  touch(tonumber(ARGV[6]))
+end
+return redis.call('HGETALL', KEYS[1])
 """)
 
 # ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker, processing_deadline,
@@ -233,6 +239,88 @@ class BatchSummary:
         return self.counts.get("completed", 0) + self.counts.get("failed", 0)
 
 
+class ChangeFeed:
+    """One subscription per process to every task's change channel, fanned out to waiters.
+
+    A subscription per waiter would cost each long-poll a connection and a round trip, and
+    hand the next request a closed pooled connection to reopen.  While the feed is down
+    (Redis restarting), waiters miss wake-ups and fall back to re-reading the record.
+    """
+
+    def __init__(self, r: redis.Redis):
+        self.r = r
+        self.pattern = task_channel("*")
+        self.prefix = len(self.pattern) - 1
+        self.subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, task_id: str) -> threading.Event:
+        """An event set on the task's next change; hand it back with `unwatch`."""
+        woken = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(task_id, set()).add(woken)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="task-changes", daemon=True)
+                self._thread.start()
+        self.subscribed.wait(1.0)  # only the first waiter, or one during an outage, waits here
+        return woken
+
+    def waiting(self) -> int:
+        """Waiters right now: this process' long-polls."""
+        with self._lock:
+            return sum(len(waiters) for waiters in self._waiters.values())
+
+    def unwatch(self, task_id: str, woken: threading.Event) -> None:
+        with self._lock:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(woken)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.psubscribe(self.pattern)
+                pubsub.get_message(timeout=1.0)  # the confirmation: subscribed from here on
+                self.subscribed.set()
+                backoff = 0.1
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._wake(message["channel"].decode()[self.prefix:])
+            except redis.RedisError as exc:
+                log.warning("task change feed down, waiters re-read every second: %s", exc)
+            finally:
+                self.subscribed.clear()
+                pubsub.close()
+            time.sleep(backoff)  # before reconnecting to a Redis that just failed
+            backoff = min(2 * backoff, 5.0)
+
+    def _wake(self, task_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(task_id, ()))
+        for woken in waiters:
+            woken.set()
+
+
+def _task_from(raw: dict[bytes, bytes]) -> Task | None:
+    """A task hash as Redis returns it; None for none, or one still being created."""
+    if not raw or not raw.get(b"status"):
+        return None
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    return Task(task_id=f["task_id"], status=f["status"], input_key=f["input_key"],
+                created_at=f["created_at"], attempts=int(f.get("attempts", 0)),
+                etag=f.get("etag", ""), sequencer=f.get("sequencer", ""),
+                output_key=f.get("output_key"), mask_key=f.get("mask_key"),
+                error=f.get("error"), started_at=f.get("started_at"),
+                completed_at=f.get("completed_at"), model=f.get("model"))
+
+
 class TaskStore:
     def __init__(self, r: redis.Redis, cfg: Config):
         self.r = r
@@ -242,30 +330,21 @@ class TaskStore:
         self._create = r.register_script(_CREATE)
         self._begin = r.register_script(_BEGIN)
         self._finish = r.register_script(_FINISH)
+        self.changes = ChangeFeed(r)
 
     # -- creating and reading ------------------------------------------------------------------
     def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0) -> Task:
         """A task the API announces before its object arrives (multipart or presigned upload)."""
         now = time.time()
-        self._create(keys=_script_keys(task_id, input_key),
-                     args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now),
-                           now, self.ttl, upload_deadline])
-        task = self.get(task_id)
+        flat = self._create(keys=_script_keys(task_id, input_key),
+                            args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now),
+                                  now, self.ttl, upload_deadline])
+        task = _task_from(dict(zip(flat[::2], flat[1::2])))
         assert task is not None
         return task
 
     def get(self, task_id: str) -> Task | None:
-        raw = self.r.hgetall(task_key(task_id))
-        if not raw or not raw.get(b"status"):
-            return None
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        return Task(task_id=f["task_id"], status=f["status"], input_key=f["input_key"],
-                    created_at=f["created_at"], attempts=int(f.get("attempts", 0)),
-                    etag=f.get("etag", ""), sequencer=f.get("sequencer", ""),
-                    output_key=f.get("output_key"), mask_key=f.get("mask_key"),
-                    error=f.get("error"), started_at=f.get("started_at"),
-                    completed_at=f.get("completed_at"), model=f.get("model"))
-
+        return _task_from(self.r.hgetall(task_key(task_id)))
     def task_id_for_key(self, input_key: str) -> str | None:
         value = self.r.get(index_key(input_key))
         return value.decode() if value else None
@@ -283,10 +362,10 @@ class TaskStore:
         restarted worker with the same id does not look like the one that died mid-task.
         """
         sequencer = normalise_sequencer(sequencer)
-        while True:  # again only if another process changed the record after we read it
-            stored_key, claimant = self.r.hmget(task_key(task_id), "input_key", "worker")
-            key = stored_key.decode() if stored_key else input_key
-            claimant_id = claimant.decode() if claimant else ""
+        # First guess what is usual (the record is the event's key's and unclaimed), saving a
+        # round trip; the script says 'retry' when the guess is wrong, and then we read.
+        key, claimant_id = input_key, ""
+        while True:
             now = time.time()
             decision, attempts = self._begin(
                 keys=_script_keys(task_id, key, heartbeat_key(claimant_id)),
@@ -295,32 +374,40 @@ class TaskStore:
                       claimant_id, task_channel(task_id)])
             if decision != b"retry":
                 return Decision(decision.decode()), int(attempts)
+            stored_key, claimant = self.r.hmget(task_key(task_id), "input_key", "worker")
+            key = stored_key.decode() if stored_key else input_key
+            claimant_id = claimant.decode() if claimant else ""
 
     def _transition(self, task_id: str, sequencer: str, required: str, new: str,
-                    **fields: str) -> bool:
+                    input_key: str = "", **fields: str) -> bool:
+        """`input_key`: the task's key if the caller knows it, saving a read; the script
+        refuses a wrong one and we read the record's."""
         pairs = [x for kv in fields.items() for x in kv]
-        while True:  # again only if another process changed the record after we read it
-            stored_key = self.r.hget(task_key(task_id), "input_key")
-            if stored_key is None:
-                return False
-            key = stored_key.decode()
+        key = input_key
+        while True:
+            if not key:
+                stored_key = self.r.hget(task_key(task_id), "input_key")
+                if stored_key is None:
+                    return False
+                key = stored_key.decode()
             now = time.time()
             done = int(self._finish(keys=_script_keys(task_id, key),
                                     args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
                                           required, key, task_channel(task_id), *pairs]))
             if done >= 0:
                 return bool(done)
+            key = ""  # changed since we read it, or a wrong guess: read it again
 
     def complete(self, task_id: str, sequencer: str, output_key: str, mask_key: str,
-                 model: str = "") -> bool:
+                 model: str = "", input_key: str = "") -> bool:
         """`model`: the name the task asked for; '' (the default model, unnamed) is not stored."""
         named = {"model": model} if model else {}
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "completed",
-                                output_key=output_key, mask_key=mask_key, **named)
+                                input_key, output_key=output_key, mask_key=mask_key, **named)
 
-    def fail(self, task_id: str, sequencer: str, error: str) -> bool:
+    def fail(self, task_id: str, sequencer: str, error: str, input_key: str = "") -> bool:
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "failed",
-                                error=error)
+                                input_key, error=error)
 
     def fail_pending(self, task_id: str, error: str) -> bool:
         """An announced task whose upload failed before any event could exist."""
@@ -364,14 +451,14 @@ class TaskStore:
     def wait_for_terminal(self, task_id: str, timeout: float) -> Task | None:
         """Block until the task is completed/failed or `timeout` passes (Redis pub/sub)."""
         deadline = time.monotonic() + timeout
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        woken = self.changes.watch(task_id)
         try:
-            pubsub.subscribe(task_channel(task_id))
             while True:
-                task = self.get(task_id)  # read after subscribing, so no change is missed
+                woken.clear()
+                task = self.get(task_id)  # read after watching, so no change is missed
                 remaining = deadline - time.monotonic()
                 if task is None or task.terminal or remaining <= 0:
                     return task
-                pubsub.get_message(timeout=min(remaining, 1.0))
+                woken.wait(min(remaining, 1.0))
         finally:
-            pubsub.close()
+            self.changes.unwatch(task_id, woken)

@@ -5,6 +5,7 @@ import pytest
 
 from maskflow.infra.keys import heartbeat_key
 from maskflow.infra.queue import EventQueue
+from maskflow.infra.stack import wait_until
 from maskflow.infra.tasks import Decision, TaskStore, batch_prefixes, derive_task_id
 
 
@@ -91,3 +92,42 @@ def test_records_expire_after_retention(servers, store, clean_redis):
     ttl = clean_redis.ttl(f"maskflow:task:{tid}")
     assert 0 < ttl <= servers.cfg.task.retention
     assert 0 < clean_redis.ttl("maskflow:key:input/r.jpg") <= servers.cfg.task.retention
+
+
+def test_a_wrong_key_hint_costs_a_read_never_a_wrong_counter(store):
+    # Transitions take the caller's idea of the task's key to save a read; when it is wrong,
+    # the record's own key still decides which batch counters move.
+    tid = derive_task_id("b", "input/right/a.jpg")
+    assert store.begin(tid, "input/right/a.jpg", "e", "01", "w", "r")[0] is Decision.START
+    assert store.complete(tid, "01", "o", "m", input_key="input/wrong/a.jpg")
+    assert store.get(tid).status == "completed"
+    assert store.batch("input/right/").counts["completed"] == 1
+    assert store.batch("input/wrong/") is None
+
+
+def test_begin_reads_the_record_when_its_key_is_not_the_events(store):
+    # An API task announced for one key, claimed through an event naming another: the claim
+    # moves the counters of the key the record was made for.
+    task = store.create_pending("t-announced", "input/api/a.jpg")
+    assert task.status == "pending" and task.input_key == "input/api/a.jpg" and task.created_at
+    assert store.begin("t-announced", "input/elsewhere/a.jpg", "e", "01", "w", "r")[0] is Decision.START
+    assert store.batch("input/api/").counts == {"pending": 0, "processing": 1, "completed": 0, "failed": 0}
+    assert store.batch("input/elsewhere/") is None
+
+
+def test_one_subscription_wakes_every_waiter_and_survives_losing_it(store, clean_redis):
+    waiters = [store.changes.watch(f"t{i}") for i in range(3)]
+    assert clean_redis.execute_command("PUBSUB", "NUMPAT") == 1  # one feed, whatever the waiters
+    for i in range(3):
+        store.begin(f"t{i}", f"input/feed/{i}.jpg", "e", "01", "w", "r")
+        assert waiters[i].wait(5), f"waiter {i} was not woken by its task's change"
+    # Redis drops the feed's connection (a restart, a failover): it subscribes again.
+    clean_redis.client_kill_filter(_type="pubsub")
+    wait_until(lambda: clean_redis.execute_command("PUBSUB", "NUMPAT") == 1, "feed subscribed again", 10)
+    again = store.changes.watch("t0")
+    store.complete("t0", "01", "o", "m")
+    assert again.wait(5), "no wake-up after the feed came back"
+    for i, woken in enumerate(waiters):
+        store.changes.unwatch(f"t{i}", woken)
+    store.changes.unwatch("t0", again)
+    assert store.changes.waiting() == 0
