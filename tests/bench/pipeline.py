@@ -40,9 +40,10 @@ def parse_iso(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS (now) or VmHWM (peak) of a live process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -90,13 +91,18 @@ def main() -> None:
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(upload, range(len(data))))
             uploaded = time.monotonic() - started
+            worker_pids = pids[:-1]
+            rss_by_quarter = [[0.0] * len(worker_pids) for _ in range(4)]  # highest seen in each
             while True:
                 summary = tasks.batch(prefix)
+                quarter = min(3, 4 * (summary.done if summary else 0) // len(data))
+                rss_by_quarter[quarter] = [max(seen, rss_mb(pid))
+                                           for seen, pid in zip(rss_by_quarter[quarter], worker_pids)]
                 if summary and summary.done == len(data):
                     break
                 time.sleep(0.1)  # polling interval of the batch counters
             elapsed = time.monotonic() - started
-            rss = [peak_rss_mb(stack.running(f"worker-{i}")) for i in range(args.workers)]
+            rss = [rss_mb(pid, "VmHWM") for pid in worker_pids]
             cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
             latencies = []
             for i in range(len(data)):
@@ -123,6 +129,8 @@ def main() -> None:
     print(f"latency     p50 {statistics.median(latencies):.2f} s  p95 {q[18]:.2f} s  max {max(latencies):.2f} s "
           f"(object stored -> task completed; includes MinIO's 0-3 s queue_dir replay and queueing)")
     print("worker peak RSS  " + ", ".join(f"{r:.0f} MB" for r in rss))
+    print("worker RSS by quarter of the drain (highest seen) " + " | ".join(
+        ", ".join(f"{r:.0f}" for r in quarter) for quarter in rss_by_quarter) + " MB")
     print(f"CPU per image    workers {1000 * sum(cpu[:-1]) / len(data):.1f} ms, "
           f"MinIO {1000 * cpu[-1] / len(data):.1f} ms (until the last task finished)")
     print(f"in-process limit {1000 * per_image:.1f} ms/img = {1 / per_image:.1f} img/s on one thread "
