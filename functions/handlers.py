@@ -68,10 +68,12 @@ def handle_object_created(event: ObjectCreated, ctx: Context) -> Result:
     metadata = {"task-id": ctx.task_id, "source-key": urllib.parse.quote(event.key),
                 "source-etag": source.etag}
     version = normalise_sequencer(event.sequencer)
-    # The mask is written while the cut-out is encoded; both are stored before we return.
-    mask_written = ctx.objects.publish_later(mask_key, encode_mask_png(mask), "image/png", metadata, version)
+    # The larger cut-out is written while the mask is encoded and written; both are stored
+    # before we return.
+    cutout_written = ctx.objects.publish_later(output_key, encode_cutout_png(rgb, mask), "image/png",
+                                               metadata, version)
     try:
-        ctx.objects.publish(output_key, encode_cutout_png(rgb, mask), "image/png", metadata, version)
+        ctx.objects.publish(mask_key, encode_mask_png(mask), "image/png", metadata, version)
     finally:
-        mask_written.result()
+        cutout_written.result()
     return Result(output_key, mask_key)
