@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import redis
 import urllib3
-from minio.error import S3Error, ServerError
+from minio.error import InvalidResponseError, S3Error, ServerError
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
                       wait_exponential, wait_random)
 
@@ -74,6 +74,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, S3Error):
         status = exc.response.status if exc.response is not None else 0
         return exc.code in TRANSIENT_S3_CODES or status >= 500
+    if isinstance(exc, InvalidResponseError):
+        # A 5xx without an XML body: MinIO shutting down answers 503 "http: Server closed".
+        # minio-py (pinned < 8) keeps the status only in this attribute.
+        return getattr(exc, "_code", 0) >= 500
     return False
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import redis
 import urllib3
-from minio.error import S3Error, ServerError
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from maskflow.functions.runtime import is_transient
 from maskflow.infra.formats import CorruptImage
@@ -23,6 +23,8 @@ def s3_error(code: str, status: int) -> S3Error:
     ServerError("server failed with HTTP status code 503", 503),
     s3_error("SlowDown", 503), s3_error("InternalError", 500),
     s3_error("ClientDisconnected", 499), s3_error("RequestTimeout", 400),
+    # what a GET gets from MinIO while it shuts down
+    InvalidResponseError(503, "text/plain; charset=utf-8", "http: Server closed"),
 ])
 def test_transient(exc):
     assert is_transient(exc)
@@ -31,6 +33,7 @@ def test_transient(exc):
 @pytest.mark.parametrize("exc", [
     s3_error("NoSuchKey", 404), s3_error("AccessDenied", 403), s3_error("InvalidAccessKeyId", 403),
     ObjectMissing("gone"), CorruptImage("broken"), ValueError("bug"), redis.ResponseError("WRONGTYPE"),
+    InvalidResponseError(400, "text/plain", "bad request"),
 ])
 def test_permanent(exc):
     assert not is_transient(exc)
