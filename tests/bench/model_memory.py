@@ -21,9 +21,12 @@ ONE_SETTING = r"""
 import resource, sys, time
 sys.path[:0] = [sys.argv[1] + "/tests"]
 from checks import make_photo
+from maskflow.functions.runtime import reuse_freed_buffers
 from maskflow.functions.segmenter import Segmenter
 from maskflow.infra.images import decode_image
 import maskflow.functions.segmenter as segmenter
+
+reuse_freed_buffers()  # as a worker process does
 
 model, level, arena, runs = sys.argv[2], sys.argv[3], sys.argv[4] == "on", int(sys.argv[5])
 
