@@ -1,4 +1,4 @@
-"""A small client for the maskflow HTTP API (needs only `requests`).
+"""A small client for the maskflow HTTP API (needs only urllib3, which minio already brings).
 
     from maskflow.infra.client import Client, TaskFailed
     c = Client("http://127.0.0.1:8000", token=None)
@@ -13,15 +13,18 @@ Every connection, auth or HTTP problem raises `ClientError` with a one-line mess
 from __future__ import annotations
 
 import contextlib
+import json
 import mimetypes
 import os
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
-import requests
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as HTTPTimeout
 
 from maskflow.infra.formats import CONTENT_TYPES, sniff_format
 
@@ -89,39 +92,65 @@ class Client:
     def __init__(self, api_url: str, token: str | None = None, timeout: float = 30.0):
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        # urllib3 rather than requests: about 0.8 ms less per request, which is a third of
+        # the API's own share of an upload's latency (tests/bench/latency.py).
+        self.pool = urllib3.PoolManager(retries=False)
+        self.proxies: dict[str, urllib3.ProxyManager] = {}
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _request(self, method: str, path: str, timeout: float | None = None, **kw) -> dict:
-        url = self.api_url + path
+    def _send(self, method: str, url: str, timeout: float, **kw) -> urllib3.BaseHTTPResponse:
+        """One request through the proxy the environment names for `url`, if any."""
+        parts = urllib.parse.urlsplit(url)
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        pool = self.pool
+        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+            pool = self.proxies.get(proxy) or self.proxies.setdefault(
+                proxy, urllib3.ProxyManager(proxy, retries=False))
+        return pool.request(method, url, timeout=timeout, **kw)
+
+    def _request(self, method: str, path: str, timeout: float | None = None,
+                 params: dict | None = None, json_body: dict | None = None,
+                 form: list[tuple] | None = None) -> dict:
+        url = self.api_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        headers = dict(self.auth)
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            body, headers["Content-Type"] = urllib3.encode_multipart_formdata(form)
         try:
-            resp = self.session.request(method, url, timeout=timeout or self.timeout, **kw)
-        except requests.exceptions.Timeout:
-            raise ClientError(f"the API at {self.api_url} did not answer in time") from None
-        except requests.exceptions.RequestException as exc:
+            resp = self._send(method, url, timeout or self.timeout, body=body, headers=headers)
+        except NewConnectionError as exc:  # before HTTPTimeout, which it subclasses
             reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
-            raise ClientError(f"cannot reach the API at {self.api_url} ({reason}): is it running? "
-                              f"(maskflow up, or pass --api-url)") from None
+            raise self._unreachable(reason) from None
+        except HTTPTimeout:
+            raise ClientError(f"the API at {self.api_url} did not answer in time") from None
+        except HTTPError as exc:
+            raise self._unreachable(type(exc).__name__) from None
         try:
-            doc = resp.json()
+            doc = json.loads(resp.data)
         except ValueError:
             doc = None
-        if resp.status_code == 401:
+        if resp.status == 401:
             raise ClientError(f"the API at {self.api_url} refused the request (401): missing or "
                               f"wrong token (pass --token or set api.token)", 401, "unauthorized")
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             err = doc.get("error") if isinstance(doc, dict) else None
             if isinstance(err, dict):
-                raise ClientError(f"{err.get('message') or err.get('code')} (HTTP {resp.status_code})",
-                                  resp.status_code, err.get("code"))
-            raise ClientError(f"{method} {url} answered HTTP {resp.status_code} without a maskflow "
-                              f"error body: is --api-url right?", resp.status_code)
+                raise ClientError(f"{err.get('message') or err.get('code')} (HTTP {resp.status})",
+                                  resp.status, err.get("code"))
+            raise ClientError(f"{method} {url} answered HTTP {resp.status} without a maskflow "
+                              f"error body: is --api-url right?", resp.status)
         if not isinstance(doc, dict):
             raise ClientError(f"{method} {url} did not answer JSON: is --api-url the maskflow API?",
-                              resp.status_code)
+                              resp.status)
         return doc
+
+    def _unreachable(self, reason: str) -> ClientError:
+        return ClientError(f"cannot reach the API at {self.api_url} ({reason}): is it running? "
+                           f"(maskflow up, or pass --api-url)")
 
     # -- submitting ---------------------------------------------------------------------------
     def submit(self, path: str | os.PathLike, model: str | None = None) -> str:
@@ -131,9 +160,9 @@ class Client:
         with open(path, "rb") as f:
             data = f.read()
         ctype = sniff_content_type(data, path.name) or "application/octet-stream"
+        form = [("model", model)] if model else []
         doc = self._request("POST", f"{API}/tasks/segmentation",
-                            data={"model": model} if model else None,
-                            files={"file": (path.name, data, ctype)})
+                            form=[*form, ("file", (path.name, data, ctype))])
         return doc["task_id"]
 
     def submit_presigned(self, path: str | os.PathLike, model: str | None = None) -> str:
@@ -146,21 +175,24 @@ class Client:
             raise ClientError("not an image (unrecognised format)", 415,
                               "unsupported_media_type")
         grant = self._request("POST", f"{API}/uploads",
-                              json={"filename": path.name, "content_type": ctype, "size": len(data),
+                              json_body={"filename": path.name, "content_type": ctype, "size": len(data),
                                     **({"model": model} if model else {})})
         # The fields carry everything the policy demands, x-amz-meta-model included.
         fields = dict(grant.get("fields") or {})
         fields.setdefault("Content-Type", ctype)
+        # The file goes last: S3 ignores form fields after it.
+        body, form_type = urllib3.encode_multipart_formdata(
+            [*fields.items(), ("file", (path.name, data, ctype))])
         try:
             # No bearer token here: the policy's signature is the credential.
-            resp = requests.post(grant["url"], data=fields, files={"file": (path.name, data, ctype)},
-                                 timeout=self.timeout)
-        except requests.exceptions.RequestException as exc:
+            resp = self._send("POST", grant["url"], self.timeout, body=body,
+                              headers={"Content-Type": form_type})
+        except HTTPError as exc:
             raise ClientError(f"cannot reach object storage at {grant['url']} "
                               f"({type(exc).__name__})") from None
-        if resp.status_code >= 300:
+        if resp.status >= 300:
             raise ClientError(f"object storage refused the upload of {path.name}: HTTP "
-                              f"{resp.status_code} {_s3_code(resp.text)}", resp.status_code)
+                              f"{resp.status} {_s3_code(resp.data)}", resp.status)
         return grant["task_id"]
 
     # -- reading ------------------------------------------------------------------------------
@@ -233,18 +265,21 @@ class Client:
 
     def _fetch(self, url: str, path: Path) -> None:
         try:
-            with requests.get(url, stream=True, timeout=self.timeout) as resp:
-                if resp.status_code != 200:
-                    raise ClientError(f"downloading {path.name} failed: HTTP {resp.status_code} "
-                                      f"{_s3_code(resp.text)}", resp.status_code)
-                atomic_write(path, resp.iter_content(256 * 1024))
-        except requests.exceptions.RequestException as exc:
+            resp = self._send("GET", url, self.timeout, preload_content=False)
+            try:
+                if resp.status != 200:
+                    raise ClientError(f"downloading {path.name} failed: HTTP {resp.status} "
+                                      f"{_s3_code(resp.read())}", resp.status)
+                atomic_write(path, resp.stream(256 * 1024))
+            finally:
+                resp.release_conn()
+        except HTTPError as exc:
             raise ClientError(f"downloading {path.name} failed ({type(exc).__name__})") from None
 
 
-def _s3_code(xml: str) -> str:
-    start = xml.find("<Code>")
-    return xml[start + 6: xml.find("</Code>")] if start >= 0 else ""
+def _s3_code(xml: bytes) -> str:
+    start = xml.find(b"<Code>")
+    return xml[start + 6: xml.find(b"</Code>")].decode(errors="replace") if start >= 0 else ""
 
 
 __all__ = ["Client", "ClientError", "TaskFailed", "atomic_write", "result_paths",

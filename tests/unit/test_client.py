@@ -135,3 +135,12 @@ def test_result_names():
     assert unique_stems([Path("a/x.jpg"), Path("b/x.jpg")]) == ["x.jpg", "x.jpg-2"]
     assert _stems(["a/x.jpg", "a/x.png", "b/x.jpg", "y.gif"]) == \
         {"a/x.jpg": "a/x.jpg", "a/x.png": "a/x.png", "b/x.jpg": "b/x", "y.gif": "y"}
+
+
+def test_requests_go_through_the_proxy_the_environment_names(server, monkeypatch):
+    monkeypatch.setenv("http_proxy", server.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    server.answers = [(200, task("completed"))]
+    assert Client("http://api.invalid:8000").get("t1")["status"] == "completed"
+    assert server.requests[0][0] == "http://api.invalid:8000/api/v1/tasks/t1"

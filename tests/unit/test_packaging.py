@@ -1,5 +1,5 @@
 """What `pip install` puts on a machine: one top-level name, and parts that import without the
-model runtime (the `worker` extra)."""
+model runtime (the `worker` extra) or the test tools (`requests` is only in the `dev` extra)."""
 from __future__ import annotations
 
 import shutil
@@ -35,7 +35,7 @@ BLOCK_MODEL_RUNTIME = """
 import importlib.abc, importlib.util, sys
 class Absent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("onnxruntime", "cv2", "numpy", "PIL"):
+        if name.split(".")[0] in ("onnxruntime", "cv2", "numpy", "PIL", "requests"):
             raise ImportError(f"{name} is not installed here")
 sys.meta_path.insert(0, Absent())
 import maskflow.api.app, maskflow.api.server, maskflow.infra.client, maskflow.infra.cli, maskflow.infra.bootstrap
