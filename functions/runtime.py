@@ -39,6 +39,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -306,8 +307,10 @@ class Worker:
             return Outcome(Fate.SKIPPED, "folder marker")
         task_id = (self._retrying(self.tasks.task_id_for_key, event.key)
                    or derive_task_id(event.bucket, event.key))
+        # One claim id across retries: a retry after Redis lost the answer finds its own claim.
         decision, _attempt = self._retrying(self.tasks.begin, task_id, event.key, event.etag,
-                                           event.sequencer, self.worker_id, self.queue.run_id)
+                                           event.sequencer, self.worker_id, self.queue.run_id,
+                                           claim=uuid.uuid4().hex)
         if decision is not Decision.START:
             log.info("task %s (%s): %s, skipped", task_id, event.key, decision.value)
             if decision is Decision.EXHAUSTED:

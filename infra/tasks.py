@@ -132,7 +132,7 @@ return redis.call('HGETALL', KEYS[1])
 
 # ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker, processing_deadline,
 #       max_attempts, run (the claiming process' run id), claimant (the worker whose heartbeat
-#       is KEYS[6]), channel
+#       is KEYS[6]), channel, claim (the caller's id for this one claim, '' for none)
 # Returns {decision, attempts}, or {'retry', 0} when the record changed since KEYS were computed.
 _BEGIN = _script(7, """
 local task = KEYS[1]
@@ -149,6 +149,10 @@ if known ~= '' and seq ~= '' and seq < known then return {'stale', attempts} end
 if known ~= '' and seq == known then
   if status == 'completed' or status == 'failed' then return {'duplicate', attempts} end
   if status == 'processing' then
+    -- our own claim, whose answer was lost (Redis stopping as it replied): started already
+    if ARGV[15] ~= '' and redis.call('HGET', task, 'claim') == ARGV[15] then
+      return {'start', attempts}
+    end
     -- busy only while the very process (worker id + run) that claimed it is alive
     if (redis.call('HGET', task, 'worker') or '') ~= ARGV[13] then return {'retry', 0} end
     local owner_run = redis.call('HGET', task, 'run') or ''
@@ -164,7 +168,7 @@ else
   redis.call('HDEL', task, 'error', 'output_key', 'mask_key', 'model', 'completed_at')
 end
 redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
-           'started_at', ARGV[4], 'attempts', attempts)
+           'claim', ARGV[15], 'started_at', ARGV[4], 'attempts', attempts)
 if attempts > tonumber(ARGV[11]) then
   redis.call('HSET', task, 'status', 'failed', 'completed_at', ARGV[4],
              'error', 'gave up after ' .. (attempts - 1) .. ' attempts (the worker died or timed out each time)')
@@ -355,11 +359,13 @@ class TaskStore:
 
     # -- the worker's transitions --------------------------------------------------------------
     def begin(self, task_id: str, input_key: str, etag: str, sequencer: str,
-              worker_id: str, run_id: str) -> tuple[Decision, int]:
+              worker_id: str, run_id: str, claim: str = "") -> tuple[Decision, int]:
         """Claim one version of a task for processing; returns the decision and the attempt.
 
         `run_id` names this process' run of `worker_id` (its heartbeat carries it), so a
         restarted worker with the same id does not look like the one that died mid-task.
+        `claim`, unique per claim and the same when the call is retried, makes a retry after
+        a lost answer START again instead of finding the task busy with its own claim.
         """
         sequencer = normalise_sequencer(sequencer)
         # First guess what is usual (the record is the event's key's and unclaimed), saving a
@@ -371,7 +377,7 @@ class TaskStore:
                 keys=_script_keys(task_id, key, heartbeat_key(claimant_id)),
                 args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now, self.ttl,
                       etag, sequencer, worker_id, now + self.timeout, self.max_attempts, run_id,
-                      claimant_id, task_channel(task_id)])
+                      claimant_id, task_channel(task_id), claim])
             if decision != b"retry":
                 return Decision(decision.decode()), int(attempts)
             stored_key, claimant = self.r.hmget(task_key(task_id), "input_key", "worker")

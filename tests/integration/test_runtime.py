@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+import redis
 
 from checks import PHOTOS, check_result
 from maskflow.functions.runtime import Worker, build_worker
@@ -33,11 +34,27 @@ class TaskStoreFailingOnce(TaskStore):
         super().__init__(r, cfg)
         self.begin_calls = 0
 
-    def begin(self, *args):
+    def begin(self, *args, **kwargs):
         self.begin_calls += 1
         if self.begin_calls == 1:
             raise RuntimeError("injected: task store unavailable")
-        return super().begin(*args)
+        return super().begin(*args, **kwargs)
+
+
+class TaskStoreLosingFirstAnswer(TaskStore):
+    """The real task store, except that its first `begin` runs and then loses its answer,
+    as when Redis stops while replying."""
+
+    def __init__(self, r, cfg):
+        super().__init__(r, cfg)
+        self.begin_calls = 0
+
+    def begin(self, *args, **kwargs):
+        self.begin_calls += 1
+        answer = super().begin(*args, **kwargs)
+        if self.begin_calls == 1:
+            raise redis.ConnectionError("injected: connection closed by server")
+        return answer
 
 
 def upload_and_wait_for_event(servers, store, r, key: str, data: bytes) -> None:
@@ -60,6 +77,21 @@ def test_unsettled_event_is_handed_back_and_worker_survives(servers, quiet_queue
     check_result(servers, store, model, key, data, tasks)
     assert r.llen(inflight_key("flaky")) == 0
     assert not r.sismember(WORKERS_KEY, "flaky"), "a clean exit deregisters the worker"
+
+
+def test_begin_retried_after_a_lost_answer_processes_the_task(servers, quiet_queue, store, model,
+                                                             tasks, unique_prefix):
+    r = quiet_queue
+    key = f"input/{unique_prefix}/lost-answer.jpg"
+    data = (PHOTOS / "coffee.jpg").read_bytes()
+    upload_and_wait_for_event(servers, store, r, key, data)
+    losing = TaskStoreLosingFirstAnswer(r, servers.cfg)
+    worker = Worker(servers.cfg, EventQueue(r, servers.cfg, "lossy"), losing,
+                    ObjectStore(servers.cfg), lambda: {PERSON: model})
+    worker.run(burst=True)
+    assert losing.begin_calls >= 2, "the lost answer must be retried"
+    check_result(servers, store, model, key, data, tasks)
+    assert tasks.find_by_key(key).attempts == 1
 
 
 def test_handler_bug_fails_one_task_and_is_dead_lettered(servers, quiet_queue, store, model, tasks,

@@ -48,6 +48,22 @@ def test_busy_only_while_the_claiming_process_lives(servers, store, clean_redis)
     clean_redis.delete(heartbeat_key("w1"))
 
 
+def test_a_retried_claim_starts_again_and_another_claim_stays_busy(servers, store, clean_redis):
+    # Redis can run a begin and lose its answer (stopping as it replies); the caller retries
+    # with the same claim and must not find the task busy with its own claim.
+    tid = derive_task_id("b", "input/lost.jpg")
+    queue = EventQueue(clean_redis, servers.cfg, "w1")
+    queue.heartbeat(ready="1")
+    args = (tid, "input/lost.jpg", "e", "01", "w1", queue.run_id)
+    assert store.begin(*args, claim="c1") == (Decision.START, 1)
+    assert store.begin(*args, claim="c1") == (Decision.START, 1)
+    # another thread of the same process, same event twice: busy, not a second start
+    assert store.begin(*args, claim="c2")[0] is Decision.BUSY
+    assert store.begin(*args)[0] is Decision.BUSY
+    assert store.get(tid).attempts == 1
+    clean_redis.delete(heartbeat_key("w1"))
+
+
 def test_attempts_exhausted_fail_the_task(servers, store):
     tid = derive_task_id("b", "input/poison.jpg")
     for attempt in range(1, servers.cfg.task.max_attempts + 1):
