@@ -63,6 +63,17 @@ while true do
 end
 """
 
+# Move one item out of an in-flight list (KEYS[1]) as a new value onto a list (KEYS[2]), trimmed
+# to ARGV[3] items if > 0; only if the item was still there, so that a retry after Redis lost
+# the answer, or after the reaper took the item, queues nothing twice.
+_SETTLE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+local keep = tonumber(ARGV[3])
+if keep > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) end
+return 1
+"""
+
 
 def worker_status(r: redis.Redis, worker_id: str) -> dict[str, str]:
     raw = r.hgetall(heartbeat_key(worker_id))
@@ -113,6 +124,7 @@ class EventQueue:
         self.lease = cfg.worker.lease
         self.dead_letter_max = cfg.queue.dead_letter_max
         self._requeue = r.register_script(_REQUEUE)
+        self._settle = r.register_script(_SETTLE)
 
     # -- consuming ---------------------------------------------------------------------------
     def take(self, timeout: float) -> Delivery | None:
@@ -131,10 +143,8 @@ class EventQueue:
 
         It goes to the tail, so a message that keeps failing does not hold up the others.
         """
-        with self.r.pipeline(transaction=True) as p:
-            p.rpush(self.events_key, wrap(delivery.message, delivery.attempt, error))
-            p.lrem(self.inflight, 1, delivery.item)
-            p.execute()
+        self._settle(keys=[self.inflight, self.events_key],
+                     args=[delivery.item, wrap(delivery.message, delivery.attempt, error), 0])
 
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         """Set the message aside for good; `deliveries` defaults to this delivery's attempt."""
@@ -144,11 +154,8 @@ class EventQueue:
             "deliveries": delivery.attempt if deliveries is None else deliveries,
             "size": len(message), "truncated": len(message) > DEAD_PAYLOAD_BYTES,
             "payload": message[:DEAD_PAYLOAD_BYTES].decode("utf-8", "replace")})
-        with self.r.pipeline(transaction=True) as p:
-            p.rpush(DEAD_LETTER_KEY, record)
-            p.ltrim(DEAD_LETTER_KEY, -self.dead_letter_max, -1)
-            p.lrem(self.inflight, 1, delivery.item)
-            p.execute()
+        self._settle(keys=[self.inflight, DEAD_LETTER_KEY],
+                     args=[delivery.item, record, self.dead_letter_max])
 
     # -- liveness ----------------------------------------------------------------------------
     def heartbeat(self, **fields: str | int | float) -> None:

@@ -190,3 +190,19 @@ def test_dead_letters_are_capped_keeping_the_newest(servers, clean_redis, model)
     assert dead_letter_count(r) == 3
     assert [d["payload"] for d in dead_letters(r)] == ["poison 2", "poison 3", "poison 4"]
     assert all(d["reason"].startswith("poison event: not JSON") for d in dead_letters(r))
+
+
+def test_settling_twice_queues_nothing_twice(servers, clean_redis):
+    # The worker retries a hand-back or dead letter whose answer Redis lost (or that the reaper
+    # beat it to): the second call must find the item gone and add nothing.
+    r = clean_redis
+    queue = EventQueue(r, servers.cfg, "settler")
+    r.rpush(servers.cfg.queue.events_key, b"first", b"second")
+    first, second = queue.take(timeout=1), queue.take(timeout=1)
+    queue.give_back(first, "injected")
+    queue.give_back(first, "injected")
+    queue.dead_letter(second, "injected")
+    queue.dead_letter(second, "injected")
+    assert [unwrap(x).message for x in r.lrange(servers.cfg.queue.events_key, 0, -1)] == [b"first"]
+    assert [d["payload"] for d in dead_letters(r)] == ["second"]
+    assert r.llen(inflight_key("settler")) == 0
