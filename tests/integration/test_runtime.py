@@ -57,22 +57,31 @@ class TaskStoreLosingFirstAnswer(TaskStore):
         return answer
 
 
+def drain_with(servers, r, model, worker_id: str, task_store: TaskStore) -> None:
+    """Run a worker with the real queue and objects and this task store until the queue is empty."""
+    Worker(servers.cfg, EventQueue(r, servers.cfg, worker_id), task_store, ObjectStore(servers.cfg),
+           lambda: {PERSON: model}).run(burst=True)
+
+
 def upload_and_wait_for_event(servers, store, r, key: str, data: bytes) -> None:
     queued = r.llen(servers.cfg.queue.events_key)
     store.put(key, data, "image/jpeg")
     wait_until(lambda: r.llen(servers.cfg.queue.events_key) > queued, "MinIO event", 10)
 
 
+def queue_coffee(servers, store, r, key: str) -> bytes:
+    data = (PHOTOS / "coffee.jpg").read_bytes()
+    upload_and_wait_for_event(servers, store, r, key, data)
+    return data
+
+
 def test_unsettled_event_is_handed_back_and_worker_survives(servers, quiet_queue, store, model, tasks,
                                                             unique_prefix):
     r = quiet_queue
     key = f"input/{unique_prefix}/flaky.jpg"
-    data = (PHOTOS / "coffee.jpg").read_bytes()
-    upload_and_wait_for_event(servers, store, r, key, data)
+    data = queue_coffee(servers, store, r, key)
     flaky_tasks = TaskStoreFailingOnce(r, servers.cfg)
-    worker = Worker(servers.cfg, EventQueue(r, servers.cfg, "flaky"), flaky_tasks,
-                    ObjectStore(servers.cfg), lambda: {PERSON: model})
-    worker.run(burst=True)
+    drain_with(servers, r, model, "flaky", flaky_tasks)
     assert flaky_tasks.begin_calls == 2, "the event must come back and be taken again"
     check_result(servers, store, model, key, data, tasks)
     assert r.llen(inflight_key("flaky")) == 0
@@ -83,12 +92,9 @@ def test_begin_retried_after_a_lost_answer_processes_the_task(servers, quiet_que
                                                              tasks, unique_prefix):
     r = quiet_queue
     key = f"input/{unique_prefix}/lost-answer.jpg"
-    data = (PHOTOS / "coffee.jpg").read_bytes()
-    upload_and_wait_for_event(servers, store, r, key, data)
+    data = queue_coffee(servers, store, r, key)
     losing = TaskStoreLosingFirstAnswer(r, servers.cfg)
-    worker = Worker(servers.cfg, EventQueue(r, servers.cfg, "lossy"), losing,
-                    ObjectStore(servers.cfg), lambda: {PERSON: model})
-    worker.run(burst=True)
+    drain_with(servers, r, model, "lossy", losing)
     assert losing.begin_calls >= 2, "the lost answer must be retried"
     check_result(servers, store, model, key, data, tasks)
     assert tasks.find_by_key(key).attempts == 1
