@@ -15,6 +15,7 @@ import numpy as np
 from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
 from maskflow.functions.handlers import result_keys
 from maskflow.infra.config import replace
+from maskflow.infra.keys import inflight_key
 from maskflow.infra.queue import worker_status
 from maskflow.infra.stack import wait_until
 
@@ -58,34 +59,43 @@ def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
         check_result(servers, store, model, key, (PHOTOS / "rocket.jpg").read_bytes(), tasks)
 
 
-def test_200_images_with_a_worker_sigkilled_every_3s(servers, clean_redis, mc, store, tasks,
-                                                      unique_prefix, tmp_path):
+def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean_redis, mc, store, tasks,
+                                                                    unique_prefix, tmp_path):
     folder = tmp_path / "b1"
     make_photos(folder, 200, 900, quality=85)
-    steady = start_worker(servers.cfg, "steady")
+    r = servers.redis()
     victim = {"proc": start_worker(servers.cfg, "victim")}
     stop = threading.Event()
-    kills = []
+    kills = []  # how many events the victim held when it was killed
 
     def chaos():
-        # the schedule of the scenario itself: kill and restart every 3 s
-        while not stop.wait(3.0):
+        # Kill on the victim's own progress, not on a clock: a fast machine once drained the
+        # whole batch before a 3 s schedule killed twice.
+        while not stop.is_set() and len(kills) < 4:
+            held = r.llen(inflight_key("victim"))
+            if not held:
+                stop.wait(0.02)  # polling interval of the victim's in-flight list
+                continue
             victim["proc"].kill()
             victim["proc"].wait()
-            kills.append(time.monotonic())
+            kills.append(held)
             victim["proc"] = start_worker(servers.cfg, "victim")
 
     killer = threading.Thread(target=chaos, daemon=True)
+    steady = None
     try:
         killer.start()
         mc("mirror", str(folder), f"local/{servers.cfg.minio.bucket}/input/{unique_prefix}/b1/")
+        # The victim works alone until killed twice, so the batch cannot finish before that.
+        wait_until(lambda: len(kills) >= 2, "two kills of the victim", 120)
+        steady = start_worker(servers.cfg, "steady")
         summary = wait_batch_done(tasks, f"input/{unique_prefix}/b1/", 200, timeout=300)
     finally:
         stop.set()
         killer.join()
         stop_worker(victim["proc"])
-        stop_worker(steady)
-    assert len(kills) >= 2, "the victim was never killed: the batch finished too fast to test anything"
+        if steady is not None:
+            stop_worker(steady)
     assert summary is not None and summary.total == 200
     assert summary.counts["completed"] == 200, (summary.counts, [(t.input_key, t.error) for t in summary.failures])
     for i in range(200):
