@@ -1,5 +1,7 @@
 """Peak memory of one model run, by ONNX Runtime setting (not collected by pytest).
 
+Settings: graph optimisation level, memory arena and buffer reuse (the worker: all, on, off).
+
     .venv/bin/python tests/bench/model_memory.py [--model models/u2netp.onnx] [--runs 4]
 
 Each setting runs in a fresh process: load the model as the worker does, predict a
@@ -28,16 +30,17 @@ import maskflow.functions.segmenter as segmenter
 
 reuse_freed_buffers()  # as a worker process does
 
-model, level, arena, runs = sys.argv[2], sys.argv[3], sys.argv[4] == "on", int(sys.argv[5])
+model, level, arena, reuse, runs = sys.argv[2], sys.argv[3], sys.argv[4] == "on", sys.argv[5] == "on", int(sys.argv[6])
+real_session = segmenter.ort.InferenceSession
 
 
-class Options(segmenter.ort.SessionOptions):
-    def __init__(self):
-        super().__init__()
-        self.enable_cpu_mem_arena = arena
+def session(path, sess_options, **kwargs):  # the worker's options, with this run's two changed
+    sess_options.enable_cpu_mem_arena = arena
+    sess_options.enable_mem_reuse = reuse
+    return real_session(path, sess_options=sess_options, **kwargs)
 
 
-segmenter.ort.SessionOptions = Options
+segmenter.ort.InferenceSession = session
 rgb = decode_image(make_photo(0, 1024, 768), 40_000_000)
 seg = Segmenter.load(model, optimization_level=level)
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -55,14 +58,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4)
     args = parser.parse_args()
     print(f"{os.path.basename(args.model)}, 1024x768 photo, one run at a time, 1 intra-op thread\n")
-    print("| optimisation | memory arena | RSS loaded MB | peak RSS MB | ms/image |")
-    print("|---|---|---|---|---|")
+    print("| optimisation | memory arena | buffer reuse | RSS loaded MB | peak RSS MB | ms/image |")
+    print("|---|---|---|---|---|---|")
     for level in ("all", "extended", "basic"):
         for arena in ("on", "off"):
-            out = subprocess.run([sys.executable, "-c", ONE_SETTING, ROOT, args.model, level, arena,
-                                  str(args.runs)], capture_output=True, text=True, check=True).stdout
-            loaded, peak, ms = out.split()
-            print(f"| {level} | {arena} | {loaded} | {peak} | {ms} |")
+            for reuse in ("on", "off"):
+                out = subprocess.run([sys.executable, "-c", ONE_SETTING, ROOT, args.model, level, arena, reuse,
+                                      str(args.runs)], capture_output=True, text=True, check=True).stdout
+                loaded, peak, ms = out.split()
+                print(f"| {level} | {arena} | {reuse} | {loaded} | {peak} | {ms} |")
 
 
 if __name__ == "__main__":
