@@ -190,7 +190,7 @@ class Segmenter:
         # (545 -> 350 MB) and the selfie model 6 MB, and bought neither any speed.
         opts.enable_mem_pattern = False
         # Reuse keeps a freed tensor's buffer until a later tensor takes it, so buffers outlive
-        # their tensors: U^2-Netp peaks at 446 MB with it and 344 MB without, at the same speed;
+        # their tensors: U^2-Netp peaks at 444 MB with it and 342 MB without, at the same speed;
         # the selfie model is unchanged (tests/bench/model_memory.py).
         opts.enable_mem_reuse = False
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if int(inter_op_threads) <= 1 \
