@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,10 +42,40 @@ class StackError(RuntimeError):
     """The stack could not be brought up or down; the message says what to do."""
 
 
+_ports = random.Random()  # its own state: a seeded global random must not repeat our picks
+_handed_out: set[int] = set()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The range the kernel takes outgoing connections' source ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing is bound to, below the ephemeral range, not handed out before.
+
+    Not bind(0): that port comes from the ephemeral range, so between choosing it and a
+    server binding it any connect() on the machine may take it as its source port (a CI run
+    lost `maskflow up` to that).  connect() never picks a port below the range.
+    """
+    low, _ = ephemeral_port_range()
+    for _ in range(200):
+        port = _ports.randrange(max(1024, low // 2), low) if low > 2048 else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise StackError(f"no free loopback port below {low}")
 
 
 def port_is_free(host: str, port: int) -> bool:
