@@ -63,18 +63,12 @@ def free_port() -> int:
     lost `maskflow up` to that).  connect() never picks a port below the range.
     """
     low, _ = ephemeral_port_range()
-    for _ in range(200):
-        port = _ports.randrange(max(1024, low // 2), low) if low > 2048 else 0
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            port = s.getsockname()[1]
-        _handed_out.add(port)
-        return port
+    candidates = range(max(1024, low // 2), low)
+    for _ in range(200 if candidates else 0):
+        port = _ports.choice(candidates)
+        if port not in _handed_out and port_is_free("127.0.0.1", port):
+            _handed_out.add(port)
+            return port
     raise StackError(f"no free loopback port below {low}")
 
 
