@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -56,7 +57,7 @@ from maskflow.infra.config import Config
 from maskflow.infra.formats import ImageRejected
 from maskflow.infra.keys import Heartbeat
 from maskflow.infra.objects import ObjectChanged, ObjectMissing, ObjectStore
-from maskflow.infra.queue import Delivery, EventQueue
+from maskflow.infra.queue import Delivery, EventQueue, unwrap
 from maskflow.infra.tasks import Decision, TaskStore, derive_task_id
 
 log = logging.getLogger("maskflow.worker")
@@ -143,8 +144,9 @@ class Worker:
         self.stats = Stats()
         self.stopping = threading.Event()
         self._consumers_done = threading.Event()  # the heartbeat lasts until then
-        self._busy = 0
-        self._busy_lock = threading.Lock()
+        self._held: Counter[bytes] = Counter()  # in-flight items a consumer is working on
+        self._held_lock = threading.Lock()
+        self._unheld_before: set[bytes] = set()  # in our in-flight list, held by nobody, last beat
         self._retry = dict(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential(multiplier=0.5, max=cfg.worker.retry_max_wait) + wait_random(0, 0.5),
@@ -197,8 +199,8 @@ class Worker:
         self.stopping.set()
 
     def _beat(self) -> None:
-        with self._busy_lock:
-            busy = self._busy
+        with self._held_lock:
+            busy = sum(self._held.values())
         self.queue.heartbeat(**{Heartbeat.READY: "1" if self.models else "0",
                                 Heartbeat.REASON: self.not_ready_reason, Heartbeat.PID: os.getpid(),
                                 Heartbeat.HOST: socket.gethostname(), Heartbeat.BUSY: busy},
@@ -212,6 +214,7 @@ class Worker:
             try:
                 self._beat()
                 if self.models:
+                    self._requeue_orphans()
                     moved = self.queue.reap()
                     if moved:
                         log.warning("requeued %d events of dead workers", moved)
@@ -220,6 +223,22 @@ class Worker:
             except redis.RedisError as exc:
                 log.warning("maintenance: Redis unavailable: %s", exc)
             self._consumers_done.wait(interval)
+
+    def _requeue_orphans(self) -> None:
+        """Requeue what sits in our in-flight list unheld at two beats in a row.
+
+        Redis can stop right after it moved an event there and before its answer reaches us:
+        the consumer retries and takes the next one, and the event would wait, unseen, until
+        this worker restarts (a CI run's outage test lost one that way).  Two beats keep a
+        claim whose answer is still on its way from looking orphaned.
+        """
+        listed = self.queue.in_flight()
+        with self._held_lock:
+            unheld = {item for item in listed if not self._held[item]}
+        for item in unheld & self._unheld_before:
+            self.queue.give_back(unwrap(item), "claimed, but Redis lost the answer to the claim")
+            log.warning("requeued an event in our in-flight list that no consumer held")
+        self._unheld_before = unheld - self._unheld_before
 
     # -- consuming ----------------------------------------------------------------------------
     def _consume(self, burst: bool) -> None:
@@ -237,16 +256,18 @@ class Worker:
                 if burst:
                     return
                 continue
-            with self._busy_lock:
-                self._busy += 1
+            with self._held_lock:
+                self._held[delivery.item] += 1
             try:
                 self.process(delivery)
             except Exception as exc:  # noqa: BLE001 - e.g. Redis gone past all retries: keep the worker alive
                 log.exception("could not settle an event (delivery %d)", delivery.attempt)
                 self._hand_back(delivery, f"{type(exc).__name__}: {exc}")
             finally:
-                with self._busy_lock:
-                    self._busy -= 1
+                with self._held_lock:
+                    self._held[delivery.item] -= 1
+                    if not self._held[delivery.item]:
+                        del self._held[delivery.item]
 
     def _hand_back(self, delivery: Delivery, error: str) -> None:
         """Requeue an event we could not settle, with its delivery count and why (see process).

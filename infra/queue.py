@@ -135,6 +135,10 @@ class EventQueue:
         item = self.r.blmove(self.events_key, self.inflight, timeout, "LEFT", "RIGHT")
         return None if item is None else unwrap(item)
 
+    def in_flight(self) -> list[bytes]:
+        """Our in-flight list as Redis holds it."""
+        return self.r.lrange(self.inflight, 0, -1)
+
     def ack(self, delivery: Delivery) -> None:
         self.r.lrem(self.inflight, 1, delivery.item)
 

@@ -8,11 +8,13 @@ import pytest
 import redis
 
 from checks import PHOTOS, check_result
+from maskflow.functions.events import parse_message
 from maskflow.functions.runtime import Worker, build_worker
 from maskflow.infra.catalog import PERSON
+from maskflow.infra.config import replace
 from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
 from maskflow.infra.objects import ObjectStore
-from maskflow.infra.queue import EventQueue
+from maskflow.infra.queue import Delivery, EventQueue
 from maskflow.infra.stack import wait_until
 from maskflow.infra.tasks import TaskStore, derive_task_id
 
@@ -57,6 +59,22 @@ class TaskStoreLosingFirstAnswer(TaskStore):
         return answer
 
 
+class EventQueueLosingFirstClaim(EventQueue):
+    """The real queue, except that its first claim moves an event into our in-flight list and
+    then loses its answer, as when Redis stops while replying."""
+
+    def __init__(self, r, cfg, worker_id):
+        super().__init__(r, cfg, worker_id)
+        self.lost: Delivery | None = None
+
+    def take(self, timeout):
+        delivery = super().take(timeout)
+        if delivery is not None and self.lost is None:
+            self.lost = delivery
+            raise redis.ConnectionError("injected: connection closed by server")
+        return delivery
+
+
 def drain_with(servers, r, model, worker_id: str, task_store: TaskStore) -> None:
     """Run a worker with the real queue and objects and this task store until the queue is empty."""
     Worker(servers.cfg, EventQueue(r, servers.cfg, worker_id), task_store, ObjectStore(servers.cfg),
@@ -98,6 +116,27 @@ def test_begin_retried_after_a_lost_answer_processes_the_task(servers, quiet_que
     assert losing.begin_calls >= 2, "the lost answer must be retried"
     check_result(servers, store, model, key, data, tasks)
     assert tasks.find_by_key(key).attempts == 1
+
+
+def test_an_event_whose_claim_lost_its_answer_is_requeued_and_processed(servers, quiet_queue, store, model,
+                                                                         tasks, unique_prefix):
+    r = quiet_queue
+    key = f"input/{unique_prefix}/lost-claim.jpg"
+    data = queue_coffee(servers, store, r, key)
+    cfg = replace(servers.cfg, worker={"heartbeat": 1, "lease": 5})
+    queue = EventQueueLosingFirstClaim(r, cfg, "claimer")
+    worker = Worker(cfg, queue, TaskStore(r, cfg), ObjectStore(cfg), lambda: {PERSON: model})
+    running = threading.Thread(target=worker.run)
+    running.start()
+    try:
+        wait_until(lambda: (task := tasks.find_by_key(key)) is not None and task.terminal,
+                   "the event the lost claim left in flight, processed", 30)
+    finally:
+        worker.stop()
+        running.join(30)
+    assert queue.lost is not None and [e.key for e in parse_message(queue.lost.message)] == [key]
+    check_result(servers, store, model, key, data, tasks)
+    assert r.llen(inflight_key("claimer")) == 0
 
 
 def test_handler_bug_fails_one_task_and_is_dead_lettered(servers, quiet_queue, store, model, tasks,
