@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from maskflow.infra.config import ConfigError, load_config
+from maskflow.infra.wiring.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,11 +16,11 @@ from maskflow.api.middleware import BearerAuth, BodyLimit
 from maskflow.api.resources import (API, BatchResource, Deps, HealthResource, MetricsResource,
                                     ModelsResource, OpenApiResource, ReadyResource, StaticResource,
                                     SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
-from maskflow.infra.clients import minio_client, redis_client
-from maskflow.infra.config import Config, ConfigError, load_config, split_address
-from maskflow.infra.net import is_loopback
-from maskflow.infra.objects import ObjectStore
-from maskflow.infra.tasks import TaskStore
+from maskflow.infra.wiring.connections import minio_client, redis_client
+from maskflow.infra.wiring.config import Config, ConfigError, load_config, split_address
+from maskflow.infra.wiring.net import is_loopback
+from maskflow.infra.stores.objects import ObjectStore
+from maskflow.infra.stores.tasks import TaskStore
 
 log = logging.getLogger("maskflow.api")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from maskflow.api.middleware import DEFAULT_MAX_BODY
 from maskflow.api.resources import MULTIPART_SLACK, UPLOAD_TYPES
-from maskflow.infra.catalog import DEFAULT, NAMES
-from maskflow.infra.config import Config
+from maskflow.infra.domain.catalog import DEFAULT, NAMES
+from maskflow.infra.wiring.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}

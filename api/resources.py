@@ -21,13 +21,13 @@ import redis
 
 from maskflow.api import metrics as metrics_mod
 from maskflow.api.errors import ApiError, bad_request, body as error_body, not_found
-from maskflow.infra.catalog import CATALOG, DEFAULT, METADATA_KEY, NAMES, UnknownModel, check_name
-from maskflow.infra.clock import utc_iso
-from maskflow.infra.config import Config
-from maskflow.infra.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, METADATA_KEY, NAMES, UnknownModel, check_name
+from maskflow.infra.domain.clock import utc_iso
+from maskflow.infra.wiring.config import Config
+from maskflow.infra.domain.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
                                     UnsupportedFormat, check_header)
-from maskflow.infra.objects import ObjectStore
-from maskflow.infra.tasks import Task, TaskStore, new_task_id
+from maskflow.infra.stores.objects import ObjectStore
+from maskflow.infra.stores.tasks import Task, TaskStore, new_task_id
 
 log = logging.getLogger("maskflow.api")
 

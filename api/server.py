@@ -28,7 +28,7 @@ from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
 from maskflow.api.errors import body as error_body, default_code
-from maskflow.infra.config import Config, ConfigError
+from maskflow.infra.wiring.config import Config, ConfigError
 
 log = logging.getLogger("maskflow.api")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskflow.functions.segmenter import Segmenter
-from maskflow.infra.catalog import CATALOG
-from maskflow.infra.images import decode_image
+from maskflow.infra.domain.segmenter import Segmenter
+from maskflow.infra.domain.catalog import CATALOG
+from maskflow.infra.domain.images import decode_image
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "models"

@@ -9,10 +9,10 @@ import sys
 import threading
 
 from maskflow.functions.runtime import build_worker, install_signal_handlers, reuse_freed_buffers
-from maskflow.functions.segmenter import Segmenter
-from maskflow.infra.catalog import PERSON
-from maskflow.infra.clients import redis_client
-from maskflow.infra.config import ConfigError, load_config
+from maskflow.infra.domain.segmenter import Segmenter
+from maskflow.infra.domain.catalog import PERSON
+from maskflow.infra.wiring.connections import redis_client
+from maskflow.infra.wiring.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

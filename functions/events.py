@@ -16,7 +16,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from maskflow.infra.catalog import METADATA_KEY
+from maskflow.infra.domain.catalog import METADATA_KEY
 
 CREATED_PREFIX = "s3:ObjectCreated:"
 # A real message is about 1-2 KiB (keys are at most 1024 bytes, 3x when escaped); the bound

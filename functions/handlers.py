@@ -8,7 +8,7 @@ adds ``.png``, so inputs that differ only by extension never overwrite each othe
 
 Both results come from the version of the input the event names: the read is conditional on
 the event's ETag, and each result is published only over results of the same or an older
-version (infra/objects.py), so when a key is re-uploaded mid-run the newest upload's results
+version (infra/stores/objects.py), so when a key is re-uploaded mid-run the newest upload's results
 win whatever order the runs finish in.  A run that loses raises ObjectChanged.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Protocol
 import numpy as np
 
 from maskflow.functions.events import ObjectCreated
-from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png
-from maskflow.infra.objects import StoredObject
-from maskflow.infra.tasks import normalise_sequencer
+from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png
+from maskflow.infra.stores.objects import StoredObject
+from maskflow.infra.stores.tasks import normalise_sequencer
 
 INPUT_PREFIX = "input/"
 

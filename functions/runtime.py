@@ -1,8 +1,8 @@
 """The loop that feeds handlers: `maskflow worker` / `python -m maskflow.functions`.
 
-Delivery is at-least-once through the reliable-queue pattern in infra/queue.py (per-worker
+Delivery is at-least-once through the reliable-queue pattern in infra/stores/queue.py (per-worker
 in-flight list, heartbeat, reaper); duplicates are absorbed by the task transitions in
-infra/tasks.py.  Per event:
+infra/stores/tasks.py.  Per event:
 
     take (LMOVE into our in-flight list) -> parse (poison -> dead letter) -> trust checks
     -> begin task -> handler, with tenacity retries for transient faults -> complete / fail -> ack
@@ -20,7 +20,7 @@ Failure policy:
 * permanent (image rejected, object gone): the task fails at once with a readable error;
 * a bug in a handler fails that task with the exception's name; the worker keeps running;
 * a worker that dies mid-task: its events come back through the reaper; a task whose worker
-  died `task.max_attempts` times fails (infra/tasks.py), so a poison image cannot kill
+  died `task.max_attempts` times fails (infra/stores/tasks.py), so a poison image cannot kill
   workers forever; a task stuck past `task.timeout` is failed by the maintenance thread.
 
 Threads: `worker.concurrency` consumers share one model session and one client pool, so the
@@ -52,13 +52,13 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
 
 from maskflow.functions.events import ObjectCreated, PoisonEvent, parse_message
 from maskflow.functions.handlers import INPUT_PREFIX, Context, Model, handle_object_created
-from maskflow.infra.catalog import DEFAULT, UnknownModel, named_model
-from maskflow.infra.config import Config
-from maskflow.infra.formats import ImageRejected
-from maskflow.infra.keys import Heartbeat
-from maskflow.infra.objects import ObjectChanged, ObjectMissing, ObjectStore
-from maskflow.infra.queue import Delivery, EventQueue, unwrap
-from maskflow.infra.tasks import Decision, TaskStore, derive_task_id
+from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, named_model
+from maskflow.infra.wiring.config import Config
+from maskflow.infra.domain.formats import ImageRejected
+from maskflow.infra.stores.keys import Heartbeat
+from maskflow.infra.stores.objects import ObjectChanged, ObjectMissing, ObjectStore
+from maskflow.infra.stores.queue import Delivery, EventQueue, unwrap
+from maskflow.infra.stores.tasks import Decision, TaskStore, derive_task_id
 
 log = logging.getLogger("maskflow.worker")
 

@@ -4,7 +4,7 @@
 #         through the API and writes its cut-out and mask to ./out/
 #   test  installs what is missing and runs the whole test suite (what .ci/run calls)
 # Everything it starts binds to 127.0.0.1. MinIO and mc are built from source with
-# `go install` on first use (infra/install.py), which takes a few minutes once.
+# `go install` on first use (infra/ops/install.py), which takes a few minutes once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +56,7 @@ case "${1:-}" in
     need_apt redis-server redis-server chromium chromium
     setup_python
     # Build the servers here, not inside a test's time limit: the first MinIO build takes minutes.
-    .venv/bin/python -m maskflow.infra.install
+    .venv/bin/python -m maskflow.infra.ops.install
     # No test downloads: the mediapipe wheel the converter test rebuilds the model from is
     # fetched here, once, into the cache.
     .venv/bin/python tests/mediapipe_wheel.py

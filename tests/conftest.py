@@ -1,6 +1,6 @@
 """Shared fixtures: a private Redis and MinIO for the test session, on free loopback ports.
 
-The servers are the real ones (infra/install.py builds or finds them); nothing here collides
+The servers are the real ones (infra/ops/install.py builds or finds them); nothing here collides
 with a dev stack on the default ports, and everything started is stopped at the end.
 A server that cannot be installed or started is an error of every test that needs it, never
 a skip: those tests are what shows the product works.
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from maskflow.infra import install
-from maskflow.infra.config import Config, load_config, replace
-from maskflow.infra.stack import Stack, StackError, free_port
+from maskflow.infra.ops import install
+from maskflow.infra.wiring.config import Config, load_config, replace
+from maskflow.infra.ops.stack import Stack, StackError, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -176,19 +176,19 @@ def mc(servers: Servers, tmp_path_factory):
 @pytest.fixture(scope="session")
 def model(servers):
     """The configured model, loaded in-process, to compare the workers' masks against."""
-    from maskflow.functions.segmenter import Segmenter
+    from maskflow.infra.domain.segmenter import Segmenter
     return Segmenter.load(servers.cfg.model_path, servers.cfg.model.input_size)
 
 
 @pytest.fixture
 def tasks(servers):
-    from maskflow.infra.tasks import TaskStore
+    from maskflow.infra.stores.tasks import TaskStore
     return TaskStore(servers.redis(), servers.cfg)
 
 
 @pytest.fixture
 def store(servers):
-    from maskflow.infra.objects import ObjectStore
+    from maskflow.infra.stores.objects import ObjectStore
     return ObjectStore(servers.cfg)
 
 

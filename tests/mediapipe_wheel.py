@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maskflow.infra.install import cache_dir  # noqa: E402
+from maskflow.infra.ops.install import cache_dir  # noqa: E402
 
 WHEEL_DIR = cache_dir().parent / "wheels"
 FETCH = ".venv/bin/python tests/mediapipe_wheel.py"

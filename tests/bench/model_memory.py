@@ -24,9 +24,9 @@ import resource, sys, time
 sys.path[:0] = [sys.argv[1] + "/tests"]
 from checks import make_photo
 from maskflow.functions.runtime import reuse_freed_buffers
-from maskflow.functions.segmenter import Segmenter
-from maskflow.infra.images import decode_image
-import maskflow.functions.segmenter as segmenter
+from maskflow.infra.domain.segmenter import Segmenter
+from maskflow.infra.domain.images import decode_image
+import maskflow.infra.domain.segmenter as segmenter
 
 reuse_freed_buffers()  # as a worker process does
 

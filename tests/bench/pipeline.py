@@ -28,12 +28,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
 from maskflow.functions.runtime import reuse_freed_buffers  # noqa: E402
-from maskflow.functions.segmenter import Segmenter  # noqa: E402
-from maskflow.infra.catalog import DEFAULT, METADATA_KEY, NAMES  # noqa: E402
-from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
-from maskflow.infra.objects import ObjectStore  # noqa: E402
-from maskflow.infra.stack import Stack  # noqa: E402
-from maskflow.infra.tasks import TaskStore  # noqa: E402
+from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
+from maskflow.infra.domain.catalog import DEFAULT, METADATA_KEY, NAMES  # noqa: E402
+from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
+from maskflow.infra.stores.objects import ObjectStore  # noqa: E402
+from maskflow.infra.ops.stack import Stack  # noqa: E402
+from maskflow.infra.stores.tasks import TaskStore  # noqa: E402
 
 
 def parse_iso(text: str) -> float:

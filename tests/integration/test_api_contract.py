@@ -16,11 +16,11 @@ import requests
 from checks import PHOTOS, assert_error, presigned_expires_at
 from conftest import REPO
 from conftest import UPLOAD_LIMIT as LIMIT
-from maskflow.infra.config import replace
-from maskflow.infra.objects import PRESIGN_REUSE_S, ObjectStore
-from maskflow.infra.queue import DEAD_LETTER_KEY, EventQueue
-from maskflow.infra.stack import wait_until
-from maskflow.infra.tasks import UPLOAD_DEADLINES, TaskStore
+from maskflow.infra.wiring.config import replace
+from maskflow.infra.stores.objects import PRESIGN_REUSE_S, ObjectStore
+from maskflow.infra.stores.queue import DEAD_LETTER_KEY, EventQueue
+from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.tasks import UPLOAD_DEADLINES, TaskStore
 
 GRACE_S = 120  # api.resources.UPLOAD_GRACE_S, restated: the test checks the contract
 

@@ -17,7 +17,7 @@ import requests
 
 from checks import assert_error
 from conftest import UPLOAD_LIMIT as LIMIT
-from maskflow.infra.tasks import TaskStore
+from maskflow.infra.stores.tasks import TaskStore
 
 SLOW_CLIENTS = 500
 MAX_LATENCY_S = 1.0

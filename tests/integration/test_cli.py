@@ -19,11 +19,11 @@ import pytest
 from checks import PHOTOS, iou, make_photos, reference_mask
 from conftest import REPO
 from conftest import app_stack, wait_for_task
-from maskflow.infra import install
-from maskflow.infra.config import env_for
-from maskflow.infra.objects import ObjectStore
-from maskflow.infra.stack import free_port
-from maskflow.infra.tasks import TaskStore, derive_task_id
+from maskflow.infra.ops import install
+from maskflow.infra.wiring.config import env_for
+from maskflow.infra.stores.objects import ObjectStore
+from maskflow.infra.ops.stack import free_port
+from maskflow.infra.stores.tasks import TaskStore, derive_task_id
 
 TOKEN = "cli-test-token"
 MAX_WAIT = 240.0
@@ -42,7 +42,7 @@ def _env(cfg, **extra) -> dict[str, str]:
 
 
 def maskflow(stack, *args, cwd: Path, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maskflow.infra.cli", *args], cwd=cwd, env=_env(stack.cfg),
+    return subprocess.run([sys.executable, "-m", "maskflow.infra.sdk.cli", *args], cwd=cwd, env=_env(stack.cfg),
                           capture_output=True, text=True, timeout=MAX_WAIT, **popen)
 
 
@@ -131,7 +131,7 @@ def test_batch_100_nested_interrupt_then_rerun_finishes_rest(stack, tmp_path):
     photos = tmp_path / "photos"
     rels = make_photos(photos, 100, nested=True)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "maskflow.infra.cli", "batch", str(photos), "--prefix", "hundred",
+    argv = [sys.executable, "-m", "maskflow.infra.sdk.cli", "batch", str(photos), "--prefix", "hundred",
             "--out", str(out)]
     first = subprocess.Popen(argv, cwd=tmp_path, env=_env(stack.cfg), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -232,7 +232,7 @@ def test_documented_mc_mirror_commands_process_100_photos(stack, tmp_path):
         # `maskflow status --batch`: repeat until the whole batch is done (a polling loop).
         deadline = time.monotonic() + MAX_WAIT
         while True:
-            proc = subprocess.run([sys.executable, "-m", "maskflow.infra.cli", *argv[1:]], cwd=tmp_path,
+            proc = subprocess.run([sys.executable, "-m", "maskflow.infra.sdk.cli", *argv[1:]], cwd=tmp_path,
                                   env=env, capture_output=True, text=True, timeout=60)
             if "100/100 done" in proc.stdout:
                 break

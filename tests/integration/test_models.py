@@ -11,8 +11,8 @@ import requests
 
 from checks import PHOTOS, assert_error, iou, png, reference_mask, wait_for_task
 from conftest import app_stack
-from maskflow.infra.catalog import NAMES
-from maskflow.infra.tasks import derive_task_id
+from maskflow.infra.domain.catalog import NAMES
+from maskflow.infra.stores.tasks import derive_task_id
 
 SCENE = "chelsea.jpg"
 PRODUCTS = "input/products-by-prefix/"

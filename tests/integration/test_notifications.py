@@ -6,7 +6,7 @@ import time
 import urllib.parse
 
 from checks import make_photo, make_photos
-from maskflow.infra.objects import ObjectStore
+from maskflow.infra.stores.objects import ObjectStore
 
 
 def _drain(r, key: str, want: int, timeout: float = 10.0) -> list[dict]:

@@ -14,7 +14,7 @@ import pytest
 
 from checks import PHOTOS, check_result, wait_for_task
 from conftest import app_stack
-from maskflow.infra.tasks import derive_task_id
+from maskflow.infra.stores.tasks import derive_task_id
 
 MAX_WORKER_RSS_MB = 300
 LIMIT = 4 * 1024 * 1024

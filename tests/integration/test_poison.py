@@ -10,12 +10,12 @@ import pytest
 
 from checks import PHOTOS, check_result, start_worker, stop_worker, wait_for_task
 from maskflow.functions.runtime import Worker, build_worker
-from maskflow.infra.catalog import PERSON
-from maskflow.infra.config import replace
-from maskflow.infra.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
-from maskflow.infra.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
-from maskflow.infra.stack import wait_until
-from maskflow.infra.tasks import derive_task_id
+from maskflow.infra.domain.catalog import PERSON
+from maskflow.infra.wiring.config import replace
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
+from maskflow.infra.stores.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
+from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.tasks import derive_task_id
 
 
 def record(bucket: str, key, name="s3:ObjectCreated:Put", **obj) -> dict:

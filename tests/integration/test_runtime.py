@@ -10,13 +10,13 @@ import redis
 from checks import PHOTOS, check_result
 from maskflow.functions.events import parse_message
 from maskflow.functions.runtime import Worker, build_worker
-from maskflow.infra.catalog import PERSON
-from maskflow.infra.config import replace
-from maskflow.infra.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
-from maskflow.infra.objects import ObjectStore
-from maskflow.infra.queue import Delivery, EventQueue
-from maskflow.infra.stack import wait_until
-from maskflow.infra.tasks import TaskStore, derive_task_id
+from maskflow.infra.domain.catalog import PERSON
+from maskflow.infra.wiring.config import replace
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
+from maskflow.infra.stores.objects import ObjectStore
+from maskflow.infra.stores.queue import Delivery, EventQueue
+from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.tasks import TaskStore, derive_task_id
 
 
 @pytest.fixture

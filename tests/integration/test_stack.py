@@ -11,16 +11,16 @@ import pytest
 import requests
 
 from conftest import make_config
-from maskflow.infra import install
+from maskflow.infra.ops import install
 from conftest import REPO
-from maskflow.infra.config import env_for, replace
+from maskflow.infra.wiring.config import env_for, replace
 
 
 def run_cli(cfg, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")}
     env.update(env_for(cfg))
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", "maskflow.infra.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "maskflow.infra.sdk.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=180)
 
 

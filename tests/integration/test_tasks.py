@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from maskflow.infra.keys import heartbeat_key
-from maskflow.infra.queue import EventQueue
-from maskflow.infra.stack import wait_until
-from maskflow.infra.tasks import Decision, TaskStore, batch_prefixes, derive_task_id
+from maskflow.infra.stores.keys import heartbeat_key
+from maskflow.infra.stores.queue import EventQueue
+from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.tasks import Decision, TaskStore, batch_prefixes, derive_task_id
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 from checks import PHOTOS, check_result, make_photo, pipeline_idle, png
 from conftest import app_stack
 from maskflow.functions.handlers import result_keys
-from maskflow.infra.stack import wait_until
-from maskflow.infra.tasks import derive_task_id
+from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.tasks import derive_task_id
 
 ROUNDS = 10
 

@@ -14,10 +14,10 @@ import numpy as np
 
 from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
 from maskflow.functions.handlers import result_keys
-from maskflow.infra.config import replace
-from maskflow.infra.keys import inflight_key
-from maskflow.infra.queue import worker_status
-from maskflow.infra.stack import wait_until
+from maskflow.infra.wiring.config import replace
+from maskflow.infra.stores.keys import inflight_key
+from maskflow.infra.stores.queue import worker_status
+from maskflow.infra.ops.stack import wait_until
 
 
 def wait_batch_done(tasks, prefix: str, total: int, timeout: float):

@@ -43,14 +43,14 @@ import requests
 from checks import make_photos
 from conftest import REPO
 from maskflow.functions.events import PoisonEvent, parse_message
-from maskflow.infra import install
-from maskflow.infra.bootstrap import notify_env
-from maskflow.infra.clients import minio_client, redis_client
-from maskflow.infra.config import Config, env_for, load_config, replace
-from maskflow.infra.keys import WORKERS_KEY, Heartbeat, inflight_key
-from maskflow.infra.queue import dead_letter_count, unwrap, worker_status
-from maskflow.infra.stack import Stack
-from maskflow.infra.tasks import TaskStore
+from maskflow.infra.ops import install
+from maskflow.infra.ops.bootstrap import notify_env
+from maskflow.infra.wiring.connections import minio_client, redis_client
+from maskflow.infra.wiring.config import Config, env_for, load_config, replace
+from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat, inflight_key
+from maskflow.infra.stores.queue import dead_letter_count, unwrap, worker_status
+from maskflow.infra.ops.stack import Stack
+from maskflow.infra.stores.tasks import TaskStore
 from multihost_lab import Host, Lab, LabError, Proc, netns_unavailable, poll, sh, sweep_leftovers
 
 pytestmark = pytest.mark.multihost

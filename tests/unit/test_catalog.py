@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import REPO
-from maskflow.infra.catalog import CATALOG, DEFAULT, NAMES, UnknownModel, named_model
-from maskflow.infra.config import ConfigError, load_config
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, NAMES, UnknownModel, named_model
+from maskflow.infra.wiring.config import ConfigError, load_config
 
 BY_PREFIX = {"input/products/": "general", "input/products/people/": "person"}
 

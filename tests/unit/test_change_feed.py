@@ -5,8 +5,8 @@ import queue
 
 import redis
 
-from maskflow.infra.keys import task_channel
-from maskflow.infra.tasks import ChangeFeed
+from maskflow.infra.stores.keys import task_channel
+from maskflow.infra.stores.tasks import ChangeFeed
 
 
 class FlakyPubSub:

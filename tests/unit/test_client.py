@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from maskflow.infra.cli.batch import result_stems as _stems
-from maskflow.infra.cli.tasks import unique_stems
-from maskflow.infra.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
-from maskflow.infra.stack import free_port
+from maskflow.infra.sdk.cli.batch import result_stems as _stems
+from maskflow.infra.sdk.cli.tasks import unique_stems
+from maskflow.infra.sdk.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
+from maskflow.infra.ops.stack import free_port
 
 
 class Scripted:

@@ -7,10 +7,10 @@ import re
 import pytest
 import yaml
 
-from maskflow.infra.bootstrap import load_rules, notify_env, redis_target_arn
+from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
 from conftest import REPO
-from maskflow.infra.config import load_config
-from maskflow.infra.install import MC, MINIO
+from maskflow.infra.wiring.config import load_config
+from maskflow.infra.ops.install import MC, MINIO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -59,7 +59,7 @@ def test_redis_is_persistent_and_never_evicts():
 
 
 def test_only_the_worker_image_carries_the_model_runtime():
-    stages = re.split(r"^FROM ", (REPO / "infra/docker/app.Dockerfile").read_text(), flags=re.M)
+    stages = re.split(r"^FROM ", (REPO / "infra/ops/docker/app.Dockerfile").read_text(), flags=re.M)
     app, worker = (next(s for s in stages if s.split()[2:3] == [name]) for name in ("app", "worker"))
     assert "pip install --no-cache-dir /wheels/maskflow-*.whl\n" in app and "[worker]" not in app
     assert 'whl)[worker]"' in worker and "COPY models" in worker
@@ -70,7 +70,7 @@ def test_only_the_worker_image_carries_the_model_runtime():
 
 
 def test_minio_image_builds_the_pinned_source():
-    dockerfile = (REPO / "infra/docker/minio.Dockerfile").read_text()
+    dockerfile = (REPO / "infra/ops/docker/minio.Dockerfile").read_text()
     assert f"MINIO_VERSION={MINIO.version}" in dockerfile
     assert f"MC_VERSION={MC.version}" in dockerfile
 
@@ -100,7 +100,7 @@ def test_api_may_open_enough_files_for_its_connection_limit():
     assert min(nofile["soft"], nofile["hard"]) >= need  # else the API refuses to start
 
 
-CLUSTER = yaml.safe_load((REPO / "infra/docker/cluster.compose.yml").read_text())["services"]
+CLUSTER = yaml.safe_load((REPO / "infra/ops/docker/cluster.compose.yml").read_text())["services"]
 
 
 def test_cluster_override_is_four_erasure_coded_nodes_like_the_single_minio():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskflow.infra.config import ConfigError, env_for, load_config
+from maskflow.infra.wiring.config import ConfigError, env_for, load_config
 
 
 def test_defaults_are_the_original_design():

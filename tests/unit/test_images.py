@@ -1,4 +1,4 @@
-"""infra/images.py: decoding policy, limits, rejections and PNG encoding."""
+"""infra/domain/images.py: decoding policy, limits, rejections and PNG encoding."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maskflow.infra.formats import (
+from maskflow.infra.domain.formats import (
     CorruptImage,
     EmptyImage,
     ImageRejected,
@@ -28,8 +28,8 @@ from maskflow.infra.formats import (
     image_info,
     sniff_format,
 )
-from maskflow.infra import images
-from maskflow.infra.images import decode_image, encode_cutout_png, encode_mask_png
+from maskflow.infra.domain import images
+from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PHOTOS = os.path.join(ROOT, "tests", "fixtures", "photos")
@@ -340,8 +340,8 @@ ACCEPTANCE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from maskflow.infra.formats import ImageRejected
-    from maskflow.infra.images import decode_image
+    from maskflow.infra.domain.formats import ImageRejected
+    from maskflow.infra.domain.images import decode_image
     results = {}
     for name, path in json.loads(sys.argv[2]).items():
         data = open(path, "rb").read()

@@ -1,8 +1,8 @@
-"""infra/k8s, offline: rendered by the pinned kustomize, validated by the pinned kubeconform against
-the schemas vendored in infra/k8s/schemas/, and checked against the config the way
+"""infra/ops/k8s, offline: rendered by the pinned kustomize, validated by the pinned kubeconform against
+the schemas vendored in infra/ops/k8s/schemas/, and checked against the config the way
 test_compose.py checks docker-compose.yml.
 
-kustomize and kubeconform are built by infra/install.py (once; cached in ~/.cache/maskflow/bin).
+kustomize and kubeconform are built by infra/ops/install.py (once; cached in ~/.cache/maskflow/bin).
 A tool that cannot be built is an error of these tests, never a skip.
 """
 from __future__ import annotations
@@ -24,13 +24,13 @@ import yaml
 
 from conftest import REPO
 from maskflow.api.app import build_deps, create_app
-from maskflow.infra import install
-from maskflow.infra.bootstrap import load_rules, notify_env, redis_target_arn
-from maskflow.infra.config import ENV_PREFIX, env_for, load_config, replace
-from maskflow.infra.queue import EventQueue
-from maskflow.infra.stack import free_port, wait_until
+from maskflow.infra.ops import install
+from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
+from maskflow.infra.wiring.config import ENV_PREFIX, env_for, load_config, replace
+from maskflow.infra.stores.queue import EventQueue
+from maskflow.infra.ops.stack import free_port, wait_until
 
-K8S = REPO / "infra" / "k8s"
+K8S = REPO / "infra" / "ops" / "k8s"
 SCHEMAS = K8S / "schemas"
 TARGETS = {"base": K8S / "base", "small": K8S / "overlays" / "small"}
 KINDS = {"ConfigMap", "Service", "Deployment", "Job", "ScaledObject"}
@@ -237,11 +237,11 @@ def test_credentials_only_from_secrets(target, rendered):
 # -- commands and probes are real -----------------------------------------------------------
 def test_commands_are_the_packages_modules_in_the_right_images(rendered):
     docs = rendered["small"]
-    dockerfile = (REPO / "infra/docker/app.Dockerfile").read_text()
+    dockerfile = (REPO / "infra/ops/docker/app.Dockerfile").read_text()
     assert re.search(r"^FROM .* AS app\nWORKDIR /app$", dockerfile, flags=re.M)
     assert re.search(r"^FROM app AS worker$", dockerfile, flags=re.M)
     expected = {"maskflow-api": (["python", "-m", "maskflow.api"], "maskflow-app"),
-                "maskflow-bootstrap": (["python", "-m", "maskflow.infra.bootstrap"], "maskflow-app"),
+                "maskflow-bootstrap": (["python", "-m", "maskflow.infra.ops.bootstrap"], "maskflow-app"),
                 "maskflow-worker": (["python", "-m", "maskflow.functions", "--id", "$(WORKER_ID)"],
                                     "maskflow-worker")}
     for workload, c in workloads(docs):
@@ -249,7 +249,7 @@ def test_commands_are_the_packages_modules_in_the_right_images(rendered):
         assert c["command"] == command and c["image"].split(":")[0] == image
         assert c["workingDir"] == "/app"
         module = command[2]
-        assert importlib.util.find_spec(f"{module}.__main__" if module != "maskflow.infra.bootstrap" else module)
+        assert importlib.util.find_spec(f"{module}.__main__" if module != "maskflow.infra.ops.bootstrap" else module)
     # $(WORKER_ID) is expanded by the kubelet from the pod's name
     worker = container(docs, "Deployment", "maskflow-worker")
     [var] = [v for v in worker["env"] if v["name"] == "WORKER_ID"]
@@ -368,7 +368,7 @@ def test_readme_tenant_env_is_what_minio_needs(rendered):
     """Every MinIO node: both Redis targets, the durable one with a queue_dir on its own volume."""
     text = (K8S / "README.md").read_text()
     block = re.search(r"<!-- tenant-env:[^>]*-->\n```yaml\n(.*?)```", text, flags=re.S)
-    assert block, "the Tenant block is gone from infra/k8s/README.md"
+    assert block, "the Tenant block is gone from infra/ops/k8s/README.md"
     tenant = yaml.safe_load(block.group(1))["spec"]
     env = {var["name"]: var["value"] for var in tenant["env"]}
     docs = rendered["small"]

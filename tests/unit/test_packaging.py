@@ -25,10 +25,10 @@ def test_the_wheel_installs_everything_under_maskflow(tmp_path):
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"maskflow"}
     for module in ("maskflow/api/__main__.py", "maskflow/functions/__main__.py",
-                   "maskflow/infra/client.py", "maskflow/infra/cli/__init__.py", "maskflow/api/static/index.html"):
+                   "maskflow/infra/sdk/client.py", "maskflow/infra/sdk/cli/__init__.py", "maskflow/api/static/index.html"):
         assert module in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "maskflow = maskflow.infra.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "maskflow = maskflow.infra.sdk.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 BLOCK_MODEL_RUNTIME = """
@@ -38,7 +38,7 @@ class Absent(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("onnxruntime", "cv2", "numpy", "PIL", "requests"):
             raise ImportError(f"{name} is not installed here")
 sys.meta_path.insert(0, Absent())
-import maskflow.api.app, maskflow.api.server, maskflow.infra.client, maskflow.infra.cli, maskflow.infra.bootstrap
+import maskflow.api.app, maskflow.api.server, maskflow.infra.sdk.client, maskflow.infra.sdk.cli, maskflow.infra.ops.bootstrap
 assert all(importlib.util.find_spec(name) is None for name in ("api", "functions", "infra")), "generic names leak"
 print("ok")
 """

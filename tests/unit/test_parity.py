@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from maskflow.functions.segmenter import Segmenter
-from maskflow.infra.images import decode_image
+from maskflow.infra.domain.segmenter import Segmenter
+from maskflow.infra.domain.images import decode_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures")

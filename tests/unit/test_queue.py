@@ -1,4 +1,4 @@
-"""The redelivery header of infra/queue.py: pure logic, no Redis (the Lua side is in tests/integration)."""
+"""The redelivery header of infra/stores/queue.py: pure logic, no Redis (the Lua side is in tests/integration)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maskflow.infra.queue import MAX_REASON_CHARS, REDELIVERY_MARK, Delivery, unwrap, wrap
+from maskflow.infra.stores.queue import MAX_REASON_CHARS, REDELIVERY_MARK, Delivery, unwrap, wrap
 
 MINIO_MESSAGE = json.dumps([{"Event": [{"eventName": "s3:ObjectCreated:Put"}], "EventTime": "t"}]).encode()
 

@@ -7,8 +7,8 @@ import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from maskflow.functions.runtime import is_transient
-from maskflow.infra.formats import CorruptImage
-from maskflow.infra.objects import ObjectMissing
+from maskflow.infra.domain.formats import CorruptImage
+from maskflow.infra.stores.objects import ObjectMissing
 
 
 def s3_error(code: str, status: int) -> S3Error:

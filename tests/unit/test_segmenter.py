@@ -1,4 +1,4 @@
-"""functions/segmenter.py: manifest contract, loader checks, pre/post-processing."""
+"""infra/domain/segmenter.py: manifest contract, loader checks, pre/post-processing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskflow.functions.segmenter import ModelError, ModelManifest, Segmenter, mediapipe_warp, pil_lanczos_resize
+from maskflow.infra.domain.segmenter import ModelError, ModelManifest, Segmenter, mediapipe_warp, pil_lanczos_resize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(ROOT, "models")

@@ -1,0 +1,129 @@
+"""Install the real servers: MinIO and mc built from source with `go install`, Redis from Debian.
+
+The pins below are the only place versions are named.  MinIO no longer publishes community
+binaries, so the project builds the pinned commits with the machine's own Go settings
+(`GOTOOLCHAIN=local`, the configured GOPROXY) and caches the binaries per version under
+``~/.cache/maskflow/bin``; a binary that is already built is reused.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from maskflow.infra.ops.console import say
+
+
+@dataclass(frozen=True)
+class GoPin:
+    name: str
+    module: str
+    version: str  # the Go pseudo-version of the pinned commit
+    label: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.module}@{self.version}"
+
+
+# Commits, not release tags: the Go module proxy refuses the RELEASE.* tags (403 "This module
+# version is not available"; mc's also fails sum.golang.org), and serves these two, the
+# community repositories' latest.  MinIO 7aac2a2c5b7c (2026-02-12) is that repository's final
+# commit and needs Go >= 1.26.
+MINIO = GoPin("minio", "github.com/minio/minio", "v0.0.0-20260212201848-7aac2a2c5b7c",
+              "commit 7aac2a2c5b7c (2026-02-12)")
+MC = GoPin("mc", "github.com/minio/mc", "v0.0.0-20250313080218-cf909e1063a9",
+           "commit cf909e1063a9 (2025-03-13)")
+# Offline validation of infra/ops/k8s (tests/unit/test_k8s.py): kustomize renders, kubeconform
+# checks the result against the schemas vendored in infra/ops/k8s/schemas/.  kustomize v5.8.2 is
+# the newest release whose go.mod accepts Go 1.26 (v5.8.3 needs 1.27).
+KUBECONFORM = GoPin("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0", "v0.8.0")
+KUSTOMIZE = GoPin("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.2", "v5.8.2")
+REDIS_DEBIAN_PACKAGE = "redis-server"
+
+
+class InstallError(RuntimeError):
+    """A server could not be installed; the message says what failed and what to do."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "maskflow" / "bin"
+
+
+def pinned_binary(pin: GoPin) -> Path:
+    return cache_dir() / f"{pin.name}-{pin.version}" / pin.name
+
+
+def go_install(pin: GoPin) -> Path:
+    """Return the pinned binary, building it with `go install` only when it is missing."""
+    target = pinned_binary(pin)
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise InstallError(f"cannot build {pin.name}: no Go toolchain on PATH. Install Go "
+                           f"(https://go.dev/doc/install), then run this command again.")
+    say(f"building {pin.name} {pin.label} from source ({pin.spec}); "
+         f"the first build takes several minutes ...")
+    started = time.monotonic()
+    env = dict(os.environ, GOTOOLCHAIN="local", GOBIN=str(target.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([go, "install", pin.spec], env=env, cwd=target.parent,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0 or not target.is_file():
+        errors = [line for line in proc.stdout.splitlines() if not line.startswith("go: downloading")]
+        detail = "\n".join(errors[-6:]) or f"exit code {proc.returncode}"
+        elsewhere = (f" (to use a {pin.name} built elsewhere, set MASKFLOW_STACK_{pin.name.upper()}_BIN)"
+                     if pin in (MINIO, MC) else "")
+        raise InstallError(f"`GOTOOLCHAIN=local go install {pin.spec}` failed{elsewhere}:\n{detail}")
+    say(f"built {pin.name} in {time.monotonic() - started:.0f} s: {target}")
+    return target
+
+
+def resolve_binary(pin: GoPin, configured: str = "") -> Path:
+    """An operator-supplied binary (config `stack.<name>_bin`) wins; else the pinned build."""
+    if configured:
+        path = Path(configured)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise InstallError(f"config key stack.{pin.name}_bin: {configured} is not an executable file")
+        return path
+    return go_install(pin)
+
+
+def redis_server() -> Path:
+    """Return redis-server, installing Debian's package when it is missing."""
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if found:
+        return Path(found)
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise InstallError("redis-server is not installed and apt-get is missing: install Redis >= 6 yourself.")
+    say("installing redis-server from Debian's packages ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", REDIS_DEBIAN_PACKAGE]):
+        proc = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise InstallError(f"`{' '.join(args)}` failed (run as root?):\n{proc.stdout[-800:]}")
+    if not Path("/usr/bin/redis-server").exists():
+        raise InstallError("redis-server still missing after apt-get install")
+    return Path("/usr/bin/redis-server")
+
+
+def main() -> int:
+    """`python -m maskflow.infra.ops.install`: build (or find) every pinned Go tool, and Redis."""
+    try:
+        for pin in (MINIO, MC, KUSTOMIZE, KUBECONFORM):
+            say(f"{pin.name}: {go_install(pin)}")
+        say(f"redis-server: {redis_server()}")
+    except InstallError as exc:
+        say(str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""What a user of the service runs: the Python client and the `maskflow` command line."""

@@ -1,0 +1,103 @@
+"""Every Redis key, pub/sub channel and heartbeat field name maskflow uses.
+
+The one exception is the list MinIO writes events to: its name is configuration
+(`queue.events_key`, default ``maskflow:events``) because MinIO's notification target must
+name the same list.
+
+Keys, with the code that writes them:
+
+=====================================  ===========================================================
+``maskflow:inflight:<worker>``         list: events a worker has taken and not settled (queue.py)
+``maskflow:workers``                   set: worker ids that have heartbeated (queue.py)
+``maskflow:worker:<worker>``           hash with a TTL: a worker's heartbeat, fields below
+``maskflow:dead``                      list: dead letters, JSON records (queue.py)
+``maskflow:task:<task_id>``            hash: one task; its fields are private to tasks.py
+``maskflow:key:<input_key>``           string: the task id of an input key (tasks.py)
+``maskflow:batch:<prefix>``            hash: task counts by status, plus ``total`` (tasks.py)
+``maskflow:batch:<prefix>:failed``     sorted set: the prefix's failed input keys (tasks.py)
+``maskflow:stats``                     hash: task counts by status, all tasks (tasks.py)
+``maskflow:deadline:processing``       sorted set: task id -> when its processing times out
+``maskflow:deadline:upload``           sorted set: task id -> when its announced upload is late
+``maskflow:changed:<task_id>``         pub/sub channel: the task's new status (tasks.py)
+=====================================  ===========================================================
+
+Keys that are used together, and slots.  Every Lua script receives all the keys it touches
+in KEYS[] (none is built inside a script), and each multi-key command or transaction names
+its keys too, so Redis Cluster could route them.  What they touch together:
+
+* taking an event (BLMOVE), handing it back, and the reaper's requeue: the events list and
+  one in-flight list; a dead letter: the dead-letter list and one in-flight list;
+* a heartbeat and a clean exit: the workers set and that worker's heartbeat hash;
+* every task transition (create, begin, finish): the task hash, its key index, its batch
+  counters, the global status counts and both deadline sets, and ``begin`` also the heartbeat
+  of the worker that claimed the task (to tell a live claim from an orphaned one).
+
+The task transitions are one script each so that a record, its counters and its deadline
+never disagree, and they necessarily touch global keys (``stats``, the deadline sets) and
+one batch hash per directory of the input key.  No per-task hash tag can put those in one
+slot: the task hash is found by id, its index by input key, and the global keys are shared
+by every task.  So on a Redis Cluster every maskflow key would need one hash tag, e.g. the
+namespace ``{maskflow}`` and ``queue.events_key = "{maskflow}:events"``, which puts all of
+maskflow on one shard: a cluster would buy failover, not write throughput.  On a single
+Redis the names stay untagged and readable, as above.
+"""
+from __future__ import annotations
+
+NAMESPACE = "maskflow"
+
+WORKERS_KEY = f"{NAMESPACE}:workers"
+DEAD_LETTER_KEY = f"{NAMESPACE}:dead"
+STATS_KEY = f"{NAMESPACE}:stats"
+PROCESSING_DEADLINES = f"{NAMESPACE}:deadline:processing"
+UPLOAD_DEADLINES = f"{NAMESPACE}:deadline:upload"
+
+
+def inflight_key(worker_id: str) -> str:
+    return f"{NAMESPACE}:inflight:{worker_id}"
+
+
+def heartbeat_key(worker_id: str) -> str:
+    return f"{NAMESPACE}:worker:{worker_id}"
+
+
+def task_key(task_id: str) -> str:
+    return f"{NAMESPACE}:task:{task_id}"
+
+
+def index_key(input_key: str) -> str:
+    return f"{NAMESPACE}:key:{input_key}"
+
+
+def batch_key(prefix: str) -> str:
+    return f"{NAMESPACE}:batch:{prefix}"
+
+
+def batch_failed_key(prefix: str) -> str:
+    return f"{batch_key(prefix)}:failed"
+
+
+def task_channel(task_id: str) -> str:
+    return f"{NAMESPACE}:changed:{task_id}"
+
+
+class Heartbeat:
+    """Fields of a worker's heartbeat hash, all strings.
+
+    The worker writes them (infra/stores/queue.py, functions/runtime.py); the API's /metrics, the
+    stack's readiness probe and TaskStore.begin read them.
+    """
+    UPDATED = "updated"        # Unix time of the last beat
+    RUN = "run"                # id of this run of the process: a restart with the same worker id differs
+    READY = "ready"            # "1" once the model has loaded, else "0"
+    REASON = "reason"          # why the worker is not ready, or ""
+    PID = "pid"
+    HOST = "host"
+    BUSY = "busy"              # events being processed right now
+    PROCESSED = "processed"    # tasks completed since the worker started
+    FAILED = "failed"          # tasks failed since the worker started
+    DURATION_SUM = "duration_sum"      # seconds spent on those tasks
+    DURATION_COUNT = "duration_count"  # processed + failed
+    # + an upper bound in seconds ("0.5", "+Inf"): tasks that took at most that long (cumulative)
+    DURATION_BUCKET = "duration_bucket_"
+    # fields that describe the worker rather than count anything
+    DESCRIPTIVE = (UPDATED, RUN, READY, REASON, PID, HOST)

@@ -1,0 +1,199 @@
+"""The event queue MinIO writes to, and the bookkeeping that makes consumption at-least-once.
+
+Pattern: reliable queue with per-worker in-flight lists (Redis' documented RPOPLPUSH/LMOVE
+pattern, as rq and kombu use it).  MinIO RPUSHes to `queue.events_key` and checks that the key
+is a plain list, so the queue must stay one; a Stream would need a second hop.  A worker
+atomically moves an event into its own in-flight list (LMOVE), and removes it only after the
+task state is settled.  Each worker refreshes a heartbeat hash with a TTL; a reaper, run by
+every live worker, moves the in-flight events of workers whose heartbeat expired back onto the
+events list, so an event taken by a worker that is SIGKILLed or loses power is processed again
+by another one.  Redelivery means duplicates are possible: task transitions are idempotent
+(see infra/stores/tasks.py).
+
+Redelivery is counted.  A message handed back after a failure, or requeued by the reaper,
+goes back with a one-line header in front of MinIO's bytes (kept verbatim: they need not even
+be UTF-8)::
+
+    #maskflow-redelivery {"deliveries": 2, "last_error": "..."}<LF><MinIO's message>
+
+Only this module writes or reads that header; `take` returns the message and its attempt
+number, and the worker dead-letters a message once it has had `worker.max_deliveries`.
+Dead letters keep the reason, the first 64 KiB of the message and its delivery count; the
+list is trimmed to `queue.dead_letter_max`.
+
+Key names are in infra/stores/keys.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from maskflow.infra.wiring.config import Config
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
+
+# '#' never starts JSON, so a message MinIO wrote is never mistaken for a redelivery.
+REDELIVERY_MARK = b"#maskflow-redelivery "
+DEAD_PAYLOAD_BYTES = 64 * 1024
+MAX_REASON_CHARS = 4000
+
+# Requeue a dead worker's in-flight messages, each with its delivery count + 1, atomically.
+# KEYS: in-flight list, events list. ARGV: REDELIVERY_MARK, why the delivery did not settle.
+_REQUEUE = """
+local mark, moved = ARGV[1], 0
+while true do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then return moved end
+  local deliveries, message = 0, item
+  if string.sub(item, 1, #mark) == mark then
+    local newline = string.find(item, '\\n', #mark + 1, true)
+    if newline then
+      local ok, meta = pcall(cjson.decode, string.sub(item, #mark + 1, newline - 1))
+      if ok and type(meta) == 'table' and type(meta.deliveries) == 'number' then
+        deliveries, message = meta.deliveries, string.sub(item, newline + 1)
+      end
+    end
+  end
+  local header = cjson.encode({deliveries = deliveries + 1, last_error = ARGV[2]})
+  redis.call('LPUSH', KEYS[2], mark .. header .. '\\n' .. message)
+  moved = moved + 1
+end
+"""
+
+# Move one item out of an in-flight list (KEYS[1]) as a new value onto a list (KEYS[2]), trimmed
+# to ARGV[3] items if > 0; only if the item was still there, so that a retry after Redis lost
+# the answer, or after the reaper took the item, queues nothing twice.
+_SETTLE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+local keep = tonumber(ARGV[3])
+if keep > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) end
+return 1
+"""
+
+
+def worker_status(r: redis.Redis, worker_id: str) -> dict[str, str]:
+    raw = r.hgetall(heartbeat_key(worker_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message taken from the events list."""
+    item: bytes          # the list item as stored: what ack, give_back and dead_letter remove
+    message: bytes       # the message MinIO wrote
+    attempt: int         # 1 the first time a message is taken
+    last_error: str = ""  # why the previous delivery did not settle it
+
+
+def wrap(message: bytes, deliveries: int, last_error: str) -> bytes:
+    header = json.dumps({"deliveries": deliveries, "last_error": last_error[:MAX_REASON_CHARS]})
+    return REDELIVERY_MARK + header.encode() + b"\n" + message  # ensure_ascii: no raw newline
+
+
+def unwrap(item: bytes) -> Delivery:
+    if item.startswith(REDELIVERY_MARK):
+        header, newline, message = item[len(REDELIVERY_MARK):].partition(b"\n")
+        try:
+            meta = json.loads(header) if newline else None
+        except (ValueError, RecursionError):
+            meta = None
+        if isinstance(meta, dict):
+            count, error = meta.get("deliveries"), meta.get("last_error", "")
+            if type(count) is int and count >= 0 and isinstance(error, str):
+                return Delivery(item, message, count + 1, error)
+    # MinIO's own message, or a header we never wrote: parsing decides what it is
+    return Delivery(item, item, 1)
+
+
+def dead_letter_count(r: redis.Redis) -> int:
+    return int(r.llen(DEAD_LETTER_KEY))
+
+
+class EventQueue:
+    def __init__(self, r: redis.Redis, cfg: Config, worker_id: str):
+        self.r = r
+        # Tells this process from an earlier run of the same worker id (see TaskStore.begin).
+        self.run_id = uuid.uuid4().hex[:12]
+        self.events_key = cfg.queue.events_key
+        self.worker_id = worker_id
+        self.inflight = inflight_key(worker_id)
+        self.lease = cfg.worker.lease
+        self.dead_letter_max = cfg.queue.dead_letter_max
+        self._requeue = r.register_script(_REQUEUE)
+        self._settle = r.register_script(_SETTLE)
+
+    # -- consuming ---------------------------------------------------------------------------
+    def take(self, timeout: float) -> Delivery | None:
+        """Block up to `timeout` s for the next event; it stays in our in-flight list until acked.
+
+        The caller must check `attempt` against `worker.max_deliveries`: requeues count up.
+        """
+        item = self.r.blmove(self.events_key, self.inflight, timeout, "LEFT", "RIGHT")
+        return None if item is None else unwrap(item)
+
+    def in_flight(self) -> list[bytes]:
+        """Our in-flight list as Redis holds it."""
+        return self.r.lrange(self.inflight, 0, -1)
+
+    def ack(self, delivery: Delivery) -> None:
+        self.r.lrem(self.inflight, 1, delivery.item)
+
+    def give_back(self, delivery: Delivery, error: str) -> None:
+        """Requeue a message we could not settle, counting this delivery and saying why.
+
+        It goes to the tail, so a message that keeps failing does not hold up the others.
+        """
+        self._settle(keys=[self.inflight, self.events_key],
+                     args=[delivery.item, wrap(delivery.message, delivery.attempt, error), 0])
+
+    def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
+        """Set the message aside for good; `deliveries` defaults to this delivery's attempt."""
+        message = delivery.message
+        record = json.dumps({
+            "reason": reason[:MAX_REASON_CHARS], "at": time.time(), "worker": self.worker_id,
+            "deliveries": delivery.attempt if deliveries is None else deliveries,
+            "size": len(message), "truncated": len(message) > DEAD_PAYLOAD_BYTES,
+            "payload": message[:DEAD_PAYLOAD_BYTES].decode("utf-8", "replace")})
+        self._settle(keys=[self.inflight, DEAD_LETTER_KEY],
+                     args=[delivery.item, record, self.dead_letter_max])
+
+    # -- liveness ----------------------------------------------------------------------------
+    def heartbeat(self, **fields: str | int | float) -> None:
+        key = heartbeat_key(self.worker_id)
+        with self.r.pipeline(transaction=True) as p:
+            p.sadd(WORKERS_KEY, self.worker_id)
+            p.hset(key, mapping={Heartbeat.UPDATED: time.time(), Heartbeat.RUN: self.run_id,
+                                 **{k: str(v) for k, v in fields.items()}})
+            p.expire(key, self.lease)
+            p.execute()
+
+    def retire(self) -> None:
+        """Clean exit: nothing left in flight, so forget this worker."""
+        with self.r.pipeline(transaction=True) as p:
+            p.delete(heartbeat_key(self.worker_id))
+            p.srem(WORKERS_KEY, self.worker_id)
+            p.execute()
+
+    def reclaim_own(self) -> int:
+        """At start-up: events left in our in-flight list belong to a dead previous incarnation."""
+        return self._requeue_all(self.worker_id, f"worker {self.worker_id} restarted before settling it")
+
+    def reap(self) -> int:
+        """Requeue the in-flight events of every worker whose heartbeat has expired."""
+        moved = 0
+        for member in self.r.smembers(WORKERS_KEY):
+            worker = member.decode()
+            if worker == self.worker_id or self.r.exists(heartbeat_key(worker)):
+                continue
+            moved += self._requeue_all(worker, f"worker {worker} stopped heartbeating before settling it")
+            self.r.srem(WORKERS_KEY, worker)
+        return moved
+
+    def _requeue_all(self, worker: str, why: str) -> int:
+        # One script: a crash or a second reaper never sees an event in both lists, or uncounted.
+        return int(self._requeue(keys=[inflight_key(worker), self.events_key],
+                                 args=[REDELIVERY_MARK, why]))

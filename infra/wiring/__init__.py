@@ -1,0 +1,1 @@
+"""The settings, the clients built from them, and the one policy for transient faults."""
