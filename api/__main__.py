@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         from maskflow.api.server import create_server, ensure_fd_limit
         ensure_fd_limit(cfg.api.connection_limit)
         from maskflow.api.app import build_deps, create_app  # after the config: imports OpenCV
-        from maskflow.api.resources import MULTIPART_SLACK
+        from maskflow.api.uploads import MULTIPART_SLACK
         server = create_server(create_app(build_deps(cfg)), cfg,
                                max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK)
     except ConfigError as exc:

@@ -13,9 +13,11 @@ from maskflow.api import errors
 from maskflow.api.metrics import MetricsMiddleware
 from maskflow.api.openapi import document
 from maskflow.api.middleware import BearerAuth, BodyLimit
-from maskflow.api.resources import (API, BatchResource, Deps, HealthResource, MetricsResource,
-                                    ModelsResource, OpenApiResource, ReadyResource, StaticResource,
-                                    SubmitResource, TaskLookupResource, TaskResource, UploadsResource)
+from maskflow.api.deps import API, Deps
+from maskflow.api.health import HealthResource, MetricsResource, OpenApiResource, ReadyResource
+from maskflow.api.lookups import BatchResource, ModelsResource, TaskLookupResource, TaskResource
+from maskflow.api.uploads import SubmitResource, UploadsResource
+from maskflow.api.web import StaticResource
 from maskflow.infra.wiring.connections import minio_client, redis_client
 from maskflow.infra.wiring.config import Config, ConfigError, load_config, split_address
 from maskflow.infra.wiring.net import is_loopback

@@ -1,20 +1,24 @@
-"""The OpenAPI 3.1 document served at /api/v1/openapi.json; it describes what resources.py does.
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json; it describes what the resources do.
 
 Built as a dict (not a static file) so limits from the config appear in it.
 """
 from __future__ import annotations
 
 from maskflow.api.middleware import DEFAULT_MAX_BODY
-from maskflow.api.resources import MULTIPART_SLACK, UPLOAD_TYPES
-from maskflow.infra.domain.catalog import DEFAULT, NAMES
+from maskflow.api.uploads import MULTIPART_SLACK, UPLOAD_TYPES
+from maskflow.infra.domain.catalog import DEFAULT, names
+from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.wiring.config import Config
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _STATUS = {"type": "string", "enum": ["pending", "processing", "completed", "failed"]}
-_MODEL = {"type": "string", "enum": list(NAMES),
-          "description": f"The model to segment with (GET /api/v1/models); {DEFAULT} when absent"}
+
+
+def _model() -> dict:
+    return {"type": "string", "enum": list(names()),
+            "description": f"The model to segment with (GET /api/v1/models); {DEFAULT} when absent"}
 
 
 def _error(description: str) -> dict:
@@ -59,14 +63,14 @@ def document(cfg: Config) -> dict:
                 "task_id": {"type": "string"},
                 "status": _STATUS,
                 "result": {"type": "object", "additionalProperties": False,
-                           "required": ["segmented_image_url", "mask_image_url"],
-                           "properties": {"segmented_image_url": _NULLABLE_STR,
-                                          "mask_image_url": _NULLABLE_STR},
+                           "required": [kind.api_field for kind in RESULT_KINDS],
+                           "properties": {kind.api_field: {**_NULLABLE_STR, "description": kind.what}
+                                          for kind in RESULT_KINDS},
                            "description": "Presigned GET URLs; null until the task is completed"},
                 "error": {**_NULLABLE_STR, "description": "Why the task failed; null otherwise"},
                 "created_at": _TIME,
                 "completed_at": _NULLABLE_TIME,
-                "model": {"type": "string", "enum": list(NAMES),
+                "model": {"type": "string", "enum": list(names()),
                           "description": "Once completed, the model that made the result, for "
                                          "tasks that named one (absent otherwise: the default "
                                          f"{DEFAULT} model, and the original contract's shape)"}}},
@@ -83,7 +87,7 @@ def document(cfg: Config) -> dict:
                          "description": "Bytes; required with PUT, whose URL admits exactly "
                                         "this Content-Length"},
                 "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"},
-                "model": {**_MODEL, "description": _MODEL["description"] + "; signed into the "
+                "model": {**_model(), "description": _model()["description"] + "; signed into the "
                           "upload, which must carry it as x-amz-meta-model"}},
             "if": {"required": ["method"], "properties": {"method": {"const": "PUT"}}},
             "then": {"required": ["size"]}},
@@ -121,11 +125,11 @@ def document(cfg: Config) -> dict:
         "Models": {
             "type": "object", "required": ["default", "models"],
             "properties": {
-                "default": {"type": "string", "enum": list(NAMES)},
+                "default": {"type": "string", "enum": list(names())},
                 "models": {"type": "array", "items": {
                     "type": "object",
                     "required": ["name", "input_size", "good_for", "license", "source", "default"],
-                    "properties": {"name": {"type": "string", "enum": list(NAMES)},
+                    "properties": {"name": {"type": "string", "enum": list(names())},
                                    "input_size": {"type": "array", "items": {"type": "integer"},
                                                   "minItems": 2, "maxItems": 2,
                                                   "description": "width, height"},
@@ -162,7 +166,7 @@ def document(cfg: Config) -> dict:
                                "properties": {"file": {"type": "string", "minLength": 1,
                                                        "contentMediaType": "application/octet-stream",
                                                        "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"},
-                                              "model": _MODEL}}}}},
+                                              "model": _model()}}}}},
                 "responses": {
                     "202": _json("Accepted; processing starts from the storage event", "Submitted",
                                  _LOCATION),

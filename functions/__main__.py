@@ -8,11 +8,17 @@ import socket
 import sys
 import threading
 
-from maskflow.functions.runtime import build_worker, install_signal_handlers, reuse_freed_buffers
+from maskflow.functions.worker import build_worker, install_signal_handlers, reuse_freed_buffers
 from maskflow.infra.domain.segmenter import Segmenter
-from maskflow.infra.domain.catalog import PERSON
+from maskflow.infra.wiring.config import Config, ConfigError, load_config
 from maskflow.infra.wiring.connections import redis_client
-from maskflow.infra.wiring.config import ConfigError, load_config
+
+def load_models(cfg: Config) -> dict:
+    """Every catalogue model, once per process: a task may name any of them."""
+    run_slots = threading.BoundedSemaphore(cfg.model.concurrent_runs)
+    return {name: Segmenter.load(file.path, file.input_size, intra_op_threads=cfg.model.intra_op_threads,
+                                 inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
+            for name, file in cfg.model_files.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,16 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Longer than the API's: a worker waits out a slow Redis rather than failing an event.
     r = redis_client(cfg, timeout=10, connect_timeout=5, health_check_interval=15)
-
-    def load_models() -> dict[str, Segmenter]:
-        # Every served model, once per process: a task may name any of them.
-        run_slots = threading.BoundedSemaphore(cfg.model.concurrent_runs)
-        return {name: Segmenter.load(path, cfg.model.input_size if name == PERSON else None,
-                                     intra_op_threads=cfg.model.intra_op_threads,
-                                     inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
-                for name, path in cfg.model_paths.items()}
-
-    worker = build_worker(cfg, args.id, r, load_models)
+    worker = build_worker(cfg, args.id, r, lambda: load_models(cfg))
     install_signal_handlers(worker)
     worker.run(burst=args.burst)
     return 0

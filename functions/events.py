@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,3 +160,7 @@ def _describe(value: Any) -> str:
     except ValueError:  # an int past the digit limit
         return type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Message format -> parser; an event source names its format (infra/stores/source.py).
+PARSERS: dict[str, Callable[[bytes], list[ObjectCreated]]] = {"minio-access": parse_message}

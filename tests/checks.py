@@ -16,7 +16,7 @@ import requests
 
 from conftest import FIXTURES, REPO, wait_for_task
 from maskflow.functions.events import ObjectCreated, PoisonEvent, parse_message
-from maskflow.functions.handlers import result_keys
+from maskflow.infra.domain.outputs import result_keys
 from maskflow.infra.wiring.config import env_for
 from maskflow.infra.domain.images import decode_image
 from maskflow.infra.stores.keys import inflight_key
@@ -143,14 +143,14 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float((fa & fb).sum() / union)
 
 
-def check_result(servers, store, model, key: str, source: bytes, tasks):
+def check_result(servers, objects, model, key: str, source: bytes, tasks):
     task = wait_for_task(tasks, derive_task_id(servers.cfg.minio.bucket, key), timeout=60)
     assert task is not None and task.status == "completed", task
-    output_key, mask_key = result_keys(key)
-    assert (task.output_key, task.mask_key) == (output_key, mask_key)
+    output_key, mask_key = result_keys(key).values()
+    assert task.results == {"output": output_key, "mask": mask_key}
     rgb = decode_image(source)
-    cutout = png(store.get(output_key).data)
-    mask = png(store.get(mask_key).data)
+    cutout = png(objects.get(output_key).data)
+    mask = png(objects.get(mask_key).data)
     assert cutout.shape == rgb.shape[:2] + (4,)
     assert mask.shape == rgb.shape[:2]
     expected = model.predict(rgb)
@@ -159,7 +159,7 @@ def check_result(servers, store, model, key: str, source: bytes, tasks):
     visible = mask > 0  # the cut-out is the photo where it shows, zero where it does not
     assert np.array_equal(cutout[:, :, 2::-1][visible], rgb[visible])
     assert not cutout[~visible].any()
-    assert store.get(mask_key).metadata.get("task-id") == task.task_id
+    assert objects.get(mask_key).metadata.get("task-id") == task.task_id
     return task
 
 

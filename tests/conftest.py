@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, GENERAL
 from maskflow.infra.ops import install
 from maskflow.infra.wiring.config import Config, load_config, replace
-from maskflow.infra.ops.stack import Stack, StackError, free_port
+from maskflow.infra.ops.stack import Stack, StackError, free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -135,6 +136,13 @@ def start_app(servers, tmp_path_factory):
             app_stack(tmp_path_factory.mktemp("app"), servers, **kwargs))
 
 
+@pytest.fixture(scope="module")
+def workers(servers, tmp_path_factory) -> Iterator[App]:
+    """Two worker processes on the session's Redis and MinIO, for one test module."""
+    with app_stack(tmp_path_factory.mktemp("workers"), servers, with_api=False, workers=2) as stack:
+        yield stack
+
+
 UPLOAD_LIMIT = 2 * 1024 * 1024  # the `api` fixture's: small, so the 413 cases stay cheap
 
 
@@ -173,11 +181,23 @@ def mc(servers: Servers, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="session")
-def model(servers):
-    """The configured model, loaded in-process, to compare the workers' masks against."""
+def load_model(name: str):
+    """A catalogue model from the repository's models/, loaded in-process."""
     from maskflow.infra.domain.segmenter import Segmenter
-    return Segmenter.load(servers.cfg.model_path, servers.cfg.model.input_size)
+    entry = CATALOG[name]
+    return Segmenter.load(REPO / "models" / entry.model_file, entry.input_size)
+
+
+@pytest.fixture(scope="session")
+def person_model():
+    """The default model, to compare the workers' masks against."""
+    return load_model(DEFAULT)
+
+
+@pytest.fixture(scope="session")
+def general_model():
+    """U^2-Netp, the `general` model."""
+    return load_model(GENERAL)
 
 
 @pytest.fixture
@@ -187,23 +207,19 @@ def tasks(servers):
 
 
 @pytest.fixture
-def store(servers):
+def objects(servers):
     from maskflow.infra.stores.objects import ObjectStore
     return ObjectStore(servers.cfg)
 
 
 def wait_for_task(tasks, task_id: str, timeout: float = 60.0):
-    """Wait until the task exists and is completed/failed (pub/sub inside TaskStore)."""
-    import time
-    deadline = time.monotonic() + timeout
-    task = None
-    while time.monotonic() < deadline:
-        task = tasks.wait_for_terminal(task_id, timeout=min(1.0, deadline - time.monotonic()))
-        if task is not None and task.terminal:
-            return task
-        if task is None:
-            time.sleep(0.05)  # wait_for_terminal returns at once until the task exists
-    return task
+    """The task once it is completed or failed (its change feed wakes the wait); StackError after
+    `timeout`."""
+    def finished():
+        task = tasks.wait_for_terminal(task_id, timeout=1.0)  # at once while the task does not exist
+        return task if task is not None and task.terminal else None
+    return wait_until(finished, f"task {task_id} to finish", timeout,
+                      state=lambda: f"the task is {tasks.get(task_id)}")
 
 
 __all__ = ["App", "Servers", "UPLOAD_LIMIT", "app_stack", "make_config", "FIXTURES", "StackError", "wait_for_task"]

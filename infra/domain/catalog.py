@@ -1,7 +1,9 @@
-"""The models maskflow serves, by stable name, and how a task's model is chosen.
+"""The models maskflow serves, by stable name, and how a task's model is chosen: the only list.
 
 The API lists and validates names from here without loading anything (it has no model
-runtime); workers load the files the config names for each entry.  A task names its model
+runtime); the config finds each entry's file (`Config.model_files`), workers load them, and
+the CLI, the web page and the OpenAPI document offer the names.  Adding a model is one
+`register(ModelEntry(...))` here plus its ONNX file and manifest in models/.  A task names its model
 in the object's user metadata (``x-amz-meta-model``: the API sets it, ``mc cp --attr`` and any
 S3 SDK can); failing that, ``models.by_prefix`` maps key prefixes to names; failing that, the
 task gets ``person``, which is what maskflow did before models had names.
@@ -28,7 +30,23 @@ class ModelEntry:
     source: str
 
 
-CATALOG: dict[str, ModelEntry] = {entry.name: entry for entry in (
+CATALOG: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add a model to the catalogue; its name must be new."""
+    if entry.name in CATALOG:
+        raise ValueError(f"model {entry.name!r} is in the catalogue already")
+    CATALOG[entry.name] = entry
+    return entry
+
+
+def names() -> tuple[str, ...]:
+    """Every name a task may ask for, the default first."""
+    return tuple(CATALOG)
+
+
+for _entry in (
     ModelEntry(PERSON, "segmentation.onnx", (256, 256),
                "people: portraits, selfies, video-call framing; fast (about 5 ms of one core per image)",
                "Apache-2.0",
@@ -39,8 +57,8 @@ CATALOG: dict[str, ModelEntry] = {entry.name: entry for entry in (
                "slow (about 0.6 s of one core per image)",
                "Apache-2.0",
                "U^2-Net-p (Qin et al. 2020), the ONNX export rembg distributes"),
-)}
-NAMES = tuple(CATALOG)
+):
+    register(_entry)
 
 
 class UnknownModel(ValueError):
@@ -50,7 +68,7 @@ class UnknownModel(ValueError):
 def check_name(name: str) -> str:
     if name not in CATALOG:
         shown = name if len(name) <= 40 else name[:37] + "..."
-        raise UnknownModel(f"unknown model {shown!r}; valid models: {', '.join(NAMES)}")
+        raise UnknownModel(f"unknown model {shown!r}; valid models: {', '.join(names())}")
     return name
 
 

@@ -20,6 +20,7 @@ Every rejection raises a subclass of ImageRejected with a readable message.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - a platform without it: OpenCV writes t
     fpng = None
 
 from maskflow.infra.domain.formats import DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels, check_header  # noqa: E402
+from maskflow.infra.domain.outputs import ResultKind  # noqa: E402
 
 
 # ------------------------------------------------------------------ decode
@@ -172,3 +174,14 @@ def encode_png_opencv(image: np.ndarray, params: list[int] | None = None) -> byt
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return out.tobytes()
+
+
+# The encoder of each result kind (infra/domain/outputs.py), from the decoded photo and its mask.
+ENCODERS: dict[str, Callable[[np.ndarray, np.ndarray], bytes]] = {
+    "output": encode_cutout_png,
+    "mask": lambda rgb, mask: encode_mask_png(mask),
+}
+
+
+def encode_result(kind: ResultKind, rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    return ENCODERS[kind.name](rgb, mask)

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 from minio.error import S3Error, ServerError
@@ -32,10 +33,13 @@ from maskflow.infra.wiring.config import Config, env_for, split_address
 from maskflow.infra.ops.console import say
 from maskflow.infra.stores.keys import Heartbeat
 from maskflow.infra.wiring.net import is_loopback
-from maskflow.infra.stores.queue import worker_status
+from maskflow.infra.stores.workers import worker_status
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+
+
+T = TypeVar("T")
 
 
 class StackError(RuntimeError):
@@ -88,24 +92,34 @@ def _require_loopback(key: str, host: str) -> None:
                          f"use 127.0.0.1")
 
 
-def wait_until(probe: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT,
-               proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Poll `probe` until it returns True; fail early if `proc` dies."""
+def wait_until(probe: Callable[[], T], what: str, timeout: float = READY_TIMEOUT,
+               proc: subprocess.Popen | None = None, log: Path | None = None,
+               state: Callable[[], object] | None = None, every: float = 0.25) -> T:
+    """Poll `probe` until it returns something true, and return that; StackError after `timeout`.
+
+    The pause between probes grows from 20 ms to `every` seconds.  An exception from `probe`
+    means "not yet" (the last one is in the message).  It fails early if `proc` dies; `log`'s
+    last lines and `state()` go into the message.
+    """
     deadline = time.monotonic() + timeout
-    delay = 0.02
+    delay = min(0.02, every)
+    last: Exception | None = None
     while True:
         try:
-            if probe():
-                return
-        except Exception:  # noqa: BLE001 - any failure of a probe just means "not yet"
-            pass
+            value = probe()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - any failure of a probe just means "not yet"
+            last = exc
         if proc is not None and proc.poll() is not None:
             raise StackError(f"{what} exited with code {proc.returncode} before it was ready"
                              + _tail(log))
         if time.monotonic() > deadline:
-            raise StackError(f"{what} was not ready after {timeout:.0f}s" + _tail(log))
+            raise StackError(f"gave up waiting for {what} after {timeout:.0f} s"
+                             + (f" (last error: {last!r})" if last else "")
+                             + (f"; {state()}" if state else "") + _tail(log))
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, every)
 
 
 def _tail(log: Path | None, lines: int = 8) -> str:

@@ -27,6 +27,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as HTTPTimeout
 
 from maskflow.infra.domain.formats import CONTENT_TYPES, sniff_format
+from maskflow.infra.domain.outputs import RESULT_KINDS
 
 API = "/api/v1"
 MAX_SERVER_WAIT = 30  # the API's upper bound for ?wait=
@@ -82,10 +83,9 @@ def atomic_write(path: Path, chunks) -> None:
         raise
 
 
-def result_paths(out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
-    """Where `download` puts a task's results: <stem>.png (cut-out) and <stem>.mask.png."""
-    out = Path(out_dir)
-    return out / f"{stem}.png", out / f"{stem}.mask.png"
+def result_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Where `download` puts a task's results, by kind: <stem>.png (cut-out), <stem>.mask.png."""
+    return {kind.name: Path(out_dir) / f"{stem}{kind.local_suffix}" for kind in RESULT_KINDS}
 
 
 class Client:
@@ -251,17 +251,17 @@ class Client:
                            f"({max_polls * poll_interval:g} s)")
 
     # -- results ------------------------------------------------------------------------------
-    def download(self, task: dict, out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
-        """Fetch a completed task's results to <out_dir>/<stem>.png and <stem>.mask.png."""
+    def download(self, task: dict, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+        """Fetch a completed task's results to <out_dir>/<stem>.png and <stem>.mask.png (by kind)."""
         result = task.get("result") or {}
-        cutout_url, mask_url = result.get("segmented_image_url"), result.get("mask_image_url")
-        if not cutout_url or not mask_url:
+        urls = {kind.name: result.get(kind.api_field) for kind in RESULT_KINDS}
+        if not all(urls.values()):
             raise ClientError(f"task {task.get('task_id')} has no results (status {task.get('status')})")
-        cutout, mask = result_paths(out_dir, stem)
-        # Mask first, cut-out last: a present cut-out means the pair is complete.
-        for url, path in ((mask_url, mask), (cutout_url, cutout)):
-            self._fetch(url, path)
-        return cutout, mask
+        paths = result_paths(out_dir, stem)
+        # The first kind (the cut-out) last: where it is, every result is.
+        for kind in reversed(RESULT_KINDS):
+            self._fetch(urls[kind.name], paths[kind.name])
+        return paths
 
     def _fetch(self, url: str, path: Path) -> None:
         try:

@@ -83,7 +83,7 @@ def task_channel(task_id: str) -> str:
 class Heartbeat:
     """Fields of a worker's heartbeat hash, all strings.
 
-    The worker writes them (infra/stores/queue.py, functions/runtime.py); the API's /metrics, the
+    The worker writes them (infra/stores/workers.py, functions/liveness.py); the API's /metrics, the
     stack's readiness probe and TaskStore.begin read them.
     """
     UPDATED = "updated"        # Unix time of the last beat

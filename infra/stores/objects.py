@@ -19,7 +19,6 @@ import hmac
 import io
 import time
 import urllib.parse
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from minio.datatypes import PostPolicy
@@ -79,8 +78,6 @@ class ObjectStore:
         self._signed_get = functools.lru_cache(maxsize=4096)(self._sign_get)
         self._region = cfg.minio.region
         self._credentials = (cfg.minio.access_key, cfg.minio.secret_key)
-        # publish_later: each consumer thread has at most one write in flight
-        self._writer = ThreadPoolExecutor(max(1, cfg.worker.concurrency), thread_name_prefix="publish")
 
     def get(self, key: str, etag: str = "") -> StoredObject:
         """The object; with `etag`, exactly that version of it, else ObjectChanged."""
@@ -109,11 +106,6 @@ class ObjectStore:
         result = self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                         content_type=content_type, metadata=metadata or None)
         return result.etag
-
-    def publish_later(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
-                      version: str) -> Future[None]:
-        """publish() on a background thread, so the caller's next encode overlaps this write."""
-        return self._writer.submit(self.publish, key, data, content_type, metadata, version)
 
     def publish(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
                 version: str) -> None:

@@ -4,11 +4,11 @@ Pattern: reliable queue with per-worker in-flight lists (Redis' documented RPOPL
 pattern, as rq and kombu use it).  MinIO RPUSHes to `queue.events_key` and checks that the key
 is a plain list, so the queue must stay one; a Stream would need a second hop.  A worker
 atomically moves an event into its own in-flight list (LMOVE), and removes it only after the
-task state is settled.  Each worker refreshes a heartbeat hash with a TTL; a reaper, run by
-every live worker, moves the in-flight events of workers whose heartbeat expired back onto the
-events list, so an event taken by a worker that is SIGKILLed or loses power is processed again
-by another one.  Redelivery means duplicates are possible: task transitions are idempotent
-(see infra/stores/tasks.py).
+task state is settled.  Each worker refreshes a heartbeat (infra/stores/workers.py); a reaper,
+run by every live worker (functions/liveness.py), moves the in-flight events of workers whose
+heartbeat expired back onto the events list, so an event taken by a worker that is SIGKILLed
+or loses power is processed again by another one.  Redelivery means duplicates are possible:
+task transitions are idempotent (see infra/stores/tasks.py).
 
 Redelivery is counted.  A message handed back after a failure, or requeued by the reaper,
 goes back with a one-line header in front of MinIO's bytes (kept verbatim: they need not even
@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from dataclasses import dataclass
 
 import redis
 
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key
+from maskflow.infra.stores.source import Delivery
 from maskflow.infra.wiring.config import Config
-from maskflow.infra.stores.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
 
 # '#' never starts JSON, so a message MinIO wrote is never mistaken for a redelivery.
 REDELIVERY_MARK = b"#maskflow-redelivery "
@@ -75,20 +74,6 @@ return 1
 """
 
 
-def worker_status(r: redis.Redis, worker_id: str) -> dict[str, str]:
-    raw = r.hgetall(heartbeat_key(worker_id))
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One message taken from the events list."""
-    item: bytes          # the list item as stored: what ack, give_back and dead_letter remove
-    message: bytes       # the message MinIO wrote
-    attempt: int         # 1 the first time a message is taken
-    last_error: str = ""  # why the previous delivery did not settle it
-
-
 def wrap(message: bytes, deliveries: int, last_error: str) -> bytes:
     header = json.dumps({"deliveries": deliveries, "last_error": last_error[:MAX_REASON_CHARS]})
     return REDELIVERY_MARK + header.encode() + b"\n" + message  # ensure_ascii: no raw newline
@@ -113,15 +98,19 @@ def dead_letter_count(r: redis.Redis) -> int:
     return int(r.llen(DEAD_LETTER_KEY))
 
 
-class EventQueue:
+class RedisListSource:
+    """The events list MinIO writes, consumed through this worker's in-flight list.
+
+    Implements EventSource and Leases (infra/stores/source.py); a delivery's receipt is the
+    list item as stored.
+    """
+    format = "minio-access"
+
     def __init__(self, r: redis.Redis, cfg: Config, worker_id: str):
         self.r = r
-        # Tells this process from an earlier run of the same worker id (see TaskStore.begin).
-        self.run_id = uuid.uuid4().hex[:12]
         self.events_key = cfg.queue.events_key
         self.worker_id = worker_id
         self.inflight = inflight_key(worker_id)
-        self.lease = cfg.worker.lease
         self.dead_letter_max = cfg.queue.dead_letter_max
         self._requeue = r.register_script(_REQUEUE)
         self._settle = r.register_script(_SETTLE)
@@ -135,12 +124,8 @@ class EventQueue:
         item = self.r.blmove(self.events_key, self.inflight, timeout, "LEFT", "RIGHT")
         return None if item is None else unwrap(item)
 
-    def in_flight(self) -> list[bytes]:
-        """Our in-flight list as Redis holds it."""
-        return self.r.lrange(self.inflight, 0, -1)
-
     def ack(self, delivery: Delivery) -> None:
-        self.r.lrem(self.inflight, 1, delivery.item)
+        self.r.lrem(self.inflight, 1, delivery.receipt)
 
     def give_back(self, delivery: Delivery, error: str) -> None:
         """Requeue a message we could not settle, counting this delivery and saying why.
@@ -148,7 +133,7 @@ class EventQueue:
         It goes to the tail, so a message that keeps failing does not hold up the others.
         """
         self._settle(keys=[self.inflight, self.events_key],
-                     args=[delivery.item, wrap(delivery.message, delivery.attempt, error), 0])
+                     args=[delivery.receipt, wrap(delivery.message, delivery.attempt, error), 0])
 
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         """Set the message aside for good; `deliveries` defaults to this delivery's attempt."""
@@ -159,41 +144,15 @@ class EventQueue:
             "size": len(message), "truncated": len(message) > DEAD_PAYLOAD_BYTES,
             "payload": message[:DEAD_PAYLOAD_BYTES].decode("utf-8", "replace")})
         self._settle(keys=[self.inflight, DEAD_LETTER_KEY],
-                     args=[delivery.item, record, self.dead_letter_max])
+                     args=[delivery.receipt, record, self.dead_letter_max])
 
-    # -- liveness ----------------------------------------------------------------------------
-    def heartbeat(self, **fields: str | int | float) -> None:
-        key = heartbeat_key(self.worker_id)
-        with self.r.pipeline(transaction=True) as p:
-            p.sadd(WORKERS_KEY, self.worker_id)
-            p.hset(key, mapping={Heartbeat.UPDATED: time.time(), Heartbeat.RUN: self.run_id,
-                                 **{k: str(v) for k, v in fields.items()}})
-            p.expire(key, self.lease)
-            p.execute()
+    # -- leases ------------------------------------------------------------------------------
+    def in_flight(self) -> list[Delivery]:
+        """Our in-flight list as Redis holds it."""
+        return [unwrap(item) for item in self.r.lrange(self.inflight, 0, -1)]
 
-    def retire(self) -> None:
-        """Clean exit: nothing left in flight, so forget this worker."""
-        with self.r.pipeline(transaction=True) as p:
-            p.delete(heartbeat_key(self.worker_id))
-            p.srem(WORKERS_KEY, self.worker_id)
-            p.execute()
-
-    def reclaim_own(self) -> int:
-        """At start-up: events left in our in-flight list belong to a dead previous incarnation."""
-        return self._requeue_all(self.worker_id, f"worker {self.worker_id} restarted before settling it")
-
-    def reap(self) -> int:
-        """Requeue the in-flight events of every worker whose heartbeat has expired."""
-        moved = 0
-        for member in self.r.smembers(WORKERS_KEY):
-            worker = member.decode()
-            if worker == self.worker_id or self.r.exists(heartbeat_key(worker)):
-                continue
-            moved += self._requeue_all(worker, f"worker {worker} stopped heartbeating before settling it")
-            self.r.srem(WORKERS_KEY, worker)
-        return moved
-
-    def _requeue_all(self, worker: str, why: str) -> int:
+    def reclaim(self, worker_id: str, why: str) -> int:
+        """Requeue `worker_id`'s in-flight events, each with its delivery count + 1."""
         # One script: a crash or a second reaper never sees an event in both lists, or uncounted.
-        return int(self._requeue(keys=[inflight_key(worker), self.events_key],
+        return int(self._requeue(keys=[inflight_key(worker_id), self.events_key],
                                  args=[REDELIVERY_MARK, why]))

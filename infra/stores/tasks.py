@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from maskflow.infra.domain.clock import utc_iso
+from maskflow.infra.domain.outputs import RESULT_KINDS
+from maskflow.infra.stores import task_scripts
+from maskflow.infra.stores.changes import ChangeFeed
+from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, batch_failed_key,
+                                        batch_key, heartbeat_key, index_key, task_channel, task_key)
+from maskflow.infra.stores.task_scripts import batch_prefixes, script_keys
 from maskflow.infra.wiring.config import Config
-from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat, batch_failed_key,
-                                 batch_key, heartbeat_key, index_key, task_channel, task_key)
 
-log = logging.getLogger(__name__)
+RESULT_FIELDS = tuple(kind.task_field for kind in RESULT_KINDS)
 
 STATUSES = ("pending", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
@@ -45,21 +47,6 @@ class Decision(enum.StrEnum):
     STALE = "stale"          # a newer version is known
     BUSY = "busy"            # a live process is working on this version
     EXHAUSTED = "exhausted"  # its workers died too often: the task is now failed
-
-
-def batch_prefixes(input_key: str) -> list[str]:
-    """Every directory prefix of the key below the top level: input/b/c/x.jpg -> input/b/, input/b/c/."""
-    parts = input_key.split("/")[:-1]
-    return ["/".join(parts[:i]) + "/" for i in range(2, len(parts) + 1)]
-
-
-def _script_keys(task_id: str, input_key: str, *extra: str) -> list[str]:
-    """KEYS for the scripts below, in the order _LIB describes."""
-    keys = [task_key(task_id), index_key(input_key), STATS_KEY, PROCESSING_DEADLINES,
-            UPLOAD_DEADLINES, *extra]
-    for prefix in batch_prefixes(input_key):
-        keys += [batch_key(prefix), batch_failed_key(prefix)]
-    return keys
 
 
 def new_task_id() -> str:
@@ -76,140 +63,6 @@ def normalise_sequencer(sequencer: str) -> str:
     return sequencer.strip().lower().rjust(32, "0") if sequencer else ""
 
 
-# KEYS of every task script: 1 the task hash, 2 its key index, 3 the status counts, 4 the
-# processing deadlines, 5 the upload deadlines, (6 in `begin`: the heartbeat of the worker that
-# claimed the task), then from FIRST_BATCH on, for each batch prefix of the input key, its
-# counts hash and its failed-keys set.  Python computes them from the input key it read; a
-# script refuses to run (`keyed_by`) if the record turns out to belong to another key.
-# The record keeps its prefixes in 'batches' as well, for workers that still read them there.
-_LIB = """
-local function move(input_key, old, new, now, ttl)
-  if old == new then return end
-  if old ~= '' then redis.call('HINCRBY', KEYS[3], old, -1) end
-  if new ~= '' then redis.call('HINCRBY', KEYS[3], new, 1) end
-  for i = FIRST_BATCH, #KEYS, 2 do
-    if old ~= '' then redis.call('HINCRBY', KEYS[i], old, -1) end
-    if new ~= '' then redis.call('HINCRBY', KEYS[i], new, 1) end
-    if new == 'failed' then redis.call('ZADD', KEYS[i + 1], now, input_key)
-    elseif old == 'failed' then redis.call('ZREM', KEYS[i + 1], input_key) end
-    redis.call('EXPIRE', KEYS[i], ttl)
-    redis.call('EXPIRE', KEYS[i + 1], ttl)
-  end
-end
-local function create(id, input_key, batches, now_iso, ttl)
-  redis.call('HSET', KEYS[1], 'task_id', id, 'input_key', input_key, 'status', '',
-             'created_at', now_iso, 'attempts', 0, 'batches', batches)
-  redis.call('SET', KEYS[2], id, 'EX', ttl)
-  for i = FIRST_BATCH, #KEYS, 2 do redis.call('HINCRBY', KEYS[i], 'total', 1) end
-end
-local function touch(ttl)
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-local function keyed_by(input_key)
-  local stored = redis.call('HGET', KEYS[1], 'input_key')
-  return not stored or stored == input_key
-end
-"""
-
-
-def _script(first_batch: int, body: str) -> str:
-    return f"local FIRST_BATCH = {first_batch}\n" + _LIB + body
-
-
-# ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none)
-# Returns the record (HGETALL), new or not.
-_CREATE = _script(6, """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6]))
-  redis.call('HSET', KEYS[1], 'status', 'pending')
-  move(ARGV[2], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
-  if tonumber(ARGV[7]) > 0 then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1]) end
-  touch(tonumber(ARGV[6]))
-end
-return redis.call('HGETALL', KEYS[1])
-""")
-
-# ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker, processing_deadline,
-#       max_attempts, run (the claiming process' run id), claimant (the worker whose heartbeat
-#       is KEYS[6]), channel, claim (the caller's id for this one claim, '' for none)
-# Returns {decision, attempts}, or {'retry', 0} when the record changed since KEYS were computed.
-_BEGIN = _script(7, """
-local task = KEYS[1]
-local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local seq, worker = ARGV[8], ARGV[9]
-if not keyed_by(ARGV[2]) then return {'retry', 0} end
-if redis.call('EXISTS', task) == 0 then
-  create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ttl)
-end
-local status = redis.call('HGET', task, 'status')
-local known = redis.call('HGET', task, 'sequencer') or ''
-local attempts = tonumber(redis.call('HGET', task, 'attempts') or '0')
-if known ~= '' and seq ~= '' and seq < known then return {'stale', attempts} end
-if known ~= '' and seq == known then
-  if status == 'completed' or status == 'failed' then return {'duplicate', attempts} end
-  if status == 'processing' then
-    -- our own claim, whose answer was lost (Redis stopping as it replied): started already
-    if ARGV[15] ~= '' and redis.call('HGET', task, 'claim') == ARGV[15] then
-      return {'start', attempts}
-    end
-    -- busy only while the very process (worker id + run) that claimed it is alive
-    if (redis.call('HGET', task, 'worker') or '') ~= ARGV[13] then return {'retry', 0} end
-    local owner_run = redis.call('HGET', task, 'run') or ''
-    local live_run = redis.call('HGET', KEYS[6], '""" + Heartbeat.RUN + """')
-    local deadline = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0')
-    if live_run and live_run == owner_run and deadline > now then
-      return {'busy', attempts}
-    end
-  end
-  attempts = attempts + 1
-else
-  attempts = 1
-  redis.call('HDEL', task, 'error', 'output_key', 'mask_key', 'model', 'completed_at')
-end
-redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
-           'claim', ARGV[15], 'started_at', ARGV[4], 'attempts', attempts)
-if attempts > tonumber(ARGV[11]) then
-  redis.call('HSET', task, 'status', 'failed', 'completed_at', ARGV[4],
-             'error', 'gave up after ' .. (attempts - 1) .. ' attempts (the worker died or timed out each time)')
-  move(ARGV[2], status, 'failed', now, ttl)
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  touch(ttl)
-  redis.call('PUBLISH', ARGV[14], 'failed')
-  return {'exhausted', attempts}
-end
-redis.call('HSET', task, 'status', 'processing')
-move(ARGV[2], status, 'processing', now, ttl)
-redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-touch(ttl)
-redis.call('PUBLISH', ARGV[14], 'processing')
-return {'start', attempts}
-""")
-
-# ARGV: id, sequencer ('*' = any version), new_status, now_iso, now, ttl, required_status,
-#       input_key, channel, then field/value pairs
-# Returns 1 done, 0 refused, -1 when the record changed since KEYS were computed.
-_FINISH = _script(6, """
-local task = KEYS[1]
-local status = redis.call('HGET', task, 'status')
-if not status or status ~= ARGV[7] then return 0 end
-if not keyed_by(ARGV[8]) then return -1 end
-if ARGV[2] ~= '*' and (redis.call('HGET', task, 'sequencer') or '') ~= ARGV[2] then return 0 end
-local new, now, ttl = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6])
-for i = 10, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', task, 'status', new)
-if new == 'completed' or new == 'failed' then redis.call('HSET', task, 'completed_at', ARGV[4]) end
-if new == 'completed' then redis.call('HDEL', task, 'error') end
-move(ARGV[8], status, new, now, ttl)
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-touch(ttl)
-redis.call('PUBLISH', ARGV[9], new)
-return 1
-""")
-
-
 @dataclass(frozen=True)
 class Task:
     task_id: str
@@ -219,8 +72,7 @@ class Task:
     attempts: int = 0
     etag: str = ""
     sequencer: str = ""
-    output_key: str | None = None
-    mask_key: str | None = None
+    results: dict[str, str] = field(default_factory=dict)  # result kind name -> key, once completed
     error: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
@@ -243,75 +95,6 @@ class BatchSummary:
         return self.counts.get("completed", 0) + self.counts.get("failed", 0)
 
 
-class ChangeFeed:
-    """One subscription per process to every task's change channel, fanned out to waiters.
-
-    A subscription per waiter would cost each long-poll a connection and a round trip, and
-    hand the next request a closed pooled connection to reopen.  While the feed is down
-    (Redis restarting), waiters miss wake-ups and fall back to re-reading the record.
-    """
-
-    def __init__(self, r: redis.Redis):
-        self.r = r
-        self.pattern = task_channel("*")
-        self.prefix = len(self.pattern) - 1
-        self.subscribed = threading.Event()
-        self._lock = threading.Lock()
-        self._waiters: dict[str, set[threading.Event]] = {}
-        self._thread: threading.Thread | None = None
-
-    def watch(self, task_id: str) -> threading.Event:
-        """An event set on the task's next change; hand it back with `unwatch`."""
-        woken = threading.Event()
-        with self._lock:
-            self._waiters.setdefault(task_id, set()).add(woken)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="task-changes", daemon=True)
-                self._thread.start()
-        self.subscribed.wait(1.0)  # only the first waiter, or one during an outage, waits here
-        return woken
-
-    def waiting(self) -> int:
-        """Waiters right now: this process' long-polls."""
-        with self._lock:
-            return sum(len(waiters) for waiters in self._waiters.values())
-
-    def unwatch(self, task_id: str, woken: threading.Event) -> None:
-        with self._lock:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None:
-                waiters.discard(woken)
-                if not waiters:
-                    del self._waiters[task_id]
-
-    def _listen(self) -> None:
-        backoff = 0.1
-        while True:
-            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.psubscribe(self.pattern)
-                pubsub.get_message(timeout=1.0)  # the confirmation: subscribed from here on
-                self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._wake(message["channel"].decode()[self.prefix:])
-            except redis.RedisError as exc:
-                log.warning("task change feed down, waiters re-read every second: %s", exc)
-            finally:
-                self.subscribed.clear()
-                pubsub.close()
-            time.sleep(backoff)  # before reconnecting to a Redis that just failed
-            backoff = min(2 * backoff, 5.0)
-
-    def _wake(self, task_id: str) -> None:
-        with self._lock:
-            waiters = list(self._waiters.get(task_id, ()))
-        for woken in waiters:
-            woken.set()
-
-
 def _task_from(raw: dict[bytes, bytes]) -> Task | None:
     """A task hash as Redis returns it; None for none, or one still being created."""
     if not raw or not raw.get(b"status"):
@@ -320,7 +103,7 @@ def _task_from(raw: dict[bytes, bytes]) -> Task | None:
     return Task(task_id=f["task_id"], status=f["status"], input_key=f["input_key"],
                 created_at=f["created_at"], attempts=int(f.get("attempts", 0)),
                 etag=f.get("etag", ""), sequencer=f.get("sequencer", ""),
-                output_key=f.get("output_key"), mask_key=f.get("mask_key"),
+                results={kind.name: f[kind.task_field] for kind in RESULT_KINDS if kind.task_field in f},
                 error=f.get("error"), started_at=f.get("started_at"),
                 completed_at=f.get("completed_at"), model=f.get("model"))
 
@@ -331,16 +114,16 @@ class TaskStore:
         self.ttl = cfg.task.retention
         self.timeout = cfg.task.timeout
         self.max_attempts = cfg.task.max_attempts
-        self._create = r.register_script(_CREATE)
-        self._begin = r.register_script(_BEGIN)
-        self._finish = r.register_script(_FINISH)
+        self._create = r.register_script(task_scripts.CREATE)
+        self._begin = r.register_script(task_scripts.BEGIN)
+        self._finish = r.register_script(task_scripts.FINISH)
         self.changes = ChangeFeed(r)
 
     # -- creating and reading ------------------------------------------------------------------
     def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0) -> Task:
         """A task the API announces before its object arrives (multipart or presigned upload)."""
         now = time.time()
-        flat = self._create(keys=_script_keys(task_id, input_key),
+        flat = self._create(keys=script_keys(task_id, input_key),
                             args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now),
                                   now, self.ttl, upload_deadline])
         task = _task_from(dict(zip(flat[::2], flat[1::2])))
@@ -374,10 +157,10 @@ class TaskStore:
         while True:
             now = time.time()
             decision, attempts = self._begin(
-                keys=_script_keys(task_id, key, heartbeat_key(claimant_id)),
+                keys=script_keys(task_id, key, heartbeat_key(claimant_id)),
                 args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now, self.ttl,
                       etag, sequencer, worker_id, now + self.timeout, self.max_attempts, run_id,
-                      claimant_id, task_channel(task_id), claim])
+                      claimant_id, task_channel(task_id), claim, *RESULT_FIELDS])
             if decision != b"retry":
                 return Decision(decision.decode()), int(attempts)
             stored_key, claimant = self.r.hmget(task_key(task_id), "input_key", "worker")
@@ -397,19 +180,21 @@ class TaskStore:
                     return False
                 key = stored_key.decode()
             now = time.time()
-            done = int(self._finish(keys=_script_keys(task_id, key),
+            done = int(self._finish(keys=script_keys(task_id, key),
                                     args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
                                           required, key, task_channel(task_id), *pairs]))
             if done >= 0:
                 return bool(done)
             key = ""  # changed since we read it, or a wrong guess: read it again
 
-    def complete(self, task_id: str, sequencer: str, output_key: str, mask_key: str,
+    def complete(self, task_id: str, sequencer: str, results: dict[str, str],
                  model: str = "", input_key: str = "") -> bool:
-        """`model`: the name the task asked for; '' (the default model, unnamed) is not stored."""
+        """`results`: each result kind's key, by kind name; `model`: the name the task asked
+        for ('' is the default model, unnamed, and not stored)."""
         named = {"model": model} if model else {}
+        fields = {kind.task_field: results[kind.name] for kind in RESULT_KINDS}
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "completed",
-                                input_key, output_key=output_key, mask_key=mask_key, **named)
+                                input_key, **fields, **named)
 
     def fail(self, task_id: str, sequencer: str, error: str, input_key: str = "") -> bool:
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "failed",

@@ -17,14 +17,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskflow.infra.domain.catalog import GENERAL, PERSON, UnknownModel, check_name
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, UnknownModel, check_name
+from maskflow.infra.wiring.values import ConfigError, coerce, split_address
 
 ENV_PREFIX = "MASKFLOW_"
+MODELS_DIR = "models"  # the catalogue's files, relative to the working directory
 CONFIG_FILE_ENV = "MASKFLOW_CONFIG"
-
-
-class ConfigError(ValueError):
-    """A setting is missing, misspelled or has a bad value; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     """The named models beyond the default one (`model.*` is `person`, infra/domain/catalog.py)."""
-    general_path: str = "models/u2netp.onnx"
+    # Model name -> its ONNX file, for models elsewhere than the catalogue's file in models/.
+    paths: dict[str, str] = field(default_factory=dict)
     # Key prefix -> model name, for uploads that cannot carry x-amz-meta-model (mc mirror).
     by_prefix: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: Path
+    input_size: tuple[int, int]  # width, height, as the manifest beside the file must say
 
 
 @dataclass(frozen=True)
@@ -160,13 +165,21 @@ class Config:
         return _project_path(self.stack.data_dir)
 
     @property
-    def model_path(self) -> Path:
-        return _project_path(self.model.path)
+    def model_files(self) -> dict[str, ModelFile]:
+        """Every catalogue model's file and input size, by name.
 
-    @property
-    def model_paths(self) -> dict[str, Path]:
-        """Every served model's file, by name."""
-        return {PERSON: self.model_path, GENERAL: _project_path(self.models.general_path)}
+        The default model's are the original design's keys `model.path` and `model.input_size`;
+        every other one's come from the catalogue, its file under models/ unless `models.paths`
+        names another.
+        """
+        files = {}
+        for name, entry in CATALOG.items():
+            if name == DEFAULT:
+                files[name] = ModelFile(_project_path(self.model.path), self.model.input_size)
+            else:
+                path = self.models.paths.get(name) or str(Path(MODELS_DIR) / entry.model_file)
+                files[name] = ModelFile(_project_path(path), entry.input_size)
+        return files
 
     @property
     def notify_path(self) -> Path:
@@ -193,67 +206,6 @@ def _sections() -> dict[str, type]:
 
 def _resolved_types(cls: type) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
-
-
-def _coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
-    """Turn a TOML value or an environment string into the declared type."""
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true or false")
-        if kind is int:
-            if isinstance(raw, bool):
-                raise ValueError("expected an integer")
-            return int(raw)
-        if kind is str:
-            if not isinstance(raw, (str, int, float)):
-                raise ValueError("expected a string")
-            return str(raw)
-        if typing.get_origin(kind) is dict:
-            # TOML gives a table; the environment "input/a/=general,input/b/=person"
-            pairs = raw.items() if isinstance(raw, dict) else \
-                [item.split("=", 1) for item in raw.split(",") if item.strip()]
-            out = {}
-            for pair in pairs:
-                if len(pair) != 2 or not all(isinstance(v, str) and v for v in pair):
-                    raise ValueError("expected prefix=name pairs")
-                out[pair[0].strip()] = pair[1].strip()
-            return out
-        if typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, Ellipsis):
-            # TOML gives an array of strings; the environment "a,b" ("" is the empty list)
-            if isinstance(raw, str):
-                items = [item.strip() for item in raw.split(",")] if raw.strip() else []
-            elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
-                items = [item.strip() for item in raw]
-            else:
-                raise ValueError("expected a list of strings")
-            if not all(items):
-                raise ValueError("empty item in list")
-            return tuple(items)
-        if typing.get_origin(kind) is tuple:
-            parts = raw.split(",") if isinstance(raw, str) else list(raw)
-            values = tuple(int(p) for p in parts)
-            if len(values) != len(typing.get_args(kind)):
-                raise ValueError(f"expected {len(typing.get_args(kind))} comma-separated integers")
-            return values
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config key {key}: bad value {raw!r} ({exc})") from None
-    raise ConfigError(f"config key {key}: unsupported type {kind}")  # pragma: no cover
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """"host:port" (or "[v6]:port") -> (host, port); ValueError names what is wrong."""
-    host, sep, port = address.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host, int(port)
 
 
 def _validate(cfg: Config) -> None:
@@ -308,6 +260,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key minio.endpoint: {exc}") from None
     if not cfg.minio.bucket:
         raise ConfigError("config key minio.bucket: must not be empty")
+    for name in cfg.models.paths:
+        if name == DEFAULT:
+            raise ConfigError(f"config key models.paths: {DEFAULT!r} is the default model: set model.path")
+        try:
+            check_name(name)
+        except UnknownModel as exc:
+            raise ConfigError(f"config key models.paths: {exc}") from None
     for prefix, name in cfg.models.by_prefix.items():
         if not prefix.startswith("input/"):
             raise ConfigError(f"config key models.by_prefix: prefix {prefix!r} is not under input/")
@@ -339,7 +298,7 @@ def load_config(path: str | os.PathLike | None = None,
             for key, raw in table.items():
                 if key not in hints:
                     raise ConfigError(f"config key {section}.{key}: unknown key")
-                values[section][key] = _coerce(f"{section}.{key}", hints[key], raw)
+                values[section][key] = coerce(f"{section}.{key}", hints[key], raw)
 
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
@@ -349,7 +308,7 @@ def load_config(path: str | os.PathLike | None = None,
         hints = _resolved_types(sections[section]) if section in sections else {}
         if key not in hints:
             raise ConfigError(f"environment variable {name}: no such config key {section}.{key}")
-        values[section][key] = _coerce(f"{section}.{key}", hints[key], raw)
+        values[section][key] = coerce(f"{section}.{key}", hints[key], raw)
 
     cfg = Config(**{name: sections[name](**values[name]) for name in sections})
     _validate(cfg)

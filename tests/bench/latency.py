@@ -38,13 +38,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checks import pipeline_idle  # noqa: E402
 from conftest import make_config  # noqa: E402
-from maskflow.functions.runtime import reuse_freed_buffers  # noqa: E402
+from maskflow.functions.worker import reuse_freed_buffers  # noqa: E402
+from maskflow.infra.domain.catalog import DEFAULT  # noqa: E402
 from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
 from maskflow.infra.ops import install  # noqa: E402
 from maskflow.infra.sdk.client import Client  # noqa: E402
 from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 from maskflow.infra.stores.objects import ObjectStore  # noqa: E402
-from maskflow.infra.stores.queue import worker_status  # noqa: E402
+from maskflow.infra.stores.workers import worker_status  # noqa: E402
 from maskflow.infra.ops.stack import Stack, wait_until  # noqa: E402
 from maskflow.infra.stores.tasks import TaskStore  # noqa: E402
 
@@ -62,7 +63,8 @@ class BareProcessing:
 
     def __init__(self, cfg):
         reuse_freed_buffers()  # as a worker process does, so the in-process figure is a fair limit
-        self.model = Segmenter.load(cfg.model_path, cfg.model.input_size)
+        file = cfg.model_files[DEFAULT]
+        self.model = Segmenter.load(file.path, file.input_size)
         self.data = PHOTO.read_bytes()
 
     def __call__(self) -> float:

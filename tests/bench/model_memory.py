@@ -23,7 +23,7 @@ ONE_SETTING = r"""
 import resource, sys, time
 sys.path[:0] = [sys.argv[1] + "/tests"]
 from checks import make_photo
-from maskflow.functions.runtime import reuse_freed_buffers
+from maskflow.functions.worker import reuse_freed_buffers
 from maskflow.infra.domain.segmenter import Segmenter
 from maskflow.infra.domain.images import decode_image
 import maskflow.infra.domain.segmenter as segmenter

@@ -27,9 +27,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
-from maskflow.functions.runtime import reuse_freed_buffers  # noqa: E402
+from maskflow.functions.worker import reuse_freed_buffers  # noqa: E402
 from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
-from maskflow.infra.domain.catalog import DEFAULT, METADATA_KEY, NAMES  # noqa: E402
+from maskflow.infra.domain.catalog import DEFAULT, METADATA_KEY, names  # noqa: E402
 from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 from maskflow.infra.stores.objects import ObjectStore  # noqa: E402
 from maskflow.infra.ops.stack import Stack  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--size", default="1024x768")
     ap.add_argument("--durable-only", action="store_true",
                     help="one event per upload (no fast target), to see what the duplicate costs")
-    ap.add_argument("--model", choices=NAMES, help="name it on every upload (x-amz-meta-model); "
+    ap.add_argument("--model", choices=names(), help="name it on every upload (x-amz-meta-model); "
                                                    "default: name none, the person model runs")
     args = ap.parse_args()
     reuse_freed_buffers()  # as a worker process does, so the in-process figure is a fair limit
@@ -111,7 +111,7 @@ def main() -> None:
         finally:
             stack.down()
 
-    model = Segmenter.load(cfg.model_paths[args.model or DEFAULT])
+    model = Segmenter.load(cfg.model_files[args.model or DEFAULT].path)
     loop_started = time.perf_counter()
     for blob in data[: min(50, len(data))]:
         rgb = decode_image(blob)

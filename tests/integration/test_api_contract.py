@@ -18,11 +18,12 @@ from conftest import REPO
 from conftest import UPLOAD_LIMIT as LIMIT
 from maskflow.infra.wiring.config import replace
 from maskflow.infra.stores.objects import PRESIGN_REUSE_S, ObjectStore
-from maskflow.infra.stores.queue import DEAD_LETTER_KEY, EventQueue
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, UPLOAD_DEADLINES, index_key
+from maskflow.infra.stores.workers import WorkerRegistry
 from maskflow.infra.ops.stack import wait_until
-from maskflow.infra.stores.tasks import UPLOAD_DEADLINES, TaskStore
+from maskflow.infra.stores.tasks import TaskStore
 
-GRACE_S = 120  # api.resources.UPLOAD_GRACE_S, restated: the test checks the contract
+GRACE_S = 120  # api.uploads.UPLOAD_GRACE_S, restated: the test checks the contract
 
 
 def photo(name: str = "chelsea.jpg") -> bytes:
@@ -115,8 +116,9 @@ def test_storage_failure_fails_the_task_and_answers_503(servers, tasks):
                              headers={"Content-Type": form.headers["Content-Type"]})
     assert r.status_code == 503, r.text
     assert r.json["error"]["code"] == "storage_unavailable"
-    failed = [t for t in (tasks.find_by_key(k.decode().split(":", 2)[2])
-                          for k in servers.redis().keys("maskflow:key:input/*"))
+    prefix = len(index_key(""))
+    failed = [t for t in (tasks.find_by_key(k.decode()[prefix:])
+                          for k in servers.redis().keys(index_key("input/*")))
               if t and t.status == "failed" and "storing the upload failed" in (t.error or "")]
     assert failed, "the pending record was not failed"
 
@@ -154,7 +156,7 @@ def test_completed_and_failed_tasks_render_like_the_contract(api, servers, tasks
     assert tasks.begin(task_id, key, "etag", "1", "test-worker", "run-1")[0] == "start"
     objects.put(f"output/{task_id}.png", b"segmented", "image/png")
     objects.put(f"masks/{task_id}.png", b"mask", "image/png")
-    assert tasks.complete(task_id, "1", f"output/{task_id}.png", f"masks/{task_id}.png")
+    assert tasks.complete(task_id, "1", {"output": f"output/{task_id}.png", "mask": f"masks/{task_id}.png"})
 
     asked = time.time()
     task = requests.get(f"{api.url}/api/v1/tasks/{task_id}", timeout=5).json()
@@ -352,8 +354,8 @@ def test_health_ready_and_static(api):
 def test_metrics(api, servers):
     requests.get(f"{api.url}/api/v1/tasks/nope", timeout=5)
     # a worker's heartbeat hash, written the way workers write it
-    worker = EventQueue(servers.redis(), servers.cfg, "metrics-test-worker")
-    worker.heartbeat(processed=7, failed=2, busy_seconds=3.5, duration_bucket_1=5,
+    worker = WorkerRegistry(servers.redis(), "metrics-test-worker", "run", servers.cfg.worker.lease)
+    worker.beat(processed=7, failed=2, busy_seconds=3.5, duration_bucket_1=5,
                      **{"duration_bucket_+Inf": 7}, duration_sum=4.5, duration_count=7)
     try:
         r = requests.get(f"{api.url}/metrics", timeout=5)

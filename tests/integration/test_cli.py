@@ -358,5 +358,5 @@ def test_documented_mc_mirror_attr_names_the_model(stack, tmp_path):
                          timeout=MAX_WAIT)
     assert task is not None and task.status == "completed", task
     assert task.model == "general"
-    (tmp_path / "mask.png").write_bytes(ObjectStore(cfg).get(task.mask_key).data)
+    (tmp_path / "mask.png").write_bytes(ObjectStore(cfg).get(task.results["mask"]).data)
     _made_by(tmp_path / "mask.png", "motorcycle.jpg", "general")

@@ -11,7 +11,7 @@ import requests
 
 from checks import PHOTOS, assert_error, iou, png, reference_mask, wait_for_task
 from conftest import app_stack
-from maskflow.infra.domain.catalog import NAMES
+from maskflow.infra.domain.catalog import names
 from maskflow.infra.stores.tasks import derive_task_id
 
 SCENE = "chelsea.jpg"
@@ -40,13 +40,13 @@ def _mask_from_url(task: dict) -> np.ndarray:
     return png(r.content) / 255
 
 
-def _mask_of_key(store, task) -> np.ndarray:
+def _mask_of_key(objects, task) -> np.ndarray:
     assert task is not None and task.status == "completed", task
-    return png(store.get(task.mask_key).data) / 255
+    return png(objects.get(task.results["mask"]).data) / 255
 
 
 def _scene_matches(mask: np.ndarray, model: str, photo: str = SCENE) -> None:
-    other = next(name for name in NAMES if name != model)
+    other = next(name for name in names() if name != model)
     assert iou(mask, reference_mask(photo, model)) >= 0.99, f"{photo}: not {model}'s mask"
     assert iou(mask, reference_mask(photo, other)) < 0.9, f"{photo}: the references are too alike to tell"
 
@@ -117,7 +117,7 @@ def test_presigned_uploads_carry_the_model_they_were_granted(app):
     assert _finished(app, grant["task_id"])["model"] == "general"
 
 
-def test_mc_cp_with_model_metadata(app, servers, mc, tasks, store, tmp_path, unique_prefix):
+def test_mc_cp_with_model_metadata(app, servers, mc, tasks, objects, tmp_path, unique_prefix):
     bucket = servers.cfg.minio.bucket
     photo = tmp_path / SCENE
     photo.write_bytes((PHOTOS / SCENE).read_bytes())
@@ -126,14 +126,14 @@ def test_mc_cp_with_model_metadata(app, servers, mc, tasks, store, tmp_path, uni
     mc("cp", "--attr", "X-Amz-Meta-Model=cats", str(photo), f"local/{bucket}/{bad}")
     task = wait_for_task(tasks, derive_task_id(bucket, good), timeout=120)
     assert task.model == "general"
-    _scene_matches(_mask_of_key(store, task), "general")
+    _scene_matches(_mask_of_key(objects, task), "general")
     failed = wait_for_task(tasks, derive_task_id(bucket, bad), timeout=120)
     assert failed.status == "failed"
     assert "unknown model 'cats'" in failed.error and "person, general" in failed.error
-    assert not store.exists(failed.mask_key or f"masks/{unique_prefix}/unknown.jpg.png")
+    assert not objects.exists(failed.results.get("mask") or f"masks/{unique_prefix}/unknown.jpg.png")
 
 
-def test_batch_drop_under_a_mapped_prefix(app, servers, mc, tasks, store, tmp_path, unique_prefix):
+def test_batch_drop_under_a_mapped_prefix(app, servers, mc, tasks, objects, tmp_path, unique_prefix):
     """models.by_prefix serves uploaders that cannot set metadata: mc mirror of a folder."""
     bucket = servers.cfg.minio.bucket
     folder = tmp_path / "products"
@@ -146,7 +146,7 @@ def test_batch_drop_under_a_mapped_prefix(app, servers, mc, tasks, store, tmp_pa
     for name in photos:
         mapped = wait_for_task(tasks, derive_task_id(bucket, f"{PRODUCTS}{unique_prefix}/{name}"), timeout=120)
         assert mapped.model == "general"
-        _scene_matches(_mask_of_key(store, mapped), "general", name)
+        _scene_matches(_mask_of_key(objects, mapped), "general", name)
         plain = wait_for_task(tasks, derive_task_id(bucket, f"input/{unique_prefix}/{name}"), timeout=120)
         assert plain.model is None
-        _scene_matches(_mask_of_key(store, plain), "person", name)
+        _scene_matches(_mask_of_key(objects, plain), "person", name)

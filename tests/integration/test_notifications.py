@@ -50,23 +50,23 @@ def test_mc_cp_puts_one_access_format_event(servers, clean_redis, mc, tmp_path, 
 
 
 def test_results_prefixes_produce_no_event(servers, clean_redis, unique_prefix):
-    store = ObjectStore(servers.cfg)
+    objects = ObjectStore(servers.cfg)
     for prefix in ("output", "masks"):
-        store.put(f"{prefix}/{unique_prefix}/x.png", b"not really", "image/png")
-    store.put(f"input/{unique_prefix}/marker.jpg", make_photo(), "image/jpeg")
+        objects.put(f"{prefix}/{unique_prefix}/x.png", b"not really", "image/png")
+    objects.put(f"input/{unique_prefix}/marker.jpg", make_photo(), "image/jpeg")
     events = _drain(clean_redis, servers.cfg.queue.events_key, 2, timeout=3.0)
     # the marker event proves delivery works; only it arrived
     assert _keys(events) == [f"input/{unique_prefix}/marker.jpg"]
 
 
 def test_events_survive_redis_outage(servers, clean_redis, unique_prefix):
-    store = ObjectStore(servers.cfg)
+    objects = ObjectStore(servers.cfg)
     stack = servers.stack
     stack.stop("redis")
     try:
         keys = [f"input/{unique_prefix}/outage-{i:02d}.jpg" for i in range(20)]
         for i, key in enumerate(keys):
-            store.put(key, make_photo(i), "image/jpeg")
+            objects.put(key, make_photo(i), "image/jpeg")
     finally:
         stack.up(app=False)
     events = _drain(servers.redis(), servers.cfg.queue.events_key, 20, timeout=30.0)

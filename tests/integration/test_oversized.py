@@ -36,19 +36,19 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
-def test_oversized_upload_fails_from_its_event_without_being_read(servers, limited_worker, store, model,
+def test_oversized_upload_fails_from_its_event_without_being_read(servers, limited_worker, objects, person_model,
                                                                   tasks, unique_prefix):
     key = f"input/{unique_prefix}/huge.jpg"
     blob = os.urandom(OVERSIZED)
-    store.client.put_object(servers.cfg.minio.bucket, key, io.BytesIO(blob), len(blob), "image/jpeg")
+    objects.client.put_object(servers.cfg.minio.bucket, key, io.BytesIO(blob), len(blob), "image/jpeg")
     task = wait_for_task(tasks, derive_task_id(servers.cfg.minio.bucket, key), timeout=30)
     assert task is not None and task.status == "failed", task
     assert f"{OVERSIZED} bytes exceeds the limit of {LIMIT} bytes" in task.error
 
     good = f"input/{unique_prefix}/after-huge.jpg"
     data = (PHOTOS / "coffee.jpg").read_bytes()
-    store.put(good, data, "image/jpeg")
-    check_result(servers, store, model, good, data, tasks)
+    objects.put(good, data, "image/jpeg")
+    check_result(servers, objects, person_model, good, data, tasks)
     peak = peak_rss_mb(limited_worker.running("worker-0"))
     print(f"\nworker peak RSS after a {OVERSIZED >> 20} MiB upload: {peak:.0f} MB")
     assert peak < MAX_WORKER_RSS_MB

@@ -5,17 +5,20 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 
 import pytest
 
 from checks import PHOTOS, check_result, start_worker, stop_worker, wait_for_task
-from maskflow.functions.runtime import Worker, build_worker
+from maskflow.functions.liveness import Liveness, Stats
+from maskflow.functions.worker import Worker, build_worker
 from maskflow.infra.domain.catalog import PERSON
-from maskflow.infra.wiring.config import replace
-from maskflow.infra.stores.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
-from maskflow.infra.stores.queue import DEAD_PAYLOAD_BYTES, EventQueue, dead_letter_count, unwrap, worker_status
 from maskflow.infra.ops.stack import wait_until
-from maskflow.infra.stores.tasks import derive_task_id
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
+from maskflow.infra.stores.queue import DEAD_PAYLOAD_BYTES, RedisListSource, dead_letter_count, unwrap
+from maskflow.infra.stores.tasks import TaskStore, derive_task_id
+from maskflow.infra.stores.workers import WorkerRegistry, worker_status
+from maskflow.infra.wiring.config import replace
 
 
 def record(bucket: str, key, name="s3:ObjectCreated:Put", **obj) -> dict:
@@ -72,7 +75,7 @@ def poison_corpus(bucket: str, unique_prefix: str) -> dict[bytes, str]:
     }
 
 
-def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, model, tasks,
+def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, objects, person_model, tasks,
                                                   unique_prefix, tmp_path):
     r, cfg = clean_redis, replace(servers.cfg, worker={"concurrency": 2})
     bucket, p = cfg.minio.bucket, f"input/{unique_prefix}"
@@ -90,12 +93,12 @@ def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, mo
         good_key = f"{p}/good.jpg"
         data = (PHOTOS / "coffee.jpg").read_bytes()
         uploaded = time.monotonic()
-        store.put(good_key, data, "image/jpeg")
+        objects.put(good_key, data, "image/jpeg")
         task = wait_for_task(tasks, derive_task_id(bucket, good_key), timeout=20)
         print(f"\ngood upload behind {len(poison) + 1} poison messages: {task.status} "
               f"after {time.monotonic() - uploaded:.2f} s")
         assert task is not None and task.status == "completed", (task, log.read_text()[-3000:])
-        check_result(servers, store, model, good_key, data, tasks)
+        check_result(servers, objects, person_model, good_key, data, tasks)
 
         wait_until(lambda: r.llen(cfg.queue.events_key) == 0 and r.llen(inflight_key("poison-eater")) == 0,
                    "events drained", 20)
@@ -127,18 +130,18 @@ def test_poison_corpus_never_stalls_the_pipeline(servers, clean_redis, store, mo
         stop_worker(worker)
 
 
-def test_message_failing_every_time_is_dead_lettered_after_max_deliveries(servers, clean_redis, store,
-                                                                         model, tasks, unique_prefix):
+def test_message_failing_every_time_is_dead_lettered_after_max_deliveries(servers, clean_redis, objects,
+                                                                         person_model, tasks, unique_prefix):
     r = clean_redis
     cfg = replace(servers.cfg, worker={"max_deliveries": 3})
     key = f"input/{unique_prefix}/cursed.jpg"
-    store.put(key, (PHOTOS / "rocket.jpg").read_bytes(), "image/jpeg")
+    objects.put(key, (PHOTOS / "rocket.jpg").read_bytes(), "image/jpeg")
     wait_until(lambda: r.llen(cfg.queue.events_key) == 1, "MinIO event", 10)
     original = r.lindex(cfg.queue.events_key, 0)
     # The key's task index holds a list, so every lookup of the task fails with Redis'
     # WRONGTYPE before any task exists.
     r.rpush(index_key(key), "not a task id")
-    worker = build_worker(cfg, "cursed", r, lambda: {PERSON: model})
+    worker = build_worker(cfg, "cursed", r, lambda: {PERSON: person_model})
     run_in_thread(worker, timeout=60)
 
     (dead,) = dead_letters(r)
@@ -154,14 +157,20 @@ def test_message_failing_every_time_is_dead_lettered_after_max_deliveries(server
     # not UTF-8, newlines, and a header we never wrote: the Lua script and Python must agree
     b"#maskflow-redelivery {}\n\xff\x00 not UTF-8, two\nlines",
 ], ids=["minio-message", "forged-header"])
-def test_requeues_after_worker_deaths_count_deliveries(servers, clean_redis, model, raw):
+def test_requeues_after_worker_deaths_count_deliveries(servers, clean_redis, person_model, raw):
     r = clean_redis
     cfg = replace(servers.cfg, worker={"max_deliveries": 3})
-    reaper = EventQueue(r, cfg, "reaper")
+
+    def liveness(worker_id: str) -> Liveness:
+        return Liveness(WorkerRegistry(r, worker_id, "run", cfg.worker.lease),
+                        RedisListSource(r, cfg, worker_id), TaskStore(r, cfg), Stats(), Counter,
+                        interval=cfg.worker.heartbeat)
+
+    reaper = liveness("reaper")
     r.rpush(cfg.queue.events_key, raw)
     for attempt in range(1, cfg.worker.max_deliveries + 1):
-        ghost = EventQueue(r, cfg, "ghost")
-        ghost.heartbeat(ready="1")
+        ghost = RedisListSource(r, cfg, "ghost")
+        WorkerRegistry(r, "ghost", "run", cfg.worker.lease).beat(ready="1")
         delivery = ghost.take(timeout=1)
         assert (delivery.message, delivery.attempt) == (raw, attempt)
         if attempt % 2:  # the ghost dies; a live worker's reaper requeues its message
@@ -169,24 +178,24 @@ def test_requeues_after_worker_deaths_count_deliveries(servers, clean_redis, mod
             assert reaper.reap() == 1
             why = "worker ghost stopped heartbeating before settling it"
         else:  # the ghost dies and comes back under the same id
-            assert EventQueue(r, cfg, "ghost").reclaim_own() == 1
+            assert liveness("ghost").reclaim_own() == 1
             why = "worker ghost restarted before settling it"
         assert r.llen(inflight_key("ghost")) == 0 and r.llen(cfg.queue.events_key) == 1
         requeued = unwrap(r.lindex(cfg.queue.events_key, 0))
         assert (requeued.message, requeued.attempt, requeued.last_error) == (raw, attempt + 1, why)
     # taken once more, past max_deliveries: a dead letter, never processed again
-    run_in_thread(build_worker(cfg, "survivor", r, lambda: {PERSON: model}), timeout=60)
+    run_in_thread(build_worker(cfg, "survivor", r, lambda: {PERSON: person_model}), timeout=60)
     (dead,) = dead_letters(r)
     assert dead["payload"] == raw.decode("utf-8", "replace") and dead["deliveries"] == 3
     assert dead["reason"] == "gave up after 3 deliveries; last error: worker ghost stopped heartbeating before settling it"
     assert r.llen(cfg.queue.events_key) == 0 and r.llen(inflight_key("survivor")) == 0
 
 
-def test_dead_letters_are_capped_keeping_the_newest(servers, clean_redis, model):
+def test_dead_letters_are_capped_keeping_the_newest(servers, clean_redis, person_model):
     r = clean_redis
     cfg = replace(servers.cfg, queue={"dead_letter_max": 3}, worker={"concurrency": 1})
     r.rpush(cfg.queue.events_key, *[f"poison {i}".encode() for i in range(5)])
-    run_in_thread(build_worker(cfg, "capped", r, lambda: {PERSON: model}), timeout=60)
+    run_in_thread(build_worker(cfg, "capped", r, lambda: {PERSON: person_model}), timeout=60)
     assert dead_letter_count(r) == 3
     assert [d["payload"] for d in dead_letters(r)] == ["poison 2", "poison 3", "poison 4"]
     assert all(d["reason"].startswith("poison event: not JSON") for d in dead_letters(r))
@@ -196,7 +205,7 @@ def test_settling_twice_queues_nothing_twice(servers, clean_redis):
     # The worker retries a hand-back or dead letter whose answer Redis lost (or that the reaper
     # beat it to): the second call must find the item gone and add nothing.
     r = clean_redis
-    queue = EventQueue(r, servers.cfg, "settler")
+    queue = RedisListSource(r, servers.cfg, "settler")
     r.rpush(servers.cfg.queue.events_key, b"first", b"second")
     first, second = queue.take(timeout=1), queue.take(timeout=1)
     queue.give_back(first, "injected")

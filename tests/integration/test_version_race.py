@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from checks import PHOTOS, check_result, make_photo, pipeline_idle, png
-from conftest import app_stack
-from maskflow.functions.handlers import result_keys
+from maskflow.infra.domain.outputs import result_keys
 from maskflow.infra.ops.stack import wait_until
 from maskflow.infra.stores.tasks import derive_task_id
 
@@ -22,17 +21,11 @@ ROUNDS = 10
 
 
 @pytest.fixture(scope="module")
-def workers(servers, tmp_path_factory):
-    with app_stack(tmp_path_factory.mktemp("race"), servers, with_api=False, workers=2) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="module")
 def big_jpeg() -> bytes:
     return make_photo(source="astronaut.jpg", width=7200, height=5400, quality=90)
 
 
-def test_reupload_while_processing_never_mixes_versions(servers, workers, store, model, tasks,
+def test_reupload_while_processing_never_mixes_versions(servers, workers, objects, person_model, tasks,
                                                         unique_prefix, big_jpeg):
     r = servers.redis()
     small = (PHOTOS / "chelsea.jpg").read_bytes()
@@ -40,11 +33,11 @@ def test_reupload_while_processing_never_mixes_versions(servers, workers, store,
     for round_ in range(ROUNDS):
         key = f"input/{unique_prefix}/race-{round_}.jpg"
         task_id = derive_task_id(servers.cfg.minio.bucket, key)
-        big_etag = store.client.put_object(servers.cfg.minio.bucket, key, io.BytesIO(big_jpeg),
+        big_etag = objects.client.put_object(servers.cfg.minio.bucket, key, io.BytesIO(big_jpeg),
                                            len(big_jpeg), "image/jpeg").etag
         wait_until(lambda: (t := tasks.get(task_id)) is not None and t.status == "processing"
                    and t.etag == big_etag, "the big upload's task to start", 30)
-        small_etag = store.client.put_object(servers.cfg.minio.bucket, key, io.BytesIO(small),
+        small_etag = objects.client.put_object(servers.cfg.minio.bucket, key, io.BytesIO(small),
                                              len(small), "image/jpeg").etag
         wait_until(lambda: (t := tasks.get(task_id)) is not None and t.status == "completed"
                    and t.etag == small_etag, "the small upload's task to complete", 60)
@@ -52,9 +45,9 @@ def test_reupload_while_processing_never_mixes_versions(servers, workers, store,
 
         task = tasks.get(task_id)
         assert (task.status, task.etag) == ("completed", small_etag), (round_, task)
-        for result_key in result_keys(key):
-            stored = store.get(result_key)
+        for result_key in result_keys(key).values():
+            stored = objects.get(result_key)
             assert stored.metadata.get("source-etag") == small_etag, (round_, result_key)
             assert png(stored.data).shape[:2] == small_shape, (round_, result_key)
-        check_result(servers, store, model, key, small, tasks)
+        check_result(servers, objects, person_model, key, small, tasks)
 

@@ -13,26 +13,21 @@ import cv2
 import numpy as np
 
 from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
-from maskflow.functions.handlers import result_keys
+from maskflow.infra.domain.outputs import result_keys
 from maskflow.infra.wiring.config import replace
 from maskflow.infra.stores.keys import inflight_key
-from maskflow.infra.stores.queue import worker_status
+from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.ops.stack import wait_until
 
 
-def wait_batch_done(tasks, prefix: str, total: int, timeout: float):
-    deadline = time.monotonic() + timeout
-    summary = None
-    while time.monotonic() < deadline:
-        summary = tasks.batch(prefix)
-        if summary and summary.total == total and summary.done == total:
-            return summary
-        time.sleep(0.25)  # polling interval of the batch counters
-    return summary
+def batch_done(tasks, prefix: str, total: int):
+    """The batch's summary once all `total` tasks under `prefix` are done, else None."""
+    summary = tasks.batch(prefix)
+    return summary if summary and summary.total == total and summary.done == total else None
 
 
 def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
-        servers, clean_redis, store, model, tasks, unique_prefix, tmp_path):
+        servers, clean_redis, objects, person_model, tasks, unique_prefix, tmp_path):
     cfg = replace(servers.cfg, model={"path": str(tmp_path / "missing.onnx")})
     broken = start_worker(cfg, "broken", stderr=subprocess.PIPE, text=True)
     keys = [f"input/{unique_prefix}/backlog-{i}.jpg" for i in range(3)]
@@ -41,7 +36,7 @@ def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
         wait_until(lambda: worker_status(r, "broken").get("ready") == "0", "broken worker heartbeat", 30)
         assert "missing.onnx" in worker_status(r, "broken")["reason"]
         for key in keys:
-            store.put(key, (PHOTOS / "rocket.jpg").read_bytes(), "image/jpeg")
+            objects.put(key, (PHOTOS / "rocket.jpg").read_bytes(), "image/jpeg")
         # MinIO delivers within ~3 s; the broken worker must leave every event queued.  Compared
         # by key: a late or duplicate event of an earlier test may sit in the list as well.
         wait_until(lambda: set(keys) <= {e.key for e in queued_events(r, servers.cfg.queue.events_key)}, "events queued", 30)
@@ -56,10 +51,10 @@ def test_worker_with_broken_model_consumes_nothing_then_good_worker_drains(
     finally:
         stop_worker(good)
     for key in keys:
-        check_result(servers, store, model, key, (PHOTOS / "rocket.jpg").read_bytes(), tasks)
+        check_result(servers, objects, person_model, key, (PHOTOS / "rocket.jpg").read_bytes(), tasks)
 
 
-def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean_redis, mc, store, tasks,
+def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean_redis, mc, objects, tasks,
                                                                     unique_prefix, tmp_path):
     folder = tmp_path / "b1"
     make_photos(folder, 200, 900, quality=85)
@@ -89,7 +84,8 @@ def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean
         # The victim works alone until killed twice, so the batch cannot finish before that.
         wait_until(lambda: len(kills) >= 2, "two kills of the victim", 120)
         steady = start_worker(servers.cfg, "steady")
-        summary = wait_batch_done(tasks, f"input/{unique_prefix}/b1/", 200, timeout=300)
+        summary = wait_until(lambda: batch_done(tasks, f"input/{unique_prefix}/b1/", 200), "200 tasks done", 300,
+                             state=lambda: tasks.batch(f"input/{unique_prefix}/b1/"))
     finally:
         stop.set()
         killer.join()
@@ -99,11 +95,11 @@ def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean
     assert summary is not None and summary.total == 200
     assert summary.counts["completed"] == 200, (summary.counts, [(t.input_key, t.error) for t in summary.failures])
     for i in range(200):
-        out, mask = result_keys(f"input/{unique_prefix}/b1/img-{i:03d}.jpg")
-        assert store.exists(out) and store.exists(mask), i
+        out, mask = result_keys(f"input/{unique_prefix}/b1/img-{i:03d}.jpg").values()
+        assert objects.exists(out) and objects.exists(mask), i
 
 
-def test_redis_restart_and_minio_outage_mid_batch(servers, clean_redis, mc, store, tasks,
+def test_redis_restart_and_minio_outage_mid_batch(servers, clean_redis, mc, objects, tasks,
                                                   unique_prefix, tmp_path):
     stack = servers.stack
     folder = tmp_path / "b2"
@@ -125,14 +121,15 @@ def test_redis_restart_and_minio_outage_mid_batch(servers, clean_redis, mc, stor
         threading.Event().wait(10.0)  # the outage itself lasts 10 s
         stack.start(stack.minio_service)
         assert time.monotonic() - outage_started >= 10
-        summary = wait_batch_done(tasks, prefix, 120, timeout=300)
+        summary = wait_until(lambda: batch_done(tasks, prefix, 120), "120 tasks done", 300,
+                             state=lambda: tasks.batch(prefix))
     finally:
         stop_worker(worker)
     assert summary is not None and summary.counts["completed"] == 120, (
         summary and summary.counts, summary and [(t.input_key, t.error) for t in summary.failures])
-    masks = [result_keys(f"{prefix}img-{i:03d}.jpg")[1] for i in range(120)]
-    assert all(store.exists(m) for m in masks)
-    img = cv2.imdecode(np.frombuffer(store.get(masks[-1]).data, np.uint8), cv2.IMREAD_UNCHANGED)
+    masks = [result_keys(f"{prefix}img-{i:03d}.jpg")["mask"] for i in range(120)]
+    assert all(objects.exists(m) for m in masks)
+    img = cv2.imdecode(np.frombuffer(objects.get(masks[-1]).data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert img is not None and img.ndim == 2
 
 

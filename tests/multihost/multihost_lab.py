@@ -18,10 +18,10 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from maskflow.infra.ops.stack import StackError, wait_until
 
 PREFIX = "mfh"
 SUBNET_FIRST = "10.231"
@@ -49,25 +49,6 @@ def netns_unavailable() -> str | None:
                 f"{made.stderr.strip()}); the multi-host test needs root or CAP_NET_ADMIN")
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
-
-
-def poll(condition: Callable[[], object], what: str, timeout: float, interval: float = 0.1):
-    """Call `condition` until it returns something true; LabError after `timeout` seconds.
-
-    An exception from `condition` counts as "not yet" (the last one is in the message).
-    """
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - a probe that fails is a probe that is not ready
-            last = exc
-        if time.monotonic() > deadline:
-            raise LabError(f"{what}: not true after {timeout:.0f} s" + (f" (last error: {last!r})" if last else ""))
-        time.sleep(interval)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -215,7 +196,7 @@ class Lab:
         for proc in self.procs:
             if proc.host is host:
                 proc.popen.wait(timeout=30)
-        poll(lambda: not _namespace_pids(host.ns), f"every process of {host.name} gone", 30)
+        wait_until(lambda: not _namespace_pids(host.ns), f"every process of {host.name} gone", 30, every=0.1)
         return pids
 
     def signal_host(self, host: Host, signum: int) -> None:
@@ -242,24 +223,27 @@ class Lab:
             except subprocess.TimeoutExpired:
                 problems.append(f"{proc.host.name}/{proc.name} pid {proc.popen.pid} did not exit")
         for host in self.hosts.values():
-            with contextlib.suppress(LabError):
-                poll(lambda h=host: not _namespace_pids(h.ns), f"{host.ns} empty", 10)
+            with contextlib.suppress(StackError):
+                wait_until(lambda h=host: not _namespace_pids(h.ns), f"{host.ns} empty", 10)
             done = sh("ip", "netns", "del", host.ns, check=False)
             if done.returncode != 0:
                 problems.append(f"ip netns del {host.ns}: {done.stderr.strip()}")
-        # Deleting a namespace deletes its veth ends, and with them their peers in the bridge.
-        for link in [self.bridge, *self.extra_links]:
-            if sh("ip", "link", "show", link, check=False).returncode == 0:
-                sh("ip", "link", "del", link, check=False)
         left = [line.split(" ")[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines()
                 if line.startswith(f"{self.tag}-")]
         if left:
             problems.append(f"namespaces left: {left}")
+
         def links_left() -> list[str]:
-            # a deleted namespace's veth pairs go away asynchronously
             return re.findall(rf"\d+: ({self.tag}\w*)", sh("ip", "-o", "link", "show", check=False).stdout)
-        with contextlib.suppress(LabError):
-            poll(lambda: not links_left(), "links gone", 10)
+        # Deleting a namespace deletes its veth ends, and with them their peers in the bridge, but
+        # only once nothing holds the namespace: a killed process' orphaned TCP sockets can keep
+        # it for minutes (a CI run saw two veths outlive the test).  Deleting our ends of the
+        # pairs removes them now.
+        for link in [*links_left(), self.bridge, *self.extra_links]:
+            if sh("ip", "link", "show", link, check=False).returncode == 0:
+                sh("ip", "link", "del", link, check=False)
+        with contextlib.suppress(StackError):
+            wait_until(lambda: not links_left(), "links gone", 10)
         if links_left():
             problems.append("links left: " + ", ".join(links_left()))
         return problems

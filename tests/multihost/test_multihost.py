@@ -48,10 +48,12 @@ from maskflow.infra.ops.bootstrap import notify_env
 from maskflow.infra.wiring.connections import minio_client, redis_client
 from maskflow.infra.wiring.config import Config, env_for, load_config, replace
 from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat, inflight_key
-from maskflow.infra.stores.queue import dead_letter_count, unwrap, worker_status
+from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.queue import dead_letter_count, unwrap
+from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.ops.stack import Stack
 from maskflow.infra.stores.tasks import TaskStore
-from multihost_lab import Host, Lab, LabError, Proc, netns_unavailable, poll, sh, sweep_leftovers
+from multihost_lab import Host, Lab, LabError, Proc, netns_unavailable, sh, sweep_leftovers
 
 pytestmark = pytest.mark.multihost
 
@@ -146,8 +148,8 @@ class Cluster:
                                           [sys.executable, "-m", "maskflow.functions", "--id", name],
                                           env={**os.environ, **env_for(cfg)}, cwd=REPO)
         proc = self.procs[name]
-        poll(lambda: _alive(proc) and worker_status(self.redis(), name).get(Heartbeat.READY) == "1",
-             f"worker {name} ready", 60, 0.2)
+        wait_until(lambda: _alive(proc) and worker_status(self.redis(), name).get(Heartbeat.READY) == "1",
+             f"worker {name} ready", 60, every=0.2)
 
     def minio_ready(self, name: str) -> bool:
         url = f"http://{self.host(name).ip}:9000/minio/health/ready"
@@ -203,7 +205,7 @@ def cluster(tmp_path_factory):
             minio={"endpoint": f"{hosts['m1'].ip}:9000", "access_key": "maskflow", "secret_key": secret,
                    "notify_file": str(REPO / "minio-notify.json")},
             model={"path": str(REPO / "models" / "segmentation.onnx")},
-            models={"general_path": str(REPO / "models" / "u2netp.onnx")},
+            models={"paths": {"general": str(REPO / "models" / "u2netp.onnx")}},
             api={"host": hosts["api"].ip, "port": 8000},
             stack={"data_dir": str(workdir / "stack")},
             # A killed worker's events come back once its lease runs out.  The lease must
@@ -224,7 +226,7 @@ def cluster(tmp_path_factory):
             extra = [] if host.name == "redis-a" else ["--replicaof", hosts["redis-a"].ip, "6379"]
             procs[host.name] = lab.spawn(host, "redis", [str(redis_server), "--bind", host.ip, vip,
                                                          "--dir", str(data), *common, *extra])
-        poll(lambda: _redis_at(hosts["redis-b"]).info("replication").get("master_link_status") == "up",
+        wait_until(lambda: _redis_at(hosts["redis-b"]).info("replication").get("master_link_status") == "up",
              "replica in sync", 30)
 
         # three Sentinels, quorum 2; the leader of a failover moves the floating address
@@ -251,7 +253,7 @@ def cluster(tmp_path_factory):
                 if state["num-other-sentinels"] != 2 or state["num-slaves"] != 1:
                     return False
             return True
-        poll(sentinels_agree, "three Sentinels that know each other and the replica", 60, 0.2)
+        wait_until(sentinels_agree, "three Sentinels that know each other and the replica", 60, every=0.2)
 
         # MinIO on four hosts, one drive each, erasure-coded.  The drives are directories on this
         # machine's root filesystem, which MinIO refuses in distributed mode except in CI mode.
@@ -270,15 +272,15 @@ def cluster(tmp_path_factory):
         for name in ("m1", "m2", "m3", "m4"):
             c.start_minio(name)
         for name in ("m1", "m2", "m3", "m4"):
-            poll(lambda n=name: _alive(c.procs[n]) and c.minio_ready(n), f"MinIO {name} ready", 90, 0.2)
+            wait_until(lambda n=name: _alive(c.procs[n]) and c.minio_ready(n), f"MinIO {name} ready", 90, every=0.2)
         Stack(cfg).bootstrap()
 
         # the API on its host, a worker on each worker host, each on a MinIO node of its own
         api_cfg = c.service_cfg("m2")
         c.procs["api"] = lab.spawn(hosts["api"], "api", [sys.executable, "-m", "maskflow.api"],
                                    env={**os.environ, **env_for(api_cfg)}, cwd=REPO)
-        poll(lambda: _alive(c.procs["api"]) and requests.get(f"{cfg.api_url}/readyz", timeout=2).ok,
-             "API ready", 60, 0.2)
+        wait_until(lambda: _alive(c.procs["api"]) and requests.get(f"{cfg.api_url}/readyz", timeout=2).ok,
+             "API ready", 60, every=0.2)
         c.start_worker("worker-a", "m1")
         c.start_worker("worker-b", "m3")
         sh(str(mc), "--config-dir", str(c.mc_config), "alias", "set", "mh",
@@ -357,7 +359,7 @@ def run_batch(c: Cluster, name: str, fault=None) -> dict:
         body = requests.get(f"{c.cfg.api_url}/api/v1/batches/{prefix}", timeout=3).json()
         return body if body.get("done") == PHOTOS else None
 
-    body = poll(done, f"batch {prefix}: {PHOTOS} done", BATCH_TIMEOUT, 0.2)
+    body = wait_until(done, f"batch {prefix}: {PHOTOS} done", BATCH_TIMEOUT, every=0.2)
     elapsed = time.monotonic() - started
     assert body["total"] == PHOTOS and body["counts"]["completed"] == PHOTOS, body
 
@@ -375,11 +377,11 @@ def run_batch(c: Cluster, name: str, fault=None) -> dict:
         found = {o.object_name for o in s3.list_objects(c.cfg.minio.bucket, f"{folder}/{name}/", recursive=True)}
         assert found == {f"{folder}/{name}/{key}.png" for key in c.keys}
     # ... and nothing left behind: every event MinIO stored sent, taken and settled
-    poll(lambda: _idle(c), "nothing queued, in flight or in a MinIO queue_dir", 60, 0.2)
+    wait_until(lambda: _idle(c), "nothing queued, in flight or in a MinIO queue_dir", 60, every=0.2)
     attempts = collections.Counter(t.attempts for t in records)
     # the heartbeats' completion counters, once every live worker has beaten since now
     now = time.time()
-    poll(lambda: all(float(worker_status(c.redis(), w).get(Heartbeat.UPDATED, 0)) > now
+    wait_until(lambda: all(float(worker_status(c.redis(), w).get(Heartbeat.UPDATED, 0)) > now
                      for w in _live_workers(c)), "a heartbeat from every worker", 10)
     runs = {}
     for worker, (run, count) in _processed(c).items():
@@ -406,7 +408,7 @@ def test_minio_host_killed_mid_batch(cluster):
     c = cluster
 
     def kill_m4(c: Cluster, prefix: str) -> dict:
-        poll(lambda: _batch_total(c, prefix) >= 40, "40 tasks seen", BATCH_TIMEOUT, 0.05)
+        wait_until(lambda: _batch_total(c, prefix) >= 40, "40 tasks seen", BATCH_TIMEOUT, every=0.05)
         at = _batch_total(c, prefix)
         c.lab.kill_host(c.host("m4"))
         return {"killed": "m4", "killed_after_tasks_seen": at, "killed_at_seconds": c.since_start()}
@@ -417,7 +419,7 @@ def test_minio_host_killed_mid_batch(cluster):
     # the host comes back and rejoins the erasure set
     started = time.monotonic()
     c.start_minio("m4")
-    poll(lambda: _alive(c.procs["m4"]) and c.minio_ready("m4"), "m4 back", 90, 0.2)
+    wait_until(lambda: _alive(c.procs["m4"]) and c.minio_ready("m4"), "m4 back", 90, every=0.2)
     c.results["minio-down"]["rejoin_seconds"] = round(time.monotonic() - started, 1)
 
 
@@ -437,7 +439,7 @@ def test_worker_host_killed_mid_batch(cluster):
             c.lab.signal_host(host, signal.SIGCONT)
             return False
 
-        poll(frozen_holding_events, "worker-b holding events mid-batch", BATCH_TIMEOUT, 0.02)
+        wait_until(frozen_holding_events, "worker-b holding events mid-batch", BATCH_TIMEOUT, every=0.02)
         killed_at, at = time.monotonic(), c.since_start()
         c.lab.kill_host(host)
         # what it held: these events must come back through the reaper
@@ -448,8 +450,8 @@ def test_worker_host_killed_mid_batch(cluster):
             except PoisonEvent:
                 pass
         assert stranded, "worker-b held nothing when it was killed"
-        poll(lambda: r.llen(inflight_key("worker-b")) == 0 and not r.sismember(WORKERS_KEY, "worker-b"),
-             "worker-b's in-flight events requeued by the reaper", 30, 0.05)
+        wait_until(lambda: r.llen(inflight_key("worker-b")) == 0 and not r.sismember(WORKERS_KEY, "worker-b"),
+             "worker-b's in-flight events requeued by the reaper", 30, every=0.05)
         return {"killed": "worker-b", "killed_at_seconds": at,
                 "stranded_events": len(stranded), "stranded_keys": stranded,
                 "requeued_after_seconds": round(time.monotonic() - killed_at, 1)}
@@ -477,16 +479,16 @@ def test_redis_master_killed_mid_batch(cluster):
     assert _redis_at(b).script_exists(*scripts) == [False, False]
 
     def kill_master(c: Cluster, prefix: str) -> dict:
-        poll(lambda: _batch_total(c, prefix) >= 40, "40 tasks seen", BATCH_TIMEOUT, 0.05)
+        wait_until(lambda: _batch_total(c, prefix) >= 40, "40 tasks seen", BATCH_TIMEOUT, every=0.05)
         at = _batch_total(c, prefix)
         killed_at, since = time.monotonic(), c.since_start()
         c.lab.kill_host(a)  # the master and the Sentinel on its host
         sentinel = _redis_at(c.host("api"), SENTINEL_PORT)
-        poll(lambda: sentinel.sentinel_get_master_addr_by_name(MASTER_NAME)[0] in (b.ip, b.ip.encode()),
-             "Sentinel promoted redis-b", 60, 0.05)
+        wait_until(lambda: sentinel.sentinel_get_master_addr_by_name(MASTER_NAME)[0] in (b.ip, b.ip.encode()),
+             "Sentinel promoted redis-b", 60, every=0.05)
         promoted = time.monotonic() - killed_at
-        poll(lambda: c.lab.ip(b, "-o", "addr", "show", "dev", "vip0").stdout.count(c.vip) == 1,
-             "the floating address on redis-b", 60, 0.05)
+        wait_until(lambda: c.lab.ip(b, "-o", "addr", "show", "dev", "vip0").stdout.count(c.vip) == 1,
+             "the floating address on redis-b", 60, every=0.05)
         moved = time.monotonic() - killed_at
         return {"killed": "redis-a", "killed_after_tasks_seen": at, "killed_at_seconds": since,
                 "promoted_after_seconds": round(promoted, 1),

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import REPO
-from maskflow.infra.domain.catalog import CATALOG, DEFAULT, NAMES, UnknownModel, named_model
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, UnknownModel, named_model, names
 from maskflow.infra.wiring.config import ConfigError, load_config
 
 BY_PREFIX = {"input/products/": "general", "input/products/people/": "person"}
@@ -31,18 +31,18 @@ def test_unknown_names_are_refused_with_the_valid_ones(requested):
 
 
 def test_the_default_keeps_the_original_model():
-    assert DEFAULT == "person" and NAMES == ("person", "general")
-    assert load_config(env={}).model_path.name == CATALOG["person"].model_file
+    assert DEFAULT == "person" and names() == ("person", "general")
+    assert load_config(env={}).model_files["person"].path.name == CATALOG["person"].model_file
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", names())
 def test_catalogue_agrees_with_each_model_manifest(name):
     entry = CATALOG[name]
     manifest = json.loads((REPO / "models" / entry.model_file).with_suffix(".json").read_text())
     assert manifest["file"] == entry.model_file
     assert (manifest["input_width"], manifest["input_height"]) == entry.input_size
     assert manifest["license"].startswith(entry.license)
-    assert load_config(env={}).model_paths[name].name == entry.model_file
+    assert load_config(env={}).model_files[name].path.name == entry.model_file
 
 
 def test_by_prefix_from_the_environment_and_its_checks():

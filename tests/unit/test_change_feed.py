@@ -6,7 +6,7 @@ import queue
 import redis
 
 from maskflow.infra.stores.keys import task_channel
-from maskflow.infra.stores.tasks import ChangeFeed
+from maskflow.infra.stores.changes import ChangeFeed
 
 
 class FlakyPubSub:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from maskflow.infra.sdk.cli.batch import result_stems as _stems
-from maskflow.infra.sdk.cli.tasks import unique_stems
+from maskflow.infra.sdk.cli.names import result_stems as _stems
+from maskflow.infra.sdk.cli.names import unique_stems
 from maskflow.infra.sdk.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
 from maskflow.infra.ops.stack import free_port
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maskflow.functions.events import MAX_MESSAGE_BYTES, ObjectCreated, PoisonEvent, parse_message
-from maskflow.functions.handlers import result_keys
+from maskflow.infra.domain.outputs import result_keys
 
 
 def record(key: str = "input/a.jpg", name: str = "s3:ObjectCreated:Put", **obj) -> dict:
@@ -101,9 +101,9 @@ def test_every_created_variant_is_accepted():
 
 
 def test_result_keys_keep_the_extension_so_siblings_never_collide():
-    assert result_keys("input/b1/cat.jpg") == ("output/b1/cat.jpg.png", "masks/b1/cat.jpg.png")
-    assert result_keys("input/b1/cat.png") == ("output/b1/cat.png.png", "masks/b1/cat.png.png")
-    assert len({result_keys(f"input/a.{ext}") for ext in ("jpg", "png", "webp")}) == 3
+    assert result_keys("input/b1/cat.jpg") == {"output": "output/b1/cat.jpg.png", "mask": "masks/b1/cat.jpg.png"}
+    assert result_keys("input/b1/cat.png") == {"output": "output/b1/cat.png.png", "mask": "masks/b1/cat.png.png"}
+    assert len({tuple(result_keys(f"input/a.{ext}").values()) for ext in ("jpg", "png", "webp")}) == 3
 
 
 # -- properties: whatever arrives, parsing ends in records or PoisonEvent, never anything else -----

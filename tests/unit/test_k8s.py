@@ -27,7 +27,7 @@ from maskflow.api.app import build_deps, create_app
 from maskflow.infra.ops import install
 from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
 from maskflow.infra.wiring.config import ENV_PREFIX, env_for, load_config, replace
-from maskflow.infra.stores.queue import EventQueue
+from maskflow.infra.stores.workers import WorkerRegistry
 from maskflow.infra.ops.stack import free_port, wait_until
 
 K8S = REPO / "infra" / "ops" / "k8s"
@@ -272,7 +272,7 @@ def test_api_probes_are_real_routes(rendered):
 
 
 def test_grace_period_covers_the_retry_budget(rendered):
-    """Handler and settle each retry for the whole transient-fault budget (functions/runtime.py)."""
+    """Handler and settle each retry for the whole transient-fault budget (functions/steps.py)."""
     worker = one(rendered["small"], "Deployment", "maskflow-worker")["spec"]["template"]["spec"]
     cfg = load_config(env=environment(rendered["small"], worker["containers"][0]))
     w = cfg.worker
@@ -325,11 +325,11 @@ def probe(rendered, tmp_path, private_redis):
 def test_worker_probe_reads_the_heartbeat(probe, private_redis):
     port, r = private_redis
     cfg = replace(load_config(env={}), redis={"port": port})
-    queue = EventQueue(r, cfg, "maskflow-worker-abc")
+    queue = WorkerRegistry(r, "maskflow-worker-abc", "run", cfg.worker.lease)
     assert (probe("live", queue.worker_id), probe("ready", queue.worker_id)) == (1, 1)
-    queue.heartbeat(ready="0")  # models not loaded (yet, or never)
+    queue.beat(ready="0")  # models not loaded (yet, or never)
     assert (probe("live", queue.worker_id), probe("ready", queue.worker_id)) == (0, 1)
-    queue.heartbeat(ready="1")
+    queue.beat(ready="1")
     assert (probe("live", queue.worker_id), probe("ready", queue.worker_id)) == (0, 0)
     assert probe("live", "another-pod") == 1
     queue.retire()

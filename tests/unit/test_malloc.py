@@ -1,4 +1,4 @@
-"""functions/runtime.reuse_freed_buffers: a worker reuses image buffers instead of refaulting them."""
+"""functions/worker.reuse_freed_buffers: a worker reuses image buffers instead of refaulting them."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import sys
 FAULTS_PER_IMAGE = """
 import resource, sys
 import numpy as np
-from maskflow.functions.runtime import reuse_freed_buffers
+from maskflow.functions.worker import reuse_freed_buffers
 if sys.argv[1] == "tuned":
     assert reuse_freed_buffers()
 def one_image():

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from maskflow.infra.domain.segmenter import Segmenter
+from checks import iou
 from maskflow.infra.domain.images import decode_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,22 +18,6 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 with open(os.path.join(FIX, "parity", "index.json")) as _f:
     INDEX = json.load(_f)
 PHOTOS = sorted(INDEX["photos"])
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    fa, fb = a >= 0.5, b >= 0.5
-    union = (fa | fb).sum()
-    return 1.0 if union == 0 else float((fa & fb).sum() / union)
-
-
-@pytest.fixture(scope="module")
-def selfie():
-    return Segmenter.load(os.path.join(ROOT, "models", "segmentation.onnx"))
-
-
-@pytest.fixture(scope="module")
-def u2netp():
-    return Segmenter.load(os.path.join(ROOT, "models", "u2netp.onnx"))
 
 
 def load_rgb(name):
@@ -65,8 +49,8 @@ def test_decoder_unchanged_since_fixtures(name):
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-def test_selfie_matches_mediapipe(selfie, name):
-    ours, ref = ours_and_reference(selfie, name, "mediapipe.npz", "prob", 65535)
+def test_selfie_matches_mediapipe(person_model, name):
+    ours, ref = ours_and_reference(person_model, name, "mediapipe.npz", "prob", 65535)
     mad = np.abs(ours - ref).mean()
     assert mad <= 0.003, f"{name}: mean |p - p_mediapipe| = {mad:.5f}"
     if INDEX["photos"][name]["person"]:
@@ -74,6 +58,6 @@ def test_selfie_matches_mediapipe(selfie, name):
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-def test_u2netp_matches_rembg(u2netp, name):
-    ours, ref = ours_and_reference(u2netp, name, "rembg_u2netp.npz", "mask", 255)
+def test_u2netp_matches_rembg(general_model, name):
+    ours, ref = ours_and_reference(general_model, name, "rembg_u2netp.npz", "mask", 255)
     assert iou(ours, ref) >= 0.99, f"{name}: IoU {iou(ours, ref):.4f}"

@@ -6,7 +6,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maskflow.infra.stores.queue import MAX_REASON_CHARS, REDELIVERY_MARK, Delivery, unwrap, wrap
+from maskflow.infra.stores.queue import MAX_REASON_CHARS, REDELIVERY_MARK, unwrap, wrap
+from maskflow.infra.stores.source import Delivery
 
 MINIO_MESSAGE = json.dumps([{"Event": [{"eventName": "s3:ObjectCreated:Put"}], "EventTime": "t"}]).encode()
 
@@ -35,7 +36,7 @@ def test_any_message_survives_wrapping_byte_for_byte(message, deliveries, error)
 def test_any_item_unwraps_without_raising(tail):
     for item in (tail, REDELIVERY_MARK + tail):
         delivery = unwrap(item)
-        assert delivery.item == item and delivery.attempt >= 1
+        assert delivery.receipt == item and delivery.attempt >= 1
         if delivery.attempt == 1:
             assert delivery.message == item  # not ours: parsing will say what it is
 

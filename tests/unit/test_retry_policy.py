@@ -6,7 +6,7 @@ import redis
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from maskflow.functions.runtime import is_transient
+from maskflow.infra.wiring.retries import is_transient
 from maskflow.infra.domain.formats import CorruptImage
 from maskflow.infra.stores.objects import ObjectMissing
 

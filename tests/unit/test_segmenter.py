@@ -21,11 +21,6 @@ U2NETP = os.path.join(MODELS, "u2netp.onnx")
 rng = np.random.default_rng(7)
 
 
-@pytest.fixture(scope="module")
-def selfie():
-    return Segmenter.load(SELFIE)
-
-
 def copy_model(tmp_path, src=SELFIE, **manifest_changes):
     """Copy a model + manifest into tmp_path, applying manifest edits."""
     dst = tmp_path / os.path.basename(src)
@@ -51,11 +46,11 @@ def test_manifests_describe_their_models():
         assert m.license.startswith("Apache-2.0") and m.source
 
 
-def test_load_default_model(selfie):
-    m = selfie.manifest
+def test_load_default_model(person_model):
+    m = person_model.manifest
     assert (m.input_name, m.layout, m.input_height, m.input_width) == ("image", "NHWC", 256, 256)
-    assert m.output_kind == "probability" and selfie.fixed_batch is None
-    assert selfie.input_size == (256, 256)
+    assert m.output_kind == "probability" and person_model.fixed_batch is None
+    assert person_model.input_size == (256, 256)
 
 
 def test_sha256_mismatch_names_file(tmp_path):
@@ -172,7 +167,7 @@ class RunRecorder:
                 self.now -= 1
 
 
-def test_models_of_a_process_share_their_run_slots(selfie):
+def test_models_of_a_process_share_their_run_slots(person_model):
     # One slot for two models: the second model's run waits for the first model's to end.
     slots = threading.BoundedSemaphore(1)
     person, other = Segmenter.load(SELFIE, run_slots=slots), Segmenter.load(SELFIE, run_slots=slots)
@@ -191,7 +186,7 @@ def test_models_of_a_process_share_their_run_slots(selfie):
     second.release.set()
     a.join(10)
     b.join(10)
-    assert np.array_equal(masks["a"], masks["b"]) and np.array_equal(masks["a"], selfie.predict(img))
+    assert np.array_equal(masks["a"], masks["b"]) and np.array_equal(masks["a"], person_model.predict(img))
 
 
 def test_more_run_slots_let_runs_overlap():
@@ -206,9 +201,9 @@ def test_more_run_slots_let_runs_overlap():
     assert recorder.most == 2 and not recorder.inside.broken
 
 
-def test_preprocess_selfie_tensor(selfie):
+def test_preprocess_selfie_tensor(person_model):
     img = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
-    x = selfie.preprocess(img)
+    x = person_model.preprocess(img)
     assert x.shape == (256, 256, 3) and x.dtype == np.float32
     np.testing.assert_array_equal(x, mediapipe_warp(img, 256, 256).astype(np.float32) / 255)
 
@@ -223,22 +218,22 @@ def test_preprocess_u2netp_tensor():
     np.testing.assert_allclose(x[2], (r[:, :, 2] - 0.406) / 0.225, rtol=1e-5, atol=1e-5)
 
 
-def test_predict_output_at_input_resolution(selfie):
+def test_predict_output_at_input_resolution(person_model):
     img = rng.integers(0, 256, (123, 77, 3), dtype=np.uint8)
-    mask = selfie.predict(img)
+    mask = person_model.predict(img)
     assert mask.shape == (123, 77) and mask.dtype == np.uint8
-    raw = selfie.infer(selfie.preprocess(img)[None])[0, :, :, 0]
+    raw = person_model.infer(person_model.preprocess(img)[None])[0, :, :, 0]
     want = cv2.resize(raw, (77, 123), interpolation=cv2.INTER_LINEAR)
     assert np.abs(mask / 255.0 - want).max() <= 0.5 / 255 + 1e-6
 
 
-def test_predict_batch_equals_single(selfie):
+def test_predict_batch_equals_single(person_model):
     imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((64, 64), (40, 90), (300, 200))]
-    batch = selfie.predict_batch(imgs)
+    batch = person_model.predict_batch(imgs)
     for im, m in zip(imgs, batch):
         assert m.shape == im.shape[:2]
-        assert np.abs(m.astype(int) - selfie.predict(im)).max() <= 1
-    assert selfie.predict_batch([]) == []
+        assert np.abs(m.astype(int) - person_model.predict(im)).max() <= 1
+    assert person_model.predict_batch([]) == []
 
 
 def test_fixed_batch_model_handles_batches():
@@ -250,8 +245,8 @@ def test_fixed_batch_model_handles_batches():
     assert np.array_equal(out[1], s.predict(imgs[1]))
 
 
-def test_predict_rejects_wrong_input(selfie):
+def test_predict_rejects_wrong_input(person_model):
     with pytest.raises(ValueError):
-        selfie.predict(np.zeros((10, 10), np.uint8))
+        person_model.predict(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError):
-        selfie.predict(np.zeros((10, 10, 3), np.float32))
+        person_model.predict(np.zeros((10, 10, 3), np.float32))

@@ -7,35 +7,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
-from maskflow.infra.sdk.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
+from maskflow.infra.domain.formats import SUPPORTED_FORMATS
 from maskflow.infra.ops.console import say
+from maskflow.infra.sdk.cli.connect import api_client
+from maskflow.infra.sdk.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
+from maskflow.infra.sdk.cli.names import result_stems
 from maskflow.infra.sdk.cli.progress import Progress
-from maskflow.infra.sdk.cli.tasks import api_client, unique_stems
-from maskflow.infra.sdk.cli.upload import STATE_FILE, upload_through_api, upload_to_minio
+from maskflow.infra.sdk.cli.upload import STATE_FILE, Item, upload_through_api, upload_to_minio
 from maskflow.infra.sdk.client import Client, atomic_write, result_paths
 from maskflow.infra.wiring.config import Config
-from maskflow.infra.domain.formats import SUPPORTED_FORMATS
 
 # Short spellings accepted besides .<format> (photo.jpg, scan.tif).
 _SHORT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
 # In --out: the model each result there was asked of, for results that named one.
 MODELS_FILE = ".maskflow-models.json"
-
-
-@dataclass
-class Item:
-    """One image of the batch and what became of it."""
-    rel: str  # posix path below DIR
-    path: Path
-    stem: str  # result name below --out, without .png / .mask.png
-    key: str = ""
-    task_id: str | None = None
-    fresh_after: str | None = None  # overwrote an older object: ignore results older than this
-    error: str | None = None
 
 
 def batch(args, cfg: Config) -> int:
@@ -110,24 +98,10 @@ def scan(root: Path, suffixes: frozenset[str]) -> tuple[list[str], int]:
     return sorted(images), skipped
 
 
-def result_stems(rels: list[str]) -> dict[str, str]:
-    """Per folder, <stem> unless two images share it (a.jpg, a.png), then the whole name."""
-    by_dir: dict[str, list[str]] = {}
-    for rel in rels:
-        by_dir.setdefault(str(PurePosixPath(rel).parent), []).append(rel)
-    out = {}
-    for rels_in_dir in by_dir.values():
-        names = [Path(PurePosixPath(rel).name) for rel in rels_in_dir]
-        for rel, stem in zip(rels_in_dir, unique_stems(names)):
-            parent = PurePosixPath(rel).parent
-            out[rel] = str(parent / stem) if str(parent) != "." else stem
-    return out
-
-
 def _done_locally(out: Path | None, stem: str) -> bool:
     if out is None:
         return False
-    return all(p.is_file() for p in result_paths(out, stem))
+    return all(p.is_file() for p in result_paths(out, stem).values())
 
 
 class ResultModels:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from maskflow.infra.domain.catalog import DEFAULT, NAMES
-from maskflow.infra.sdk.cli import batch, serve, tasks
+from maskflow.infra.domain.catalog import DEFAULT, names
+from maskflow.infra.domain.outputs import RESULT_KINDS
+from maskflow.infra.sdk.cli import batch, serve, status, submit
 
 DESCRIPTION = "`maskflow`: one entry point for running the stack and using it."
 
@@ -46,9 +47,13 @@ def _api_options() -> argparse.ArgumentParser:
     return options
 
 
+def _result_files() -> str:
+    return " and ".join(f"<stem>{kind.local_suffix} ({kind.what.split(':')[0]})" for kind in RESULT_KINDS)
+
+
 def _add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--model", choices=NAMES, metavar="NAME",
-                        help=f"the model {what}: {', '.join(NAMES)} (`GET /api/v1/models` says "
+    parser.add_argument("--model", choices=names(), metavar="NAME",
+                        help=f"the model {what}: {', '.join(names())} (`GET /api/v1/models` says "
                              f"what each is good at; default: {DEFAULT}, or what the server's "
                              f"models.by_prefix names for the key)")
 
@@ -57,15 +62,14 @@ def _add_submit(commands, api_options: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "submit", parents=[api_options], help="upload images through the API (and wait for results)",
         description="Upload images through the API. With --wait, poll until each is done "
-                    "(2 s polls, at most 150); with --out, also download <stem>.png (cut-out) "
-                    "and <stem>.mask.png (mask) into DIR.")
+                    f"(2 s polls, at most 150); with --out, also download {_result_files()} into DIR.")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--wait", action="store_true", help="wait until each task is done")
     parser.add_argument("--out", metavar="DIR", help="download results into DIR (implies --wait)")
     parser.add_argument("--presigned", action="store_true",
                         help="upload straight to MinIO with a presigned POST from the API")
     _add_model_option(parser, "to segment every IMAGE with")
-    parser.set_defaults(run=tasks.submit)
+    parser.set_defaults(run=submit.submit)
 
 
 def _add_status(commands, api_options: argparse.ArgumentParser) -> None:
@@ -77,7 +81,7 @@ def _add_status(commands, api_options: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help="object key, e.g. input/holiday/beach.jpg")
     parser.add_argument("--batch", help="batch folder, e.g. input/holiday/")
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
-    parser.set_defaults(run=tasks.status)
+    parser.set_defaults(run=status.status)
 
 
 def _add_batch(commands, api_options: argparse.ArgumentParser) -> None:
@@ -89,8 +93,7 @@ def _add_batch(commands, api_options: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR")
     parser.add_argument("--prefix", metavar="NAME", help="batch name: objects go to "
                                                          "input/NAME/... (default: DIR's name)")
-    parser.add_argument("--out", metavar="DIR", help="write <stem>.png and <stem>.mask.png here, "
-                                                     "mirroring DIR's tree")
+    parser.add_argument("--out", metavar="DIR", help=f"write {_result_files()} here, mirroring DIR's tree")
     parser.add_argument("--via", choices=("s3", "api"), default="s3",
                         help="upload straight to MinIO with the config's credentials (s3, the "
                              "default, like mc mirror) or through the API (api)")

@@ -7,21 +7,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskflow.infra.domain.catalog import METADATA_KEY
+from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.sdk.cli.exits import UsageError
 from maskflow.infra.sdk.cli.progress import Progress
 from maskflow.infra.sdk.client import Client, ClientError, atomic_write, sniff_content_type
-from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.wiring.config import Config
 
 if TYPE_CHECKING:
-    from maskflow.infra.sdk.cli.batch import Item
     from maskflow.infra.stores.objects import ObjectStore
 
 STATE_FILE = ".maskflow-batch.json"
+
+
+@dataclass
+class Item:
+    """One image of the batch and what became of it."""
+    rel: str  # posix path below DIR
+    path: Path
+    stem: str  # result name below --out, without .png / .mask.png
+    key: str = ""
+    task_id: str | None = None
+    fresh_after: str | None = None  # overwrote an older object: ignore results older than this
+    error: str | None = None
 
 
 # -- straight to MinIO ----------------------------------------------------------------------------

@@ -1,0 +1,230 @@
+"""One delivery's way through a worker, a function per step, in this order:
+
+    take -> parse -> trust -> claim -> run -> publish -> settle
+
+* take: the next delivery from the event source; it stays taken until settled.
+* parse: its bytes become typed events, by the source's format (functions/events.py).
+* trust: refuse what MinIO would never send us (another bucket, a key outside input/).
+* claim: this event's version of its task, atomically and never backwards (a duplicate or
+  stale event stops here); then what can be refused without a download: an object larger
+  than `task.max_upload_bytes` by its event's size, a model nobody serves.
+* run: the handler, with the task's model (functions/handlers.py).
+* publish: the task's outcome, completed or failed with its reason, for the API and clients.
+* settle: ack the delivery, or dead-letter it.
+
+Every store call retries transient faults (S3 or Redis unreachable, timeouts, 5xx, SlowDown)
+with backoff, `worker.retry_attempts` times: the stores are built with that policy
+(functions/worker.py, infra/wiring/retries.py).  After that:
+
+* poison (not the source's format, a wrong type or value anywhere): dead letter at once;
+* untrusted: dead letter;
+* a transient fault past every retry, or a bug in the handler: the task fails with the reason,
+  and the event is dead-lettered too;
+* permanent (image rejected, object gone, oversized, unknown model): the task fails at once;
+* a delivery that cannot be settled (the task store raises, say) goes back to the source with
+  its delivery count (functions/worker.py); one taken `worker.max_deliveries` times, counting
+  the reaper's requeues, is dead-lettered instead, so nothing is retaken forever;
+* a worker that dies mid-task: its events come back through a live worker's reaper
+  (functions/liveness.py); a task whose workers died `task.max_attempts` times fails, so a
+  poison image cannot kill workers forever.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from maskflow.functions.events import PARSERS, ObjectCreated, PoisonEvent
+from maskflow.functions.handlers import Context, Model, handle_object_created
+from maskflow.functions.liveness import Stats
+from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, named_model
+from maskflow.infra.domain.formats import ImageRejected
+from maskflow.infra.domain.outputs import INPUT_PREFIX
+from maskflow.infra.stores.objects import ObjectChanged, ObjectMissing, ObjectStore
+from maskflow.infra.stores.source import Delivery, EventSource
+from maskflow.infra.stores.tasks import Decision, TaskStore, derive_task_id
+from maskflow.infra.wiring.config import Config
+from maskflow.infra.wiring.retries import is_transient
+
+log = logging.getLogger("maskflow.worker")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the steps work with, built once per worker process (functions/worker.py)."""
+    cfg: Config
+    worker_id: str
+    run_id: str  # tells this process from an earlier run of the same worker id
+    source: EventSource
+    tasks: TaskStore
+    objects: ObjectStore
+    models: Mapping[str, Model]  # by catalogue name
+    stats: Stats
+    writer: Executor  # the handler's background writes
+
+
+class Fate(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"          # the task failed; the event is settled
+    SKIPPED = "skipped"        # nothing to do: a folder marker, or the task was not claimed
+    SUPERSEDED = "superseded"  # a newer upload replaced the input; its own event settles the task
+    DEAD = "dead"              # the event must be dead-lettered (its task, if any, failed)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one event; `reason` says why for every fate but COMPLETED."""
+    fate: Fate
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task claimed for one event; `refusal` says why it fails without running."""
+    task_id: str
+    event: ObjectCreated
+    named: str  # the model the task names, '' for none (it gets the default)
+    refusal: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What running the handler gave: the results' keys, or why there are none."""
+    results: dict[str, str] | None = None
+    error: str = ""
+    superseded: bool = False
+    dead: bool = False  # a transient fault past every retry or a bug: dead-letter the event too
+    seconds: float = 0.0
+
+
+def process(delivery: Delivery, parts: Parts) -> None:
+    """Everything after take, for one delivery; it is settled when this returns."""
+    done = delivery.attempt - 1
+    if done >= parts.cfg.worker.max_deliveries:
+        # the one bound on redelivery: hand-backs and the reaper's requeues all count up
+        log.error("giving up after %d deliveries: %s", done, delivery.last_error)
+        parts.source.dead_letter(delivery, f"gave up after {done} deliveries; last error: "
+                                           f"{delivery.last_error}", done)
+        return
+    events = parse(delivery, parts.source.format)
+    if isinstance(events, Outcome):
+        settle(delivery, [events], parts)
+        return
+    outcomes = []
+    for event in events:
+        untrusted = trust(event, parts.cfg)
+        if untrusted:
+            outcomes.append(Outcome(Fate.DEAD, untrusted))
+            continue
+        claimed = claim(event, parts)
+        if isinstance(claimed, Outcome):
+            outcomes.append(claimed)
+            continue
+        result = Run(error=claimed.refusal) if claimed.refusal else run(claimed, parts)
+        outcomes.append(publish(claimed, result, parts))
+    settle(delivery, outcomes, parts)
+
+
+def take(parts: Parts, timeout: float) -> Delivery | None:
+    return parts.source.take(timeout)
+
+
+def parse(delivery: Delivery, message_format: str) -> list[ObjectCreated] | Outcome:
+    try:
+        return PARSERS[message_format](delivery.message)
+    except PoisonEvent as exc:
+        log.error("poison event dead-lettered: %s", exc)
+        return Outcome(Fate.DEAD, f"poison event: {exc}")
+
+
+def trust(event: ObjectCreated, cfg: Config) -> str | None:
+    """Why an event MinIO would never send us must not reach a handler, or None."""
+    if event.bucket != cfg.minio.bucket:
+        return f"{event.key}: event for bucket {event.bucket!r}, not {cfg.minio.bucket!r}"
+    if not event.key.startswith(INPUT_PREFIX) or ".." in event.key.split("/"):
+        return f"{event.key}: key outside {INPUT_PREFIX}"
+    return None
+
+
+def claim(event: ObjectCreated, parts: Parts) -> Claim | Outcome:
+    """Claim the event's task; an Outcome when there is nothing to run."""
+    if event.key.endswith("/"):
+        log.info("%s is a folder marker, not an image: skipped", event.key)
+        return Outcome(Fate.SKIPPED, "folder marker")
+    task_id = parts.tasks.task_id_for_key(event.key) or derive_task_id(event.bucket, event.key)
+    # One claim id across retries: a retry after Redis lost the answer finds its own claim.
+    decision, _attempt = parts.tasks.begin(task_id, event.key, event.etag, event.sequencer,
+                                           parts.worker_id, parts.run_id, claim=uuid.uuid4().hex)
+    if decision is not Decision.START:
+        log.info("task %s (%s): %s, skipped", task_id, event.key, decision.value)
+        if decision is Decision.EXHAUSTED:
+            return Outcome(Fate.DEAD, f"task {task_id} gave up after repeated worker deaths")
+        return Outcome(Fate.SKIPPED, decision.value)
+    limit = parts.cfg.task.max_upload_bytes
+    if event.size > limit:
+        # decided from the event alone: an oversized object is never downloaded
+        return Claim(task_id, event, "", f"object of {event.size} bytes exceeds the limit of {limit} bytes")
+    try:
+        named = named_model(event.model, event.key, parts.cfg.models.by_prefix)
+    except UnknownModel as exc:
+        return Claim(task_id, event, "", str(exc))
+    if (named or DEFAULT) not in parts.models:
+        return Claim(task_id, event, named, f"this worker does not serve model {named!r}")
+    return Claim(task_id, event, named)
+
+
+def run(claimed: Claim, parts: Parts) -> Run:
+    """The handler, with the task's model."""
+    event = claimed.event
+    ctx = Context(task_id=claimed.task_id, objects=parts.objects,
+                  model=parts.models[claimed.named or DEFAULT],
+                  max_pixels=parts.cfg.task.max_pixels, writer=parts.writer)
+    started = time.monotonic()
+    try:
+        results = handle_object_created(event, ctx)
+    except ObjectChanged as exc:
+        log.info("task %s (%s): superseded, nothing written: %s", claimed.task_id, event.key, exc)
+        return Run(error=str(exc), superseded=True)
+    except (ImageRejected, ObjectMissing) as exc:
+        return Run(error=str(exc), seconds=time.monotonic() - started)
+    except Exception as exc:  # noqa: BLE001 - a failure of one task must not stop the worker
+        if is_transient(exc):
+            error = f"gave up after {parts.cfg.worker.retry_attempts} attempts: {type(exc).__name__}: {exc}"
+        else:
+            log.exception("task %s (%s) failed unexpectedly", claimed.task_id, event.key)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+        return Run(error=error, dead=True, seconds=time.monotonic() - started)
+    return Run(results=results, seconds=time.monotonic() - started)
+
+
+def publish(claimed: Claim, result: Run, parts: Parts) -> Outcome:
+    """Record the task's outcome; its results are in the bucket already."""
+    task_id, event = claimed.task_id, claimed.event
+    if result.superseded:
+        return Outcome(Fate.SUPERSEDED, result.error)  # the newer upload's event settles the task
+    if result.results is not None:
+        parts.tasks.complete(task_id, event.sequencer, result.results, claimed.named,
+                             input_key=event.key)
+        parts.stats.observe(result.seconds, ok=True)
+        log.info("task %s (%s) completed by %s in %.0f ms", task_id, event.key,
+                 claimed.named or DEFAULT, 1000 * result.seconds)
+        return Outcome(Fate.COMPLETED)
+    parts.tasks.fail(task_id, event.sequencer, result.error, input_key=event.key)
+    parts.stats.observe(result.seconds, ok=False)
+    log.warning("task %s (%s) failed: %s", task_id, event.key, result.error)
+    if result.dead:
+        return Outcome(Fate.DEAD, f"{event.key}: {result.error}")
+    return Outcome(Fate.FAILED, result.error)
+
+
+def settle(delivery: Delivery, outcomes: list[Outcome], parts: Parts) -> None:
+    """Ack the delivery, or dead-letter it when any of its events must be."""
+    dead = [o.reason for o in outcomes if o.fate is Fate.DEAD]
+    if dead:
+        parts.source.dead_letter(delivery, "; ".join(dead))
+    else:
+        parts.source.ack(delivery)
