@@ -10,19 +10,19 @@ import logging
 import falcon
 
 from maskflow.api import errors
-from maskflow.api.metrics import MetricsMiddleware
-from maskflow.api.openapi import document
-from maskflow.api.middleware import BearerAuth, BodyLimit
 from maskflow.api.deps import API, Deps
 from maskflow.api.health import HealthResource, MetricsResource, OpenApiResource, ReadyResource
 from maskflow.api.lookups import BatchResource, ModelsResource, TaskLookupResource, TaskResource
+from maskflow.api.metrics import MetricsMiddleware
+from maskflow.api.middleware import BearerAuth, BodyLimit
+from maskflow.api.openapi import document
 from maskflow.api.uploads import SubmitResource, UploadsResource
 from maskflow.api.web import StaticResource
-from maskflow.infra.wiring.connections import minio_client, redis_client
-from maskflow.infra.wiring.config import Config, ConfigError, load_config, split_address
-from maskflow.infra.wiring.net import is_loopback
 from maskflow.infra.stores.objects import ObjectStore
 from maskflow.infra.stores.tasks import TaskStore
+from maskflow.infra.wiring.config import Config, ConfigError, load_config, split_address
+from maskflow.infra.wiring.connections import minio_client, redis_client
+from maskflow.infra.wiring.net import is_loopback
 
 log = logging.getLogger("maskflow.api")
 

@@ -27,8 +27,8 @@ import redis
 
 from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat
 from maskflow.infra.stores.queue import dead_letter_count
-from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.stores.tasks import TaskStore
+from maskflow.infra.stores.workers import worker_status
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WORKER_COUNTERS = (Heartbeat.PROCESSED, Heartbeat.FAILED)

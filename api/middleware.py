@@ -5,8 +5,8 @@ import hmac
 
 import falcon
 
-from maskflow.api.errors import ApiError
 from maskflow.api.deps import API
+from maskflow.api.errors import ApiError
 
 # Body limit of every route that does not set its own `max_body_bytes` (JSON documents).
 DEFAULT_MAX_BODY = 64 * 1024

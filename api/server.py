@@ -27,7 +27,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask
 
-from maskflow.api.errors import body as error_body, default_code
+from maskflow.api.errors import body as error_body
+from maskflow.api.errors import default_code
 from maskflow.infra.wiring.config import Config, ConfigError
 
 log = logging.getLogger("maskflow.api")

@@ -6,19 +6,10 @@ import logging
 import os
 import socket
 import sys
-import threading
 
-from maskflow.functions.worker import build_worker, install_signal_handlers, reuse_freed_buffers
-from maskflow.infra.domain.segmenter import Segmenter
-from maskflow.infra.wiring.config import Config, ConfigError, load_config
+from maskflow.functions.worker import build_worker, install_signal_handlers, load_models, reuse_freed_buffers
+from maskflow.infra.wiring.config import ConfigError, load_config
 from maskflow.infra.wiring.connections import redis_client
-
-def load_models(cfg: Config) -> dict:
-    """Every catalogue model, once per process: a task may name any of them."""
-    run_slots = threading.BoundedSemaphore(cfg.model.concurrent_runs)
-    return {name: Segmenter.load(file.path, file.input_size, intra_op_threads=cfg.model.intra_op_threads,
-                                 inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
-            for name, file in cfg.model_files.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

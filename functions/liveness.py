@@ -25,51 +25,16 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 
 import redis
 
+from maskflow.functions.steps import HISTOGRAM_BUCKETS, Stats
 from maskflow.infra.stores.keys import Heartbeat
 from maskflow.infra.stores.source import Leases
 from maskflow.infra.stores.tasks import TaskStore
 from maskflow.infra.stores.workers import WorkerRegistry
 
 log = logging.getLogger("maskflow.worker")
-
-HISTOGRAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-
-
-@dataclass
-class Stats:
-    """Counters published in the heartbeat hash; the API's /metrics reads them from Redis."""
-    processed: int = 0
-    failed: int = 0
-    seconds_sum: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM_BUCKETS))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def observe(self, seconds: float, ok: bool) -> None:
-        with self.lock:
-            if ok:
-                self.processed += 1
-            else:
-                self.failed += 1
-            self.seconds_sum += seconds
-            for i, bound in enumerate(HISTOGRAM_BUCKETS):
-                if seconds <= bound:
-                    self.buckets[i] += 1
-
-    def fields(self) -> dict[str, str]:
-        """Heartbeat fields: the counters and a Prometheus-style cumulative histogram."""
-        with self.lock:
-            count, seconds = str(self.processed + self.failed), f"{self.seconds_sum:.3f}"
-            out = {Heartbeat.PROCESSED: str(self.processed), Heartbeat.FAILED: str(self.failed),
-                   Heartbeat.DURATION_SUM: seconds,
-                   Heartbeat.DURATION_COUNT: count, f"{Heartbeat.DURATION_BUCKET}+Inf": count}
-            out.update({f"{Heartbeat.DURATION_BUCKET}{b}": str(n)
-                        for b, n in zip(HISTOGRAM_BUCKETS, self.buckets)})
-            return out
-
 
 class Liveness:
     """The maintenance of one worker process; `held` names what its consumers work on now."""
@@ -112,7 +77,7 @@ class Liveness:
         self.registry.beat(**{Heartbeat.READY: "1" if self.ready else "0",
                               Heartbeat.REASON: self.not_ready_reason, Heartbeat.PID: os.getpid(),
                               Heartbeat.HOST: socket.gethostname(), Heartbeat.BUSY: sum(self.held().values())},
-                           **self.stats.fields())
+                           **counters(self.stats))
 
     def requeue_unheld(self) -> None:
         """Requeue what sits in our in-flight list unheld at two beats in a row."""
@@ -133,3 +98,16 @@ class Liveness:
         if moved:
             log.warning("requeued %d events of dead workers", moved)
         return moved
+
+
+def counters(stats: Stats) -> dict[str, str]:
+    """Heartbeat fields: the counters and a Prometheus-style cumulative histogram (the API's
+    /metrics reads them from Redis)."""
+    with stats.lock:
+        count, seconds = str(stats.processed + stats.failed), f"{stats.seconds_sum:.3f}"
+        out = {Heartbeat.PROCESSED: str(stats.processed), Heartbeat.FAILED: str(stats.failed),
+               Heartbeat.DURATION_SUM: seconds,
+               Heartbeat.DURATION_COUNT: count, f"{Heartbeat.DURATION_BUCKET}+Inf": count}
+        out.update({f"{Heartbeat.DURATION_BUCKET}{b}": str(n)
+                    for b, n in zip(HISTOGRAM_BUCKETS, stats.buckets)})
+        return out

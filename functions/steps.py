@@ -2,6 +2,8 @@
 
     take -> parse -> trust -> claim -> run -> publish -> settle
 
+`consume` is a consumer thread: take, then `process`, which is every step after take.
+
 * take: the next delivery from the event source; it stays taken until settled.
 * parse: its bytes become typed events, by the source's format (functions/events.py).
 * trust: refuse what MinIO would never send us (another bucket, a key outside input/).
@@ -30,27 +32,76 @@ with backoff, `worker.retry_attempts` times: the stores are built with that poli
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Hashable, Iterator, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from maskflow.functions.events import PARSERS, ObjectCreated, PoisonEvent
 from maskflow.functions.handlers import Context, Model, handle_object_created
-from maskflow.functions.liveness import Stats
 from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, named_model
 from maskflow.infra.domain.formats import ImageRejected
 from maskflow.infra.domain.outputs import INPUT_PREFIX
 from maskflow.infra.stores.objects import ObjectChanged, ObjectMissing, ObjectStore
 from maskflow.infra.stores.source import Delivery, EventSource
-from maskflow.infra.stores.tasks import Decision, TaskStore, derive_task_id
+from maskflow.infra.stores.tasks import Decision, TaskStore
 from maskflow.infra.wiring.config import Config
 from maskflow.infra.wiring.retries import is_transient
 
 log = logging.getLogger("maskflow.worker")
+
+HISTOGRAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+@dataclass
+class Stats:
+    """What the steps count: tasks finished and their durations (liveness publishes them)."""
+    processed: int = 0
+    failed: int = 0
+    seconds_sum: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM_BUCKETS))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, seconds: float, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.processed += 1
+            else:
+                self.failed += 1
+            self.seconds_sum += seconds
+            for i, bound in enumerate(HISTOGRAM_BUCKETS):
+                if seconds <= bound:
+                    self.buckets[i] += 1
+
+
+class Holding:
+    """The deliveries the consumers are working on right now, by receipt."""
+
+    def __init__(self) -> None:
+        self._held: Counter[Hashable] = Counter()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def holding(self, delivery: Delivery) -> Iterator[None]:
+        with self._lock:
+            self._held[delivery.receipt] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[delivery.receipt] -= 1
+                if not self._held[delivery.receipt]:
+                    del self._held[delivery.receipt]
+
+    def snapshot(self) -> Counter[Hashable]:
+        with self._lock:
+            return self._held.copy()
 
 
 @dataclass(frozen=True)
@@ -65,6 +116,7 @@ class Parts:
     models: Mapping[str, Model]  # by catalogue name
     stats: Stats
     writer: Executor  # the handler's background writes
+    held: Holding = field(default_factory=Holding)
 
 
 class Fate(enum.Enum):
@@ -99,6 +151,30 @@ class Run:
     superseded: bool = False
     dead: bool = False  # a transient fault past every retry or a bug: dead-letter the event too
     seconds: float = 0.0
+
+
+def consume(parts: Parts, stopping: threading.Event, burst: bool = False) -> None:
+    """One consumer thread: take, then process, until `stopping` (or, in burst mode, an empty queue)."""
+    backoff = 0.1
+    while not stopping.is_set():
+        try:
+            delivery = take(parts, timeout=0.5 if burst else 1.0)
+        except Exception as exc:  # noqa: BLE001 - the source past all retries: wait, then again
+            log.warning("cannot take events: %s: %s", type(exc).__name__, exc)
+            stopping.wait(backoff)
+            backoff = min(backoff * 2, parts.cfg.worker.retry_max_wait)
+            continue
+        backoff = 0.1
+        if delivery is None:
+            if burst:
+                return
+            continue
+        with parts.held.holding(delivery):
+            try:
+                process(delivery, parts)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis gone past all retries: keep the worker alive
+                log.exception("could not settle an event (delivery %d)", delivery.attempt)
+                hand_back(delivery, f"{type(exc).__name__}: {exc}", parts)
 
 
 def process(delivery: Delivery, parts: Parts) -> None:
@@ -155,10 +231,10 @@ def claim(event: ObjectCreated, parts: Parts) -> Claim | Outcome:
     if event.key.endswith("/"):
         log.info("%s is a folder marker, not an image: skipped", event.key)
         return Outcome(Fate.SKIPPED, "folder marker")
-    task_id = parts.tasks.task_id_for_key(event.key) or derive_task_id(event.bucket, event.key)
     # One claim id across retries: a retry after Redis lost the answer finds its own claim.
-    decision, _attempt = parts.tasks.begin(task_id, event.key, event.etag, event.sequencer,
-                                           parts.worker_id, parts.run_id, claim=uuid.uuid4().hex)
+    task_id, decision, _attempt = parts.tasks.begin_event(
+        event.bucket, event.key, event.etag, event.sequencer, parts.worker_id, parts.run_id,
+        claim=uuid.uuid4().hex)
     if decision is not Decision.START:
         log.info("task %s (%s): %s, skipped", task_id, event.key, decision.value)
         if decision is Decision.EXHAUSTED:
@@ -228,3 +304,15 @@ def settle(delivery: Delivery, outcomes: list[Outcome], parts: Parts) -> None:
         parts.source.dead_letter(delivery, "; ".join(dead))
     else:
         parts.source.ack(delivery)
+
+
+def hand_back(delivery: Delivery, error: str, parts: Parts) -> None:
+    """Requeue a delivery we could not settle, with its delivery count and why.
+
+    If even that fails, it stays taken, held by nobody: liveness requeues it (or, after a
+    crash, a reaper or this worker's next start does).
+    """
+    try:
+        parts.source.give_back(delivery, error)
+    except Exception as exc:  # noqa: BLE001 - the source past all retries
+        log.warning("event left in flight: %s: %s", type(exc).__name__, exc)

@@ -1,34 +1,33 @@
 """A worker process: consumer threads that run the steps, and one maintenance thread.
 
-`worker.concurrency` consumers share the models and the client pools, so the download of one
-image overlaps the inference of another; each one loops take -> process (functions/steps.py)
-until stopped.  The maintenance thread is functions/liveness.py.  First SIGTERM/SIGINT: finish
+`worker.concurrency` consumer threads share the models and the client pools, so the download
+of one image overlaps the inference of another; each one runs steps.consume until stopped.  The maintenance thread is functions/liveness.py.  First SIGTERM/SIGINT: finish
 in-flight events and exit; a second one exits at once (in-flight events then return through
 the reaper or this worker id's next start).  Delivery is at-least-once; duplicates are
 absorbed by the task transitions (infra/stores/tasks.py).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
 import signal
 import threading
 import uuid
-from collections import Counter
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
 from maskflow.functions import steps
 from maskflow.functions.handlers import Model
-from maskflow.functions.liveness import Liveness, Stats
+from maskflow.functions.liveness import Liveness
+from maskflow.functions.steps import Stats
 from maskflow.infra.domain.outputs import RESULT_KINDS
+from maskflow.infra.domain.segmenter import Segmenter
 from maskflow.infra.stores.objects import ObjectStore
 from maskflow.infra.stores.queue import RedisListSource
-from maskflow.infra.stores.source import Delivery, Leases
+from maskflow.infra.stores.source import Leases
 from maskflow.infra.stores.tasks import TaskStore
 from maskflow.infra.stores.workers import WorkerRegistry
 from maskflow.infra.wiring.config import Config
@@ -55,16 +54,11 @@ class Worker:
         self.source, self.tasks, self.objects, self.registry = (
             with_retries(store, policy) for store in (source, tasks, objects, registry))
         self.stats = Stats()
-        self._held: Counter[Hashable] = Counter()  # receipts a consumer is working on
-        self._held_lock = threading.Lock()
-        self.liveness = Liveness(self.registry, self.source, self.tasks, self.stats, self.held,
+        self.held = steps.Holding()
+        self.liveness = Liveness(self.registry, self.source, self.tasks, self.stats, self.held.snapshot,
                                  interval=cfg.worker.heartbeat)
         self._writer = ThreadPoolExecutor(max(1, cfg.worker.concurrency * (len(RESULT_KINDS) - 1)),
                                           thread_name_prefix="publish")
-
-    def held(self) -> Counter[Hashable]:
-        with self._held_lock:
-            return self._held.copy()
 
     # -- lifecycle --------------------------------------------------------------------------
     def run(self, burst: bool = False) -> None:
@@ -77,7 +71,8 @@ class Worker:
         maintenance = threading.Thread(target=self.liveness.maintain, args=(self._consumers_done,),
                                        name="maintenance", daemon=True)
         maintenance.start()
-        consumers = [threading.Thread(target=self._consume, args=(parts, burst), name=f"consumer-{i}")
+        consumers = [threading.Thread(target=steps.consume, args=(parts, self.stopping, burst),
+                                      name=f"consumer-{i}")
                      for i in range(self.cfg.worker.concurrency)] if parts is not None else []
         for t in consumers:
             t.start()
@@ -107,56 +102,18 @@ class Worker:
         self.liveness.ready = True
         return steps.Parts(cfg=self.cfg, worker_id=self.worker_id, run_id=self.registry.run_id,
                            source=self.source, tasks=self.tasks, objects=self.objects,
-                           models=models, stats=self.stats, writer=self._writer)
+                           models=models, stats=self.stats, writer=self._writer, held=self.held)
 
     def stop(self) -> None:
         self.stopping.set()
 
-    # -- consuming ----------------------------------------------------------------------------
-    def _consume(self, parts: steps.Parts, burst: bool) -> None:
-        backoff = 0.1
-        while not self.stopping.is_set():
-            try:
-                delivery = steps.take(parts, timeout=0.5 if burst else 1.0)
-            except Exception as exc:  # noqa: BLE001 - the source past all retries: wait, then again
-                log.warning("cannot take events: %s: %s", type(exc).__name__, exc)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, self.cfg.worker.retry_max_wait)
-                continue
-            backoff = 0.1
-            if delivery is None:
-                if burst:
-                    return
-                continue
-            with self._holding(delivery):
-                try:
-                    steps.process(delivery, parts)
-                except Exception as exc:  # noqa: BLE001 - e.g. Redis gone past all retries: keep the worker alive
-                    log.exception("could not settle an event (delivery %d)", delivery.attempt)
-                    self._hand_back(delivery, f"{type(exc).__name__}: {exc}")
 
-    @contextlib.contextmanager
-    def _holding(self, delivery: Delivery) -> Iterator[None]:
-        with self._held_lock:
-            self._held[delivery.receipt] += 1
-        try:
-            yield
-        finally:
-            with self._held_lock:
-                self._held[delivery.receipt] -= 1
-                if not self._held[delivery.receipt]:
-                    del self._held[delivery.receipt]
-
-    def _hand_back(self, delivery: Delivery, error: str) -> None:
-        """Requeue an event we could not settle, with its delivery count and why.
-
-        If even that fails, it stays in our in-flight list, unheld: the maintenance thread
-        requeues it (or, after a crash, a reaper or our next start does).
-        """
-        try:
-            self.source.give_back(delivery, error)
-        except Exception as exc:  # noqa: BLE001 - the source past all retries
-            log.warning("event left in flight: %s: %s", type(exc).__name__, exc)
+def load_models(cfg: Config) -> dict[str, Segmenter]:
+    """Every catalogue model, once per process: a task may name any of them."""
+    run_slots = threading.BoundedSemaphore(cfg.model.concurrent_runs)
+    return {name: Segmenter.load(file.path, file.input_size, intra_op_threads=cfg.model.intra_op_threads,
+                                 inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
+            for name, file in cfg.model_files.items()}
 
 
 def build_worker(cfg: Config, worker_id: str, r: redis.Redis,

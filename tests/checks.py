@@ -16,11 +16,11 @@ import requests
 
 from conftest import FIXTURES, REPO, wait_for_task
 from maskflow.functions.events import ObjectCreated, PoisonEvent, parse_message
-from maskflow.infra.domain.outputs import result_keys
-from maskflow.infra.wiring.config import env_for
 from maskflow.infra.domain.images import decode_image
+from maskflow.infra.domain.outputs import result_keys
 from maskflow.infra.stores.keys import inflight_key
 from maskflow.infra.stores.tasks import derive_task_id
+from maskflow.infra.wiring.config import env_for
 
 PHOTOS = FIXTURES / "photos"
 JPEGS = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")

@@ -20,8 +20,9 @@ import redis
 
 from maskflow.infra.domain.catalog import CATALOG, DEFAULT, GENERAL
 from maskflow.infra.ops import install
+from maskflow.infra.ops.processes import StackError, free_port, wait_until
+from maskflow.infra.ops.stack import Stack
 from maskflow.infra.wiring.config import Config, load_config, replace
-from maskflow.infra.ops.stack import Stack, StackError, free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"

@@ -36,7 +36,8 @@ try:
 except ImportError:  # pragma: no cover - a platform without it: OpenCV writes the cut-outs
     fpng = None
 
-from maskflow.infra.domain.formats import DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels, check_header  # noqa: E402
+from maskflow.infra.domain.formats import (DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels,  # noqa: E402
+                                           check_header)
 from maskflow.infra.domain.outputs import ResultKind  # noqa: E402
 
 

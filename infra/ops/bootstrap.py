@@ -8,8 +8,7 @@ from pathlib import Path
 
 import redis
 from minio import Minio
-from minio.notificationconfig import (NotificationConfig, PrefixFilterRule, QueueConfig,
-                                      SuffixFilterRule)
+from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig, SuffixFilterRule
 
 from maskflow.infra.wiring import connections
 from maskflow.infra.wiring.config import Config, ConfigError, load_config

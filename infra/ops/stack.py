@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,6 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import redis
 from minio.error import S3Error, ServerError
@@ -28,115 +25,21 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from maskflow.infra.ops import install
 from maskflow.infra.ops.bootstrap import bootstrap, notify_env
-from maskflow.infra.wiring.connections import minio_client, redis_client
-from maskflow.infra.wiring.config import Config, env_for, split_address
 from maskflow.infra.ops.console import say
+from maskflow.infra.ops.processes import READY_TIMEOUT, StackError, alive, free_port, port_is_free, wait_until
 from maskflow.infra.stores.keys import Heartbeat
-from maskflow.infra.wiring.net import is_loopback
 from maskflow.infra.stores.workers import worker_status
+from maskflow.infra.wiring.config import Config, env_for, split_address
+from maskflow.infra.wiring.connections import minio_client, redis_client
+from maskflow.infra.wiring.net import is_loopback
 
-READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-
-
-T = TypeVar("T")
-
-
-class StackError(RuntimeError):
-    """The stack could not be brought up or down; the message says what to do."""
-
-
-_ports = random.Random()  # its own state: a seeded global random must not repeat our picks
-_handed_out: set[int] = set()
-
-
-def ephemeral_port_range() -> tuple[int, int]:
-    """The range the kernel takes outgoing connections' source ports from."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def free_port() -> int:
-    """A loopback port nothing is bound to, below the ephemeral range, not handed out before.
-
-    Not bind(0): that port comes from the ephemeral range, so between choosing it and a
-    server binding it any connect() on the machine may take it as its source port (a CI run
-    lost `maskflow up` to that).  connect() never picks a port below the range.
-    """
-    low, _ = ephemeral_port_range()
-    candidates = range(max(1024, low // 2), low)
-    for _ in range(200 if candidates else 0):
-        port = _ports.choice(candidates)
-        if port not in _handed_out and port_is_free("127.0.0.1", port):
-            _handed_out.add(port)
-            return port
-    raise StackError(f"no free loopback port below {low}")
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _require_loopback(key: str, host: str) -> None:
     if not is_loopback(host):
         raise StackError(f"config key {key}={host}: the local stack binds to loopback only; "
                          f"use 127.0.0.1")
-
-
-def wait_until(probe: Callable[[], T], what: str, timeout: float = READY_TIMEOUT,
-               proc: subprocess.Popen | None = None, log: Path | None = None,
-               state: Callable[[], object] | None = None, every: float = 0.25) -> T:
-    """Poll `probe` until it returns something true, and return that; StackError after `timeout`.
-
-    The pause between probes grows from 20 ms to `every` seconds.  An exception from `probe`
-    means "not yet" (the last one is in the message).  It fails early if `proc` dies; `log`'s
-    last lines and `state()` go into the message.
-    """
-    deadline = time.monotonic() + timeout
-    delay = min(0.02, every)
-    last: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - any failure of a probe just means "not yet"
-            last = exc
-        if proc is not None and proc.poll() is not None:
-            raise StackError(f"{what} exited with code {proc.returncode} before it was ready"
-                             + _tail(log))
-        if time.monotonic() > deadline:
-            raise StackError(f"gave up waiting for {what} after {timeout:.0f} s"
-                             + (f" (last error: {last!r})" if last else "")
-                             + (f"; {state()}" if state else "") + _tail(log))
-        time.sleep(delay)
-        delay = min(delay * 1.5, every)
-
-
-def _tail(log: Path | None, lines: int = 8) -> str:
-    if log is None or not log.exists():
-        return ""
-    text = log.read_text(errors="replace").strip().splitlines()[-lines:]
-    return f"; last lines of {log}:\n  " + "\n  ".join(text) if text else ""
-
-
-def _alive(pid: int, marker: str) -> bool:
-    """Is `pid` a running (not zombie) process whose command line contains `marker`?"""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and marker in cmdline
 
 
 @dataclass
@@ -173,7 +76,7 @@ class Stack:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid, marker.strip()) else None
+        return pid if alive(pid, marker.strip()) else None
 
     def _spawn(self, service: Service) -> subprocess.Popen:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,12 +113,12 @@ class Stack:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _alive(pid, "") and time.monotonic() < deadline:
+        while alive(pid, "") and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     break
             time.sleep(0.05)
-        if _alive(pid, ""):
+        if alive(pid, ""):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as HTTPTimeout
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as HTTPTimeout
 
 from maskflow.infra.domain.formats import CONTENT_TYPES, sniff_format
 from maskflow.infra.domain.outputs import RESULT_KINDS

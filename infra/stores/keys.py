@@ -43,6 +43,8 @@ Redis the names stay untagged and readable, as above.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 NAMESPACE = "maskflow"
 
 WORKERS_KEY = f"{NAMESPACE}:workers"
@@ -52,32 +54,20 @@ PROCESSING_DEADLINES = f"{NAMESPACE}:deadline:processing"
 UPLOAD_DEADLINES = f"{NAMESPACE}:deadline:upload"
 
 
-def inflight_key(worker_id: str) -> str:
-    return f"{NAMESPACE}:inflight:{worker_id}"
+def _keyed(kind: str) -> Callable[[str], str]:
+    return lambda name: f"{NAMESPACE}:{kind}:{name}"
 
 
-def heartbeat_key(worker_id: str) -> str:
-    return f"{NAMESPACE}:worker:{worker_id}"
-
-
-def task_key(task_id: str) -> str:
-    return f"{NAMESPACE}:task:{task_id}"
-
-
-def index_key(input_key: str) -> str:
-    return f"{NAMESPACE}:key:{input_key}"
-
-
-def batch_key(prefix: str) -> str:
-    return f"{NAMESPACE}:batch:{prefix}"
+inflight_key = _keyed("inflight")    # by worker id
+heartbeat_key = _keyed("worker")     # by worker id
+task_key = _keyed("task")            # by task id
+index_key = _keyed("key")            # by input key
+batch_key = _keyed("batch")          # by directory prefix of an input key
+task_channel = _keyed("changed")     # by task id
 
 
 def batch_failed_key(prefix: str) -> str:
     return f"{batch_key(prefix)}:failed"
-
-
-def task_channel(task_id: str) -> str:
-    return f"{NAMESPACE}:changed:{task_id}"
 
 
 class Heartbeat:

@@ -26,8 +26,8 @@ from minio.error import S3Error
 from minio.signer import get_credential_string
 from minio.time import to_amz_date, to_signer_date
 
-from maskflow.infra.wiring.connections import minio_client
 from maskflow.infra.wiring.config import Config
+from maskflow.infra.wiring.connections import minio_client
 
 # How often `publish` re-reads a result that changed under it before giving up; each round
 # means another writer won a race on the same key, which takes a new upload of the input.

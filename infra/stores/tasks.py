@@ -141,6 +141,13 @@ class TaskStore:
         return self.get(task_id) if task_id else None
 
     # -- the worker's transitions --------------------------------------------------------------
+    def begin_event(self, bucket: str, input_key: str, etag: str, sequencer: str, worker_id: str,
+                    run_id: str, claim: str = "") -> tuple[str, Decision, int]:
+        """`begin` for an event's object: its task is the one the API announced for the key,
+        else the one derived from bucket and key.  Returns the task id too."""
+        task_id = self.task_id_for_key(input_key) or derive_task_id(bucket, input_key)
+        return (task_id, *self.begin(task_id, input_key, etag, sequencer, worker_id, run_id, claim))
+
     def begin(self, task_id: str, input_key: str, etag: str, sequencer: str,
               worker_id: str, run_id: str, claim: str = "") -> tuple[Decision, int]:
         """Claim one version of a task for processing; returns the decision and the attempt.

@@ -34,7 +34,7 @@ class RedisConfig:
     # environment).  Empty: every client talks to host:port.  Set: every client asks the
     # Sentinels for the master of `master_name` and follows it across failovers, and host:port
     # is only the address MinIO's notification targets use (MinIO knows no Sentinel), so it
-    # must be a stable address of the master: see README, "Running on a cluster".
+    # must be a stable address of the master: see docs/cluster.md.
     sentinels: tuple[str, ...] = ()
     master_name: str = "maskflow"
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import redis
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
-from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set,
-                      wait_exponential, wait_random)
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set, wait_exponential,
+                      wait_random)
 
 from maskflow.infra.wiring.config import WorkerConfig
 

@@ -30,8 +30,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import requests  # noqa: E402
 
 from conftest import make_config  # noqa: E402
+from maskflow.infra.ops.processes import free_port, wait_until  # noqa: E402
+from maskflow.infra.ops.stack import Stack  # noqa: E402
 from maskflow.infra.sdk.client import Client  # noqa: E402
-from maskflow.infra.ops.stack import Stack, free_port, wait_until  # noqa: E402
 
 PEER = ROOT.parent / "shared" / "peers" / "falcon_hello.py"
 PHOTO = ROOT / "tests" / "fixtures" / "photos" / "astronaut.jpg"

@@ -67,12 +67,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from checks import make_photo, pipeline_idle  # noqa: E402
 from conftest import make_config  # noqa: E402
-from maskflow.infra.ops import install  # noqa: E402
 from maskflow.infra.domain.catalog import GENERAL  # noqa: E402
-from maskflow.infra.wiring.connections import minio_client  # noqa: E402
-from maskflow.infra.wiring.config import WorkerConfig  # noqa: E402
+from maskflow.infra.ops import install  # noqa: E402
 from maskflow.infra.ops.stack import Stack  # noqa: E402
 from maskflow.infra.stores.tasks import TaskStore  # noqa: E402
+from maskflow.infra.wiring.config import WorkerConfig  # noqa: E402
+from maskflow.infra.wiring.connections import minio_client  # noqa: E402
 
 PEERS = Path("/work/shared/peers")
 SCRATCH = Path.home() / ".cache" / "maskflow" / "peers"

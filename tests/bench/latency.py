@@ -40,14 +40,15 @@ from checks import pipeline_idle  # noqa: E402
 from conftest import make_config  # noqa: E402
 from maskflow.functions.worker import reuse_freed_buffers  # noqa: E402
 from maskflow.infra.domain.catalog import DEFAULT  # noqa: E402
+from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
 from maskflow.infra.ops import install  # noqa: E402
+from maskflow.infra.ops.processes import wait_until  # noqa: E402
+from maskflow.infra.ops.stack import Stack  # noqa: E402
 from maskflow.infra.sdk.client import Client  # noqa: E402
-from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
 from maskflow.infra.stores.objects import ObjectStore  # noqa: E402
-from maskflow.infra.stores.workers import worker_status  # noqa: E402
-from maskflow.infra.ops.stack import Stack, wait_until  # noqa: E402
 from maskflow.infra.stores.tasks import TaskStore  # noqa: E402
+from maskflow.infra.stores.workers import worker_status  # noqa: E402
 
 PHOTO = ROOT / "tests" / "fixtures" / "photos" / "astronaut.jpg"
 

@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 
 from checks import make_photo  # noqa: E402
 from maskflow.functions.worker import reuse_freed_buffers  # noqa: E402
-from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
 from maskflow.infra.domain import images  # noqa: E402
 from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
+from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
 
 PHOTOS = os.path.join(ROOT, "tests", "fixtures", "photos")
 

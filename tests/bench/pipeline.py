@@ -13,8 +13,8 @@ Uses the pinned MinIO (or MASKFLOW_STACK_MINIO_BIN).  Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import os
 import datetime as dt
+import os
 import statistics
 import sys
 import tempfile
@@ -28,11 +28,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from checks import make_photo  # noqa: E402
 from conftest import make_config  # noqa: E402
 from maskflow.functions.worker import reuse_freed_buffers  # noqa: E402
-from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
 from maskflow.infra.domain.catalog import DEFAULT, METADATA_KEY, names  # noqa: E402
 from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png  # noqa: E402
-from maskflow.infra.stores.objects import ObjectStore  # noqa: E402
+from maskflow.infra.domain.segmenter import Segmenter  # noqa: E402
 from maskflow.infra.ops.stack import Stack  # noqa: E402
+from maskflow.infra.stores.objects import ObjectStore  # noqa: E402
 from maskflow.infra.stores.tasks import TaskStore  # noqa: E402
 
 

@@ -16,12 +16,12 @@ import requests
 from checks import PHOTOS, assert_error, presigned_expires_at
 from conftest import REPO
 from conftest import UPLOAD_LIMIT as LIMIT
-from maskflow.infra.wiring.config import replace
-from maskflow.infra.stores.objects import PRESIGN_REUSE_S, ObjectStore
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, UPLOAD_DEADLINES, index_key
-from maskflow.infra.stores.workers import WorkerRegistry
-from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.stores.objects import PRESIGN_REUSE_S, ObjectStore
 from maskflow.infra.stores.tasks import TaskStore
+from maskflow.infra.stores.workers import WorkerRegistry
+from maskflow.infra.wiring.config import replace
 
 GRACE_S = 120  # api.uploads.UPLOAD_GRACE_S, restated: the test checks the contract
 
@@ -108,6 +108,7 @@ def test_rejected_uploads_store_nothing(api, tasks):
 def test_storage_failure_fails_the_task_and_answers_503(servers, tasks):
     """The record is written before the object; when the put fails the record says so."""
     import falcon.testing
+
     from maskflow.api.app import build_deps, create_app
     cfg = replace(servers.cfg, minio={"bucket": "no-such-bucket-maskflow"})
     client = falcon.testing.TestClient(create_app(build_deps(cfg)))

@@ -8,8 +8,7 @@ import pytest
 import requests
 
 from checks import PHOTOS, make_photo, png
-from conftest import REPO
-from conftest import app_stack
+from conftest import REPO, app_stack
 
 
 @pytest.fixture(scope="module")

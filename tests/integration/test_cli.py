@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 from checks import PHOTOS, iou, make_photos, reference_mask
-from conftest import REPO
-from conftest import app_stack, wait_for_task
+from conftest import REPO, app_stack, wait_for_task
 from maskflow.infra.ops import install
-from maskflow.infra.wiring.config import env_for
+from maskflow.infra.ops.processes import free_port
 from maskflow.infra.stores.objects import ObjectStore
-from maskflow.infra.ops.stack import free_port
 from maskflow.infra.stores.tasks import TaskStore, derive_task_id
+from maskflow.infra.wiring.config import env_for
 
 TOKEN = "cli-test-token"
 MAX_WAIT = 240.0

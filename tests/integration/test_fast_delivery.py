@@ -18,10 +18,11 @@ import pytest
 
 from checks import PHOTOS, pipeline_idle, queued_events
 from conftest import make_config
+from maskflow.infra.ops.processes import free_port, wait_until
+from maskflow.infra.ops.stack import Stack
 from maskflow.infra.stores.objects import ObjectStore
-from maskflow.infra.stores.workers import worker_status
-from maskflow.infra.ops.stack import Stack, free_port, wait_until
 from maskflow.infra.stores.tasks import TaskStore, derive_task_id
+from maskflow.infra.stores.workers import worker_status
 
 PHOTO = (PHOTOS / "rocket.jpg").read_bytes()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 
 from checks import PHOTOS, check_result, wait_for_task
-from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY
 from maskflow.infra.stores.tasks import derive_task_id
 

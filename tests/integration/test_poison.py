@@ -13,7 +13,7 @@ from checks import PHOTOS, check_result, start_worker, stop_worker, wait_for_tas
 from maskflow.functions.liveness import Liveness, Stats
 from maskflow.functions.worker import Worker, build_worker
 from maskflow.infra.domain.catalog import PERSON
-from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, heartbeat_key, index_key, inflight_key
 from maskflow.infra.stores.queue import DEAD_PAYLOAD_BYTES, RedisListSource, dead_letter_count, unwrap
 from maskflow.infra.stores.tasks import TaskStore, derive_task_id

@@ -11,7 +11,7 @@ from checks import PHOTOS, check_result
 from maskflow.functions.events import parse_message
 from maskflow.functions.worker import Worker, build_worker
 from maskflow.infra.domain.catalog import PERSON
-from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, WORKERS_KEY, Heartbeat, heartbeat_key, inflight_key
 from maskflow.infra.stores.queue import RedisListSource
 from maskflow.infra.stores.source import Delivery

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import make_config
+from conftest import REPO, make_config
 from maskflow.infra.ops import install
-from conftest import REPO
 from maskflow.infra.wiring.config import env_for, replace
 
 

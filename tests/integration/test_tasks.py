@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import heartbeat_key, index_key, task_key
-from maskflow.infra.ops.stack import wait_until
 from maskflow.infra.stores.task_scripts import batch_prefixes
 from maskflow.infra.stores.tasks import Decision, TaskStore, derive_task_id
 from maskflow.infra.stores.workers import WorkerRegistry

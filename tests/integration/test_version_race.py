@@ -14,7 +14,7 @@ import pytest
 
 from checks import PHOTOS, check_result, make_photo, pipeline_idle, png
 from maskflow.infra.domain.outputs import result_keys
-from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.tasks import derive_task_id
 
 ROUNDS = 10

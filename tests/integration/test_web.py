@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from playwright import sync_api as playwright_api
 
 from checks import iou, png, reference_mask
 from conftest import FIXTURES, app_stack
-
-from playwright import sync_api as playwright_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "web-test-token"

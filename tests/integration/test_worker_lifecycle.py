@@ -14,10 +14,10 @@ import numpy as np
 
 from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
 from maskflow.infra.domain.outputs import result_keys
-from maskflow.infra.wiring.config import replace
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import inflight_key
 from maskflow.infra.stores.workers import worker_status
-from maskflow.infra.ops.stack import wait_until
+from maskflow.infra.wiring.config import replace
 
 
 def batch_done(tasks, prefix: str, total: int):

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskflow.infra.ops.stack import StackError, wait_until
+from maskflow.infra.ops.processes import StackError, wait_until
 
 PREFIX = "mfh"
 SUBNET_FIRST = "10.231"

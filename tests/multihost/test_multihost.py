@@ -45,14 +45,14 @@ from conftest import REPO
 from maskflow.functions.events import PoisonEvent, parse_message
 from maskflow.infra.ops import install
 from maskflow.infra.ops.bootstrap import notify_env
-from maskflow.infra.wiring.connections import minio_client, redis_client
-from maskflow.infra.wiring.config import Config, env_for, load_config, replace
-from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat, inflight_key
-from maskflow.infra.ops.stack import wait_until
-from maskflow.infra.stores.queue import dead_letter_count, unwrap
-from maskflow.infra.stores.workers import worker_status
+from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.ops.stack import Stack
+from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat, inflight_key
+from maskflow.infra.stores.queue import dead_letter_count, unwrap
 from maskflow.infra.stores.tasks import TaskStore
+from maskflow.infra.stores.workers import worker_status
+from maskflow.infra.wiring.config import Config, env_for, load_config, replace
+from maskflow.infra.wiring.connections import minio_client, redis_client
 from multihost_lab import Host, Lab, LabError, Proc, netns_unavailable, sh, sweep_leftovers
 
 pytestmark = pytest.mark.multihost

@@ -14,12 +14,12 @@ import falcon.testing
 import pytest
 import requests
 
+from conftest import REPO
 from maskflow.api.app import build_deps, check_credentials, create_app
 from maskflow.api.metrics import HttpMetrics
 from maskflow.api.openapi import document
-from conftest import REPO
+from maskflow.infra.ops.processes import free_port
 from maskflow.infra.wiring.config import ConfigError, load_config, replace
-from maskflow.infra.ops.stack import free_port
 
 PHOTO = (Path(__file__).resolve().parent.parent / "fixtures" / "photos" / "chelsea.jpg").read_bytes()
 

@@ -1,12 +1,12 @@
-"""infra/tasks.ChangeFeed when Redis refuses it for longer than the client's own retries."""
+"""infra/stores/changes.ChangeFeed when Redis refuses it for longer than the client's own retries."""
 from __future__ import annotations
 
 import queue
 
 import redis
 
-from maskflow.infra.stores.keys import task_channel
 from maskflow.infra.stores.changes import ChangeFeed
+from maskflow.infra.stores.keys import task_channel
 
 
 class FlakyPubSub:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from maskflow.infra.ops.processes import free_port
 from maskflow.infra.sdk.cli.names import result_stems as _stems
 from maskflow.infra.sdk.cli.names import unique_stems
 from maskflow.infra.sdk.client import Client, ClientError, TaskFailed, atomic_write, sniff_content_type
-from maskflow.infra.ops.stack import free_port
 
 
 class Scripted:

@@ -5,8 +5,8 @@ import pytest
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-from maskflow.infra.wiring.connections import redis_client
 from maskflow.infra.wiring.config import load_config
+from maskflow.infra.wiring.connections import redis_client
 
 
 def test_plain_redis_by_default():

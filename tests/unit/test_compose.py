@@ -7,10 +7,10 @@ import re
 import pytest
 import yaml
 
-from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
 from conftest import REPO
-from maskflow.infra.wiring.config import load_config
+from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
 from maskflow.infra.ops.install import MC, MINIO
+from maskflow.infra.wiring.config import load_config
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

@@ -18,17 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maskflow.infra.domain.formats import (
-    CorruptImage,
-    EmptyImage,
-    ImageRejected,
-    TooManyPixels,
-    TruncatedImage,
-    UnsupportedFormat,
-    image_info,
-    sniff_format,
-)
 from maskflow.infra.domain import images
+from maskflow.infra.domain.formats import (CorruptImage, EmptyImage, ImageRejected, TooManyPixels,
+                                           TruncatedImage, UnsupportedFormat, image_info, sniff_format)
 from maskflow.infra.domain.images import decode_image, encode_cutout_png, encode_mask_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

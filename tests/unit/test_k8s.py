@@ -26,9 +26,9 @@ from conftest import REPO
 from maskflow.api.app import build_deps, create_app
 from maskflow.infra.ops import install
 from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
-from maskflow.infra.wiring.config import ENV_PREFIX, env_for, load_config, replace
+from maskflow.infra.ops.processes import free_port, wait_until
 from maskflow.infra.stores.workers import WorkerRegistry
-from maskflow.infra.ops.stack import free_port, wait_until
+from maskflow.infra.wiring.config import ENV_PREFIX, env_for, load_config, replace
 
 K8S = REPO / "infra" / "ops" / "k8s"
 SCHEMAS = K8S / "schemas"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 
 from checks import presigned_expires_at
-from maskflow.infra.wiring.config import load_config
 from maskflow.infra.stores.objects import PRESIGN_REUSE_S, ObjectStore
+from maskflow.infra.wiring.config import load_config
 
 
 def test_presigned_get_outlives_its_promise_and_is_reused():

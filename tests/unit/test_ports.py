@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-from maskflow.infra.ops.stack import ephemeral_port_range, free_port
+from maskflow.infra.ops.processes import ephemeral_port_range, free_port
 
 
 def test_free_ports_are_below_the_ephemeral_range_distinct_and_bindable():

@@ -6,9 +6,9 @@ import redis
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from maskflow.infra.wiring.retries import is_transient
 from maskflow.infra.domain.formats import CorruptImage
 from maskflow.infra.stores.objects import ObjectMissing
+from maskflow.infra.wiring.retries import is_transient
 
 
 def s3_error(code: str, status: int) -> S3Error:

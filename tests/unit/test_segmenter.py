@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from maskflow.infra.domain.segmenter import ModelError, ModelManifest, Segmenter, mediapipe_warp, pil_lanczos_resize
+from maskflow.infra.domain.segmenter import (ModelError, ModelManifest, Segmenter, mediapipe_warp,
+                                             pil_lanczos_resize)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(ROOT, "models")

@@ -22,7 +22,7 @@ from maskflow.infra.domain.images import decode_image
 from maskflow.infra.domain.outputs import RESULT_KINDS, result_keys
 from maskflow.infra.stores.objects import ObjectMissing, StoredObject
 from maskflow.infra.stores.source import Delivery, EventSource
-from maskflow.infra.stores.tasks import Decision
+from maskflow.infra.stores.tasks import Decision, derive_task_id
 from maskflow.infra.wiring.config import load_config
 
 BUCKET = "ai-segmentation"
@@ -62,14 +62,12 @@ class MemoryTasks:
     """The task store's transitions the steps use, with their decisions, in a dict."""
     tasks: dict[str, dict] = field(default_factory=dict)
 
-    def task_id_for_key(self, input_key: str) -> str | None:
-        return None
-
-    def begin(self, task_id, input_key, etag, sequencer, worker_id, run_id, claim=""):
+    def begin_event(self, bucket, input_key, etag, sequencer, worker_id, run_id, claim=""):
+        task_id = derive_task_id(bucket, input_key)
         if self.tasks.get(task_id, {}).get("sequencer") == sequencer:
-            return Decision.DUPLICATE, 1
+            return task_id, Decision.DUPLICATE, 1
         self.tasks[task_id] = {"status": "processing", "key": input_key, "sequencer": sequencer}
-        return Decision.START, 1
+        return task_id, Decision.START, 1
 
     def complete(self, task_id, sequencer, results, model="", input_key=""):
         self.tasks[task_id].update(status="completed", results=results, model=model)

@@ -6,17 +6,17 @@ exits 2.
 """
 from __future__ import annotations
 
-from maskflow.infra.sdk.cli.exits import EXIT_USAGE, UsageError
 from maskflow.infra.ops.console import say
+from maskflow.infra.ops.install import InstallError
+from maskflow.infra.ops.processes import StackError
+from maskflow.infra.sdk.cli.exits import EXIT_USAGE, UsageError
 from maskflow.infra.sdk.cli.parser import build_parser
 from maskflow.infra.sdk.client import ClientError
 from maskflow.infra.wiring.config import ConfigError, load_config
-from maskflow.infra.ops.install import InstallError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from maskflow.infra.ops.stack import StackError  # slow to import: not needed for --help or usage errors
     try:
         return args.run(args, load_config(args.config))
     except (ConfigError, InstallError, StackError, ClientError, UsageError) as exc:

@@ -15,9 +15,9 @@ import sys
 
 import redis
 
-from maskflow.infra.wiring.connections import redis_client
-from maskflow.infra.wiring.config import load_config
 from maskflow.infra.stores.keys import Heartbeat, heartbeat_key
+from maskflow.infra.wiring.config import load_config
+from maskflow.infra.wiring.connections import redis_client
 
 mode = sys.argv[1] if len(sys.argv) == 2 else ""
 if mode not in ("live", "ready"):
