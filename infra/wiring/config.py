@@ -14,190 +14,15 @@ import dataclasses
 import os
 import tomllib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskflow.infra.domain.catalog import CATALOG, DEFAULT, UnknownModel, check_name
+from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, check_name
+from maskflow.infra.wiring.settings import (ApiConfig, Config, MinioConfig, ModelConfig, ModelFile, ModelsConfig,
+                                            QueueConfig, RedisConfig, StackConfig, TaskConfig, WorkerConfig)
 from maskflow.infra.wiring.values import ConfigError, coerce, split_address
 
 ENV_PREFIX = "MASKFLOW_"
-MODELS_DIR = "models"  # the catalogue's files, relative to the working directory
 CONFIG_FILE_ENV = "MASKFLOW_CONFIG"
-
-
-@dataclass(frozen=True)
-class RedisConfig:
-    host: str = "127.0.0.1"
-    port: int = 6379
-    db: int = 0
-    # Redis Sentinel, "host:port" of each (TOML array, or "h1:26379,h2:26379" in the
-    # environment).  Empty: every client talks to host:port.  Set: every client asks the
-    # Sentinels for the master of `master_name` and follows it across failovers, and host:port
-    # is only the address MinIO's notification targets use (MinIO knows no Sentinel), so it
-    # must be a stable address of the master: see docs/cluster.md.
-    sentinels: tuple[str, ...] = ()
-    master_name: str = "maskflow"
-
-
-@dataclass(frozen=True)
-class MinioConfig:
-    endpoint: str = "127.0.0.1:9000"
-    access_key: str = "minioadmin"
-    secret_key: str = "minioadmin"
-    bucket: str = "ai-segmentation"
-    secure: bool = False
-    region: str = "us-east-1"
-    # Host clients outside the stack use for presigned URLs; empty means `endpoint`.
-    public_endpoint: str = ""
-    # The bucket notification rules bootstrap applies.
-    notify_file: str = "minio-notify.json"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    path: str = "models/segmentation.onnx"
-    input_size: tuple[int, int] = (256, 256)
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    # Model runs at once per worker process, over all its models.  The stack starts a process
-    # per core, so one each keeps the cores busy; every extra U2-Netp run holds ~300 MB more.
-    concurrent_runs: int = 1
-
-
-@dataclass(frozen=True)
-class ModelsConfig:
-    """The named models beyond the default one (`model.*` is `person`, infra/domain/catalog.py)."""
-    # Model name -> its ONNX file, for models elsewhere than the catalogue's file in models/.
-    paths: dict[str, str] = field(default_factory=dict)
-    # Key prefix -> model name, for uploads that cannot carry x-amz-meta-model (mc mirror).
-    by_prefix: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    path: Path
-    input_size: tuple[int, int]  # width, height, as the manifest beside the file must say
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    timeout: int = 300
-    poll_interval: int = 2
-    max_polls: int = 150
-    max_attempts: int = 3
-    retention: int = 7 * 24 * 3600
-    max_pixels: int = 40_000_000
-    # Largest input accepted on every path: API upload, presigned upload, direct S3 upload.
-    max_upload_bytes: int = 20 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    # The Redis list MinIO's notification target RPUSHes events to.
-    events_key: str = "maskflow:events"
-    # MinIO's ARN suffix for the Redis target (MINIO_NOTIFY_REDIS_*_<ID>).  It has a queue_dir:
-    # no event is lost while Redis is away, but MinIO sends stored events only every 3 s.
-    target_id: str = "MASKFLOW"
-    # A second Redis target without queue_dir, sent while the upload waits: events arrive in
-    # milliseconds, each one twice, and the worker drops the twin before downloading anything.
-    # Empty disables it.  MinIO talks to this target without timeouts: a Redis that accepts
-    # connections but never answers stalls uploads (a refused connection costs nothing).
-    fast_target_id: str = "MASKFLOWFAST"
-    # Dead letters kept; past this the oldest are trimmed, so the list cannot fill Redis.
-    dead_letter_max: int = 10_000
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    concurrency: int = 2
-    heartbeat: int = 10
-    # Heartbeats missed for this long mark a worker dead and its in-flight events orphaned.
-    lease: int = 30
-    # Transient faults (S3/Redis unreachable, 5xx, SlowDown) are retried with exponential
-    # backoff 0.5 s, 1 s, 2 s ... capped at retry_max_wait: 8 attempts ride out ~45 s of outage.
-    retry_attempts: int = 8
-    retry_max_wait: int = 10
-    # A message taken this many times without being settled goes to the dead letters.
-    max_deliveries: int = 5
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    threads: int = 8
-    channel_timeout: int = 120
-    presign_expiry: int = 3600
-    token: str = ""
-    # Hostile clients (api/server.py): connections held at once, and a request must arrive
-    # within request_timeout seconds plus one second per min_request_rate bytes sent.
-    connection_limit: int = 1000
-    request_timeout: int = 10
-    min_request_rate: int = 32 * 1024
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    data_dir: str = ".maskflow"
-    # One worker process per core, each with worker.concurrency (2) threads: measured with
-    # tests/bench/compare.py on 2 cores, 800 photos: 1 x 2 drained at 0.88x the naive
-    # 2-process loop, 2 x 1 at 0.96x, 2 x 2 at 1.01x.
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Use these binaries instead of building the pinned MinIO/mc (see infra/ops/install.py).
-    minio_bin: str = ""
-    mc_bin: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    redis: RedisConfig = field(default_factory=RedisConfig)
-    minio: MinioConfig = field(default_factory=MinioConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
-    api: ApiConfig = field(default_factory=ApiConfig)
-    stack: StackConfig = field(default_factory=StackConfig)
-
-    @property
-    def data_dir(self) -> Path:
-        return _project_path(self.stack.data_dir)
-
-    @property
-    def model_files(self) -> dict[str, ModelFile]:
-        """Every catalogue model's file and input size, by name.
-
-        The default model's are the original design's keys `model.path` and `model.input_size`;
-        every other one's come from the catalogue, its file under models/ unless `models.paths`
-        names another.
-        """
-        files = {}
-        for name, entry in CATALOG.items():
-            if name == DEFAULT:
-                files[name] = ModelFile(_project_path(self.model.path), self.model.input_size)
-            else:
-                path = self.models.paths.get(name) or str(Path(MODELS_DIR) / entry.model_file)
-                files[name] = ModelFile(_project_path(path), entry.input_size)
-        return files
-
-    @property
-    def notify_path(self) -> Path:
-        return _project_path(self.minio.notify_file)
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.api.host}:{self.api.port}"
-
-    @property
-    def minio_public_endpoint(self) -> str:
-        return self.minio.public_endpoint or self.minio.endpoint
-
-
-def _project_path(value: str) -> Path:
-    # Relative paths are the working directory's (a checkout, or /app in the images), never
-    # the installed package's: site-packages holds no models.
-    return Path(value).absolute()
 
 
 def _sections() -> dict[str, type]:
@@ -342,6 +167,7 @@ def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
     return new
 
 
+# The sections are declared in settings.py; callers import them from here, with the loader.
 __all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "split_address",
-           "RedisConfig", "MinioConfig", "ModelConfig", "TaskConfig", "QueueConfig",
-           "WorkerConfig", "ApiConfig", "StackConfig"]
+           "RedisConfig", "MinioConfig", "ModelConfig", "ModelsConfig", "ModelFile", "TaskConfig",
+           "QueueConfig", "WorkerConfig", "ApiConfig", "StackConfig"]
