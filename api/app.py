@@ -49,7 +49,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(f"{API}/tasks/{{task_id}}", TaskResource(deps))
     app.add_route(f"{API}/tasks", TaskLookupResource(deps))
     app.add_route(f"{API}/uploads", UploadsResource(deps))
-    app.add_route(f"{API}/models", ModelsResource())
+    app.add_route(f"{API}/models", ModelsResource(deps))
     app.add_route(f"{API}/batches/{{prefix:path}}", BatchResource(deps))
     return app
 

@@ -7,10 +7,11 @@ import falcon
 
 from maskflow.api.deps import Deps
 from maskflow.api.errors import bad_request, not_found
-from maskflow.infra.domain.catalog import CATALOG, DEFAULT
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, accepted_names
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.stores.objects import ObjectStore
 from maskflow.infra.stores.tasks import Task
+from maskflow.infra.stores.workers import served_models
 
 MAX_WAIT_S = 30
 
@@ -125,10 +126,15 @@ class BatchResource:
 
 
 class ModelsResource:
-    """GET /api/v1/models: the models a task may name."""
+    """GET /api/v1/models: the models a task may name, and how many workers serve each now."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"default": DEFAULT, "models": [
-            {"name": m.name, "input_size": list(m.input_size), "good_for": m.good_for,
-             "license": m.license, "source": m.source, "default": m.name == DEFAULT}
+        served = served_models(self.deps.redis)
+        resp.media = {"default": DEFAULT, "names": list(accepted_names()), "models": [
+            {"name": m.name, "aliases": list(m.aliases), "input_size": list(m.input_size),
+             "good_for": m.good_for, "cost": m.cost, "quality": m.quality, "license": m.license,
+             "source": m.source, "default": m.name == DEFAULT, "workers": served.get(m.name, 0)}
             for m in CATALOG.values()]}

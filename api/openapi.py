@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from maskflow.api.middleware import DEFAULT_MAX_BODY
 from maskflow.api.uploads import MULTIPART_SLACK, UPLOAD_TYPES
-from maskflow.infra.domain.catalog import DEFAULT, names
+from maskflow.infra.domain.catalog import DEFAULT, accepted_names, names
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.wiring.config import Config
 
@@ -17,8 +17,9 @@ _STATUS = {"type": "string", "enum": ["pending", "processing", "completed", "fai
 
 
 def _model() -> dict:
-    return {"type": "string", "enum": list(names()),
-            "description": f"The model to segment with (GET /api/v1/models); {DEFAULT} when absent"}
+    return {"type": "string", "enum": list(accepted_names()),
+            "description": f"The model to segment with (GET /api/v1/models; an alias names the same "
+                           f"model); {DEFAULT} when absent"}
 
 
 def _error(description: str) -> dict:
@@ -123,18 +124,27 @@ def document(cfg: Config) -> dict:
                 "limit": {"type": "integer"},
                 "failures_total": {"type": "integer"}}},
         "Models": {
-            "type": "object", "required": ["default", "models"],
+            "type": "object", "required": ["default", "names", "models"],
             "properties": {
                 "default": {"type": "string", "enum": list(names())},
+                "names": {"type": "array", "items": {"type": "string", "enum": list(accepted_names())},
+                          "description": "Every name a task may ask for, aliases included"},
                 "models": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["name", "input_size", "good_for", "license", "source", "default"],
+                    "required": ["name", "aliases", "input_size", "good_for", "cost", "quality",
+                                 "license", "source", "default", "workers"],
                     "properties": {"name": {"type": "string", "enum": list(names())},
+                                   "aliases": {"type": "array", "items": {"type": "string"}},
                                    "input_size": {"type": "array", "items": {"type": "integer"},
                                                   "minItems": 2, "maxItems": 2,
                                                   "description": "width, height"},
-                                   "good_for": {"type": "string"}, "license": {"type": "string"},
-                                   "source": {"type": "string"}, "default": {"type": "boolean"}}}}}},
+                                   "good_for": {"type": "string"},
+                                   "cost": {"type": "string", "description": "measured, one core"},
+                                   "quality": {"type": "string", "description": "as its authors publish"},
+                                   "license": {"type": "string"}, "source": {"type": "string"},
+                                   "default": {"type": "boolean"},
+                                   "workers": {"type": "integer", "minimum": 0,
+                                               "description": "ready workers serving it now"}}}}}},
         "Ready": {
             "type": "object", "required": ["status", "checks"],
             "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},

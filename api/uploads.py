@@ -17,7 +17,7 @@ import falcon
 
 from maskflow.api.deps import API, Deps
 from maskflow.api.errors import ApiError, bad_request
-from maskflow.infra.domain.catalog import METADATA_KEY, UnknownModel, check_name, names
+from maskflow.infra.domain.catalog import METADATA_KEY, UnknownModel, accepted_names, check_name
 from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.domain.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
                                            UnsupportedFormat, check_header)
@@ -37,7 +37,7 @@ MAX_MODEL_NAME = 64
 def _model_name(value: Any) -> str:
     """A requested model name, checked against the catalogue: 400 listing the valid ones."""
     if not isinstance(value, str):
-        raise bad_request(f"model must be a string, one of {', '.join(names())}")
+        raise bad_request(f"model must be a string, one of {', '.join(accepted_names())}")
     try:
         return check_name(value)
     except UnknownModel as exc:

@@ -14,7 +14,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from maskflow.infra.domain.catalog import METADATA_KEY
@@ -41,6 +41,11 @@ class ObjectCreated:
     sequencer: str
     event_name: str
     model: str = ""  # the object's x-amz-meta-model, if any; checked against the catalogue later
+    record: dict = field(default_factory=dict, compare=False, repr=False)  # as MinIO wrote it
+
+    def as_message(self) -> bytes:
+        """This record alone, as a message of the format it came in."""
+        return json.dumps([{"Event": [self.record]}]).encode()
 
     @classmethod
     def from_record(cls, record: Any, where: str = "record") -> "ObjectCreated":
@@ -59,7 +64,8 @@ class ObjectCreated:
                    size=_size(obj.get("size", 0), f"{at}.size"),
                    sequencer=_sequencer(_required(obj, "sequencer", at), f"{at}.sequencer"),
                    event_name=name,
-                   model=_requested_model(obj.get("userMetadata", {}), f"{at}.userMetadata"))
+                   model=_requested_model(obj.get("userMetadata", {}), f"{at}.userMetadata"),
+                   record=record)
 
 
 def parse_message(raw: bytes) -> list[ObjectCreated]:

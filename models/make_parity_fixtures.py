@@ -7,23 +7,29 @@ virtualenv OUTSIDE the repo (never install mediapipe/rembg into .venv):
     .venv/bin/pip download --no-deps scikit-image==0.26.0 -d /tmp/wheels
     .venv/bin/python models/make_parity_fixtures.py photos --skimage-wheel /tmp/wheels/scikit_image-0.26.0-*.whl
 
-    # 1. decode them with OUR decoder (infra/images.py) so both sides see the same RGB
+    # 1. decode them with OUR decoder (infra/domain/images.py) so both sides see the same RGB
     .venv/bin/python models/make_parity_fixtures.py decode --inputs /tmp/parity_inputs.npz
 
     # 2. MediaPipe reference: mp.solutions.selfie_segmentation, model_selection=0
     python3.11 -m venv /tmp/mpenv && /tmp/mpenv/bin/pip install mediapipe==0.10.14
     /tmp/mpenv/bin/python models/make_parity_fixtures.py mediapipe --inputs /tmp/parity_inputs.npz
 
-    # 3. rembg reference (u2netp), model file pre-placed so nothing is downloaded
-    python3.11 -m venv /tmp/rbenv && /tmp/rbenv/bin/pip install rembg onnxruntime
-    mkdir -p /tmp/u2home && cp models/u2netp.onnx /tmp/u2home/
+    # 3. rembg references (u2netp, u2net), model files pre-placed so nothing is downloaded
+    python3.11 -m venv /tmp/rbenv && /tmp/rbenv/bin/pip install "rembg[cpu]==2.0.86"
+    mkdir -p /tmp/u2home && cp models/u2netp.onnx ~/.cache/maskflow/models/u2net.onnx /tmp/u2home/
     U2NET_HOME=/tmp/u2home /tmp/rbenv/bin/python models/make_parity_fixtures.py rembg --inputs /tmp/parity_inputs.npz
+    U2NET_HOME=/tmp/u2home /tmp/rbenv/bin/python models/make_parity_fixtures.py rembg --model u2net --inputs /tmp/parity_inputs.npz
+
+    # 4. MODNet reference: its official ONNX inference, run with onnxruntime and OpenCV alone
+    /tmp/rbenv/bin/python models/make_parity_fixtures.py modnet --model ~/.cache/maskflow/models/modnet.onnx --inputs /tmp/parity_inputs.npz
 
 Outputs (tests/fixtures/parity/): <name>.mediapipe.npz (probability as uint16,
-p*65535 rounded, at the photo's resolution), <name>.rembg_u2netp.npz (rembg's
-uint8 mask), and index.json (photo list, person flag, sha256 of the decoded RGB
+p*65535 rounded, at the photo's resolution), <name>.rembg_u2netp.npz and
+<name>.rembg_u2net.npz (rembg's uint8 masks), <name>.modnet.npz (MODNet's uint8
+matte), and index.json (photo list, person flag, sha256 of the decoded RGB
 so the test can tell a decoder change from a model change, tool versions).
-Steps 2 and 3 need only numpy plus the upstream package: no repo imports.
+Steps 2 to 4 need only numpy plus the upstream package (or onnxruntime and OpenCV): no
+repo imports.
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ def make_photos(wheel: str) -> None:
 
 def decode(inputs: str) -> None:
     sys.path.insert(0, ROOT)
-    from maskflow.infra.images import decode_image
+    from maskflow.infra.domain.images import decode_image
 
     arrays = {}
     index = {"photos": {}}
@@ -145,25 +151,63 @@ def run_mediapipe(inputs: str) -> None:
                                "model_selection": 0, "numpy": np.__version__})
 
 
-def run_rembg(inputs: str) -> None:
+def run_rembg(inputs: str, model: str) -> None:
     import rembg
     from PIL import Image
 
     home = os.environ.get("U2NET_HOME")
-    if not home or not os.path.exists(os.path.join(home, "u2netp.onnx")):
-        raise SystemExit("set U2NET_HOME to a directory holding u2netp.onnx (no downloads wanted)")
-    session = rembg.new_session("u2netp")
+    if not home or not os.path.exists(os.path.join(home, f"{model}.onnx")):
+        raise SystemExit(f"set U2NET_HOME to a directory holding {model}.onnx (no downloads wanted)")
+    session = rembg.new_session(model)
     data = np.load(inputs)
     for name in PHOTO_SET:
         rgb = np.ascontiguousarray(data[name])
         mask = rembg.remove(Image.fromarray(rgb), session=session, only_mask=True)
         mask = np.asarray(mask)
         assert mask.shape == rgb.shape[:2] and mask.dtype == np.uint8, (name, mask.shape, mask.dtype)
-        np.savez_compressed(os.path.join(PARITY, name + ".rembg_u2netp.npz"), mask=mask)
+        np.savez_compressed(os.path.join(PARITY, f"{name}.rembg_{model}.npz"), mask=mask)
         print(name, "rembg mean mask %.2f" % mask.mean())
     import importlib.metadata as md
-    _record_tool("rembg", {"version": md.version("rembg"), "session": "u2netp", "call": "remove(only_mask=True)",
-                           "pillow": md.version("pillow"), "onnxruntime": md.version("onnxruntime")})
+    _record_tool("rembg" if model == "u2netp" else f"rembg_{model}",
+                 {"version": md.version("rembg"), "session": model, "call": "remove(only_mask=True)",
+                  "pillow": md.version("pillow"), "onnxruntime": md.version("onnxruntime")})
+
+
+def _modnet_scale(im_h: int, im_w: int, ref_size: int) -> tuple[float, float]:
+    # MODNet's onnx/inference_onnx.py get_scale_factor, as published
+    if max(im_h, im_w) < ref_size or min(im_h, im_w) > ref_size:
+        if im_w >= im_h:
+            im_rh, im_rw = ref_size, int(im_w / im_h * ref_size)
+        else:
+            im_rw, im_rh = ref_size, int(im_h / im_w * ref_size)
+    else:
+        im_rh, im_rw = im_h, im_w
+    im_rw, im_rh = im_rw - im_rw % 32, im_rh - im_rh % 32
+    return im_rw / im_w, im_rh / im_h
+
+
+def run_modnet(inputs: str, model: str) -> None:
+    """MODNet's official ONNX inference (onnx/inference_onnx.py), on our decoded RGB."""
+    import cv2
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    data = np.load(inputs)
+    for name in PHOTO_SET:
+        im = (np.ascontiguousarray(data[name]) - 127.5) / 127.5
+        im_h, im_w, _ = im.shape
+        x, y = _modnet_scale(im_h, im_w, 512)
+        im = cv2.resize(im, None, fx=x, fy=y, interpolation=cv2.INTER_AREA)
+        im = np.expand_dims(np.swapaxes(np.transpose(im), 1, 2), axis=0).astype("float32")
+        matte = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: im})[0]
+        matte = (np.squeeze(matte) * 255).astype("uint8")
+        matte = cv2.resize(matte, dsize=(im_w, im_h), interpolation=cv2.INTER_AREA)
+        np.savez_compressed(os.path.join(PARITY, f"{name}.modnet.npz"), matte=matte)
+        print(name, "modnet mean matte %.2f" % matte.mean())
+    import importlib.metadata as md
+    _record_tool("modnet", {"recipe": "MODNet onnx/inference_onnx.py (ref_size 512)",
+                            "onnxruntime": md.version("onnxruntime"), "opencv": cv2.__version__,
+                            "model_sha256": hashlib.sha256(open(model, "rb").read()).hexdigest()})
 
 
 def main(argv=None) -> int:
@@ -171,9 +215,13 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("photos")
     p.add_argument("--skimage-wheel", required=True)
-    for cmd in ("decode", "mediapipe", "rembg"):
+    for cmd in ("decode", "mediapipe", "rembg", "modnet"):
         q = sub.add_parser(cmd)
         q.add_argument("--inputs", default="/tmp/parity_inputs.npz")
+        if cmd == "rembg":
+            q.add_argument("--model", choices=("u2netp", "u2net"), default="u2netp")
+        if cmd == "modnet":
+            q.add_argument("--model", required=True, help="modnet.onnx")
     args = ap.parse_args(argv)
     if args.cmd == "photos":
         make_photos(args.skimage_wheel)
@@ -181,8 +229,10 @@ def main(argv=None) -> int:
         decode(args.inputs)
     elif args.cmd == "mediapipe":
         run_mediapipe(args.inputs)
+    elif args.cmd == "modnet":
+        run_modnet(args.inputs, args.model)
     else:
-        run_rembg(args.inputs)
+        run_rembg(args.inputs, args.model)
     return 0
 
 

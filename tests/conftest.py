@@ -65,8 +65,9 @@ def make_config(data_dir: Path, **overrides) -> Config:
         "model": {"path": str(REPO / "models" / "segmentation.onnx")},
         "api": {"port": free_port()},
         "stack": {"data_dir": str(data_dir)},
-        # Short leases so a killed worker's events come back within seconds in tests.
-        "worker": {"heartbeat": 1, "lease": 3},
+        # Short leases so a killed worker's events come back within seconds in tests; the
+        # light models only, unless a test asks for more (u2net alone is 176 MB a process).
+        "worker": {"heartbeat": 1, "lease": 3, "models": (DEFAULT, GENERAL)},
     }
     for section, keys in overrides.items():
         sections.setdefault(section, {}).update(keys)
@@ -183,10 +184,13 @@ def mc(servers: Servers, tmp_path_factory):
 
 
 def load_model(name: str):
-    """A catalogue model from the repository's models/, loaded in-process."""
+    """A catalogue model, loaded in-process: from the repository's models/, or for one kept
+    outside git, from the install step's cache (infra/dev.sh runs it before the tests)."""
     from maskflow.infra.domain.segmenter import Segmenter
-    entry = CATALOG[name]
-    return Segmenter.load(REPO / "models" / entry.model_file, entry.input_size)
+    file = load_config(env={}).model_files[name]
+    if file.fetch is None:  # the repository's own, wherever the tests run from
+        return Segmenter.load(REPO / "models" / file.path.name, file.input_size)
+    return Segmenter.load(file.path, file.input_size, manifest_path=REPO / "models" / file.manifest.name)
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +203,16 @@ def person_model():
 def general_model():
     """U^2-Netp, the `general` model."""
     return load_model(GENERAL)
+
+
+@pytest.fixture(scope="session")
+def u2net_model():
+    return load_model("u2net")
+
+
+@pytest.fixture(scope="session")
+def portrait_model():
+    return load_model("portrait")
 
 
 @pytest.fixture

@@ -52,7 +52,8 @@ async function api(method, path, body) {
 function showModelHelp(problem) {
   const m = models.find((x) => x.name === modelSelect.value);
   modelHelp.classList.toggle("problem", Boolean(problem));
-  modelHelp.textContent = problem || (m ? m.good_for : "");
+  const idle = m && !m.workers ? " (no worker serves it right now: its uploads wait)" : "";
+  modelHelp.textContent = problem || (m ? `${m.good_for}; ${m.cost}${idle}` : "");
 }
 
 async function loadModels() {
@@ -72,7 +73,7 @@ async function loadModels() {
     const opt = document.createElement("option");
     opt.value = m.name;
     opt.textContent = m.name + (m.default ? " (default)" : "");
-    opt.title = m.good_for;
+    opt.title = `${m.good_for}; ${m.cost}`;
     modelSelect.append(opt);
   }
   modelSelect.value = models.some((m) => m.name === chosen) ? chosen : doc.default;

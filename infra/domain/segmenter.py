@@ -31,10 +31,14 @@ class ModelError(Exception):
 LAYOUTS = ("NHWC", "NCHW")
 COLOR_ORDERS = ("RGB", "BGR")
 SCALINGS = ("divide_255", "divide_max")
-RESIZES = ("warp_bilinear", "bilinear", "pil_lanczos")
+# modnet_ref: MODNet's official rule: the shorter side to input_height (512) when both sides are
+# under it or both over it, then each side down to a multiple of 32, INTER_AREA; any size fits.
+RESIZES = ("warp_bilinear", "bilinear", "pil_lanczos", "modnet_ref")
 OUTPUT_KINDS = ("probability",)  # one foreground channel; no shipped model needs another
 OUTPUT_NORMALIZATIONS = ("none", "minmax")
-OUTPUT_RESIZES = ("bilinear", "pil_lanczos", "nearest")
+# pil_lanczos and area_uint8 first truncate the output to uint8 (as rembg and MODNet do), then
+# resize that; the others resize the probability and round.
+OUTPUT_RESIZES = ("bilinear", "pil_lanczos", "nearest", "area_uint8")
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -53,14 +57,14 @@ class ModelManifest:
     input_width: int
     color_order: str            # RGB | BGR
     scaling: str                # divide_255 | divide_max (x / max(x), as rembg)
-    resize: str                 # warp_bilinear (MediaPipe) | bilinear | pil_lanczos (rembg/PIL)
+    resize: str                 # warp_bilinear (MediaPipe) | bilinear | pil_lanczos (rembg/PIL) | modnet_ref
     output_name: str
     output_layout: str          # NHWC | NCHW
     output_kind: str            # probability (1 channel foreground)
     mean: tuple = (0.0, 0.0, 0.0)
     std: tuple = (1.0, 1.0, 1.0)
     output_normalization: str = "none"   # none | minmax (per image, as the U2-Net authors)
-    output_resize: str = "bilinear"      # bilinear | pil_lanczos | nearest
+    output_resize: str = "bilinear"      # bilinear | pil_lanczos | nearest | area_uint8
     license: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -132,6 +136,24 @@ def mediapipe_warp(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     return cv2.warpPerspective(rgb, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def modnet_size(width: int, height: int, ref: int, max_pixels: int = 4 * 1024 * 1024) -> tuple[int, int]:
+    """MODNet's input size for a photo: its shorter side to `ref` when both sides are under or
+    both over `ref` (the aspect kept, truncated), then each side down to a multiple of 32.
+
+    Two guards the official recipe lacks, for photos it would fail on or run out of memory
+    with: at least 32 px a side, and at most `max_pixels` (a 40 MP strip of extreme aspect).
+    """
+    if max(height, width) < ref or min(height, width) > ref:
+        if width >= height:
+            height, width = ref, int(width / height * ref)
+        else:
+            height, width = int(height / width * ref), ref
+    if width * height > max_pixels:
+        shrink = (max_pixels / (width * height)) ** 0.5
+        width, height = int(width * shrink), int(height * shrink)
+    return max(32, width - width % 32), max(32, height - height % 32)
+
+
 def pil_lanczos_resize(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     """Pillow's own Image.resize(..., LANCZOS), as rembg resizes, for uint8 (H,W) or (H,W,3)."""
     return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.LANCZOS))
@@ -160,11 +182,13 @@ class Segmenter:
     # ---------------------------------------------------------- loading
     @classmethod
     def load(cls, model_path: str, input_size=None, intra_op_threads: int = 1, inter_op_threads: int = 1,
-             optimization_level: str = "all", run_slots: threading.Semaphore | None = None) -> "Segmenter":
+             optimization_level: str = "all", run_slots: threading.Semaphore | None = None,
+             manifest_path: str | None = None) -> "Segmenter":
+        """`manifest_path` defaults to the model's own path with .json for .onnx."""
         model_path = os.fspath(model_path)
         if not os.path.isfile(model_path):
             raise ModelError(f"{model_path}: model file not found")
-        manifest_path = os.path.splitext(model_path)[0] + ".json"
+        manifest_path = os.fspath(manifest_path) if manifest_path else os.path.splitext(model_path)[0] + ".json"
         m = ModelManifest.from_json(manifest_path)
         if os.path.basename(model_path) != m.file:
             raise ModelError(f"{manifest_path}: manifest describes {m.file!r}, not {os.path.basename(model_path)!r}")
@@ -244,12 +268,21 @@ class Segmenter:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected H x W x 3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
         w, h = m.input_width, m.input_height
+        if m.resize == "modnet_ref":
+            # MODNet's own order: normalise the whole photo, then resize the floats
+            x = self._normalise(rgb)
+            return self._layout(cv2.resize(x, modnet_size(rgb.shape[1], rgb.shape[0], h),
+                                           interpolation=cv2.INTER_AREA))
         if m.resize == "warp_bilinear":
             x = mediapipe_warp(rgb, w, h)
         elif m.resize == "bilinear":
             x = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
         else:
             x = pil_lanczos_resize(rgb, w, h)
+        return self._layout(self._normalise(x))
+
+    def _normalise(self, x: np.ndarray) -> np.ndarray:
+        m = self.manifest
         if m.color_order == "BGR":
             x = x[:, :, ::-1]
         if m.scaling == "divide_255":
@@ -258,8 +291,10 @@ class Segmenter:
             x = x / max(float(x.max()), 1e-6)
         if m.mean != (0.0, 0.0, 0.0) or m.std != (1.0, 1.0, 1.0):
             x = (x - np.asarray(m.mean, x.dtype)) / np.asarray(m.std, x.dtype)
-        x = x.astype(np.float32, copy=False)
-        if m.layout == "NCHW":
+        return x.astype(np.float32, copy=False)
+
+    def _layout(self, x: np.ndarray) -> np.ndarray:
+        if self.manifest.layout == "NCHW":
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x)
 
@@ -285,6 +320,9 @@ class Segmenter:
         if m.output_resize == "pil_lanczos":
             # rembg: (pred * 255).astype(uint8) then PIL LANCZOS to the original size
             return pil_lanczos_resize((prob * 255).astype(np.uint8), w, h)
+        if m.output_resize == "area_uint8":
+            # MODNet: (matte * 255).astype(uint8) then INTER_AREA to the original size
+            return cv2.resize((prob * 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA)
         interp = cv2.INTER_LINEAR if m.output_resize == "bilinear" else cv2.INTER_NEAREST
         if prob.shape != (h, w):
             prob = cv2.resize(prob, (w, h), interpolation=interp)
@@ -303,9 +341,11 @@ class Segmenter:
     def predict_batch(self, images: list) -> list:
         if not images:
             return []
-        batch = np.stack([self.preprocess(im) for im in images])
-        out = self.infer(batch)
+        tensors = [self.preprocess(im) for im in images]
+        if len({t.shape for t in tensors}) > 1:  # a model of any input size: one run per image
+            return [self.predict_batch([im])[0] for im in images]
+        out = self.infer(np.stack(tensors))
         return [self.postprocess(out[i], im.shape[:2]) for i, im in enumerate(images)]
 
 
-__all__ = ["ModelError", "ModelManifest", "Segmenter", "mediapipe_warp", "pil_lanczos_resize"]
+__all__ = ["ModelError", "ModelManifest", "Segmenter", "mediapipe_warp", "modnet_size", "pil_lanczos_resize"]

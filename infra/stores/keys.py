@@ -2,13 +2,16 @@
 
 The one exception is the list MinIO writes events to: its name is configuration
 (`queue.events_key`, default ``maskflow:events``) because MinIO's notification target must
-name the same list.
+name the same list.  Each model's own list, where workers that do not serve a model move its
+events, is that name plus ``:<model>`` (`model_queue_key`).
 
 Keys, with the code that writes them:
 
 =====================================  ===========================================================
+``<events_key>:<model>``               list: events for one model, moved there by workers that do
+                                       not serve it; its pool's workers take them (queue.py)
 ``maskflow:inflight:<worker>``         list: events a worker has taken and not settled (queue.py)
-``maskflow:workers``                   set: worker ids that have heartbeated (queue.py)
+``maskflow:workers``                   set: worker ids that have heartbeated (workers.py)
 ``maskflow:worker:<worker>``           hash with a TTL: a worker's heartbeat, fields below
 ``maskflow:dead``                      list: dead letters, JSON records (queue.py)
 ``maskflow:task:<task_id>``            hash: one task; its fields are private to tasks.py
@@ -17,7 +20,8 @@ Keys, with the code that writes them:
 ``maskflow:batch:<prefix>:failed``     sorted set: the prefix's failed input keys (tasks.py)
 ``maskflow:stats``                     hash: task counts by status, all tasks (tasks.py)
 ``maskflow:deadline:processing``       sorted set: task id -> when its processing times out
-``maskflow:deadline:upload``           sorted set: task id -> when its announced upload is late
+``maskflow:deadline:upload``           sorted set: task id -> when a pending task is late (its
+                                       announced upload, or a worker for the model it waits for)
 ``maskflow:changed:<task_id>``         pub/sub channel: the task's new status (tasks.py)
 =====================================  ===========================================================
 
@@ -26,7 +30,8 @@ in KEYS[] (none is built inside a script), and each multi-key command or transac
 its keys too, so Redis Cluster could route them.  What they touch together:
 
 * taking an event (BLMOVE), handing it back, and the reaper's requeue: the events list and
-  one in-flight list; a dead letter: the dead-letter list and one in-flight list;
+  one in-flight list; a move to a model's list: that list and one in-flight list; a dead
+  letter: the dead-letter list and one in-flight list;
 * a heartbeat and a clean exit: the workers set and that worker's heartbeat hash;
 * every task transition (create, begin, finish): the task hash, its key index, its batch
   counters, the global status counts and both deadline sets, and ``begin`` also the heartbeat
@@ -66,6 +71,10 @@ batch_key = _keyed("batch")          # by directory prefix of an input key
 task_channel = _keyed("changed")     # by task id
 
 
+def model_queue_key(events_key: str, model: str) -> str:
+    return f"{events_key}:{model}"
+
+
 def batch_failed_key(prefix: str) -> str:
     return f"{batch_key(prefix)}:failed"
 
@@ -83,6 +92,7 @@ class Heartbeat:
     PID = "pid"
     HOST = "host"
     BUSY = "busy"              # events being processed right now
+    MODELS = "models"          # the models it serves, comma-separated
     PROCESSED = "processed"    # tasks completed since the worker started
     FAILED = "failed"          # tasks failed since the worker started
     DURATION_SUM = "duration_sum"      # seconds spent on those tasks
@@ -90,4 +100,4 @@ class Heartbeat:
     # + an upper bound in seconds ("0.5", "+Inf"): tasks that took at most that long (cumulative)
     DURATION_BUCKET = "duration_bucket_"
     # fields that describe the worker rather than count anything
-    DESCRIPTIVE = (UPDATED, RUN, READY, REASON, PID, HOST)
+    DESCRIPTIVE = (UPDATED, RUN, READY, REASON, PID, HOST, MODELS)

@@ -30,13 +30,15 @@ import time
 
 import redis
 
-from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key, model_queue_key
 from maskflow.infra.stores.source import Delivery
 from maskflow.infra.wiring.config import Config
 
 # '#' never starts JSON, so a message MinIO wrote is never mistaken for a redelivery.
 REDELIVERY_MARK = b"#maskflow-redelivery "
 DEAD_PAYLOAD_BYTES = 64 * 1024
+# Seconds a take blocks on the events list while models' lists may fill (a poll of them each round).
+MODEL_QUEUE_ROUND = 0.25
 MAX_REASON_CHARS = 4000
 
 # Requeue a dead worker's in-flight messages, each with its delivery count + 1, atomically.
@@ -62,13 +64,13 @@ while true do
 end
 """
 
-# Move one item out of an in-flight list (KEYS[1]) as a new value onto a list (KEYS[2]), trimmed
-# to ARGV[3] items if > 0; only if the item was still there, so that a retry after Redis lost
-# the answer, or after the reaper took the item, queues nothing twice.
+# Move one item (ARGV[1]) out of an in-flight list (KEYS[1]) as new values (ARGV[3...]) onto a
+# list (KEYS[2]), trimmed to ARGV[2] items if > 0; only if the item was still there, so that a
+# retry after Redis lost the answer, or after the reaper took the item, queues nothing twice.
 _SETTLE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-local keep = tonumber(ARGV[3])
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 3))
+local keep = tonumber(ARGV[2])
 if keep > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) end
 return 1
 """
@@ -112,6 +114,7 @@ class RedisListSource:
         self.worker_id = worker_id
         self.inflight = inflight_key(worker_id)
         self.dead_letter_max = cfg.queue.dead_letter_max
+        self.model_queues: list[str] = []
         self._requeue = r.register_script(_REQUEUE)
         self._settle = r.register_script(_SETTLE)
 
@@ -121,7 +124,13 @@ class RedisListSource:
 
         The caller must check `attempt` against `worker.max_deliveries`: requeues count up.
         """
-        item = self.r.blmove(self.events_key, self.inflight, timeout, "LEFT", "RIGHT")
+        for queue in self.model_queues:  # moved here by workers of other pools
+            item = self.r.lmove(queue, self.inflight, "LEFT", "RIGHT")
+            if item is not None:
+                return unwrap(item)
+        # Blocking on the events list, a model's list waits its turn: at most ROUND seconds.
+        wait = min(timeout, MODEL_QUEUE_ROUND) if self.model_queues else timeout
+        item = self.r.blmove(self.events_key, self.inflight, wait, "LEFT", "RIGHT")
         return None if item is None else unwrap(item)
 
     def ack(self, delivery: Delivery) -> None:
@@ -133,7 +142,7 @@ class RedisListSource:
         It goes to the tail, so a message that keeps failing does not hold up the others.
         """
         self._settle(keys=[self.inflight, self.events_key],
-                     args=[delivery.receipt, wrap(delivery.message, delivery.attempt, error), 0])
+                     args=[delivery.receipt, 0, wrap(delivery.message, delivery.attempt, error)])
 
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         """Set the message aside for good; `deliveries` defaults to this delivery's attempt."""
@@ -144,7 +153,20 @@ class RedisListSource:
             "size": len(message), "truncated": len(message) > DEAD_PAYLOAD_BYTES,
             "payload": message[:DEAD_PAYLOAD_BYTES].decode("utf-8", "replace")})
         self._settle(keys=[self.inflight, DEAD_LETTER_KEY],
-                     args=[delivery.receipt, record, self.dead_letter_max])
+                     args=[delivery.receipt, self.dead_letter_max, record])
+
+    # -- pools -------------------------------------------------------------------------------
+    def serve(self, models: tuple[str, ...]) -> None:
+        self.model_queues = [model_queue_key(self.events_key, m) for m in models]
+
+    def route(self, delivery: Delivery, model: str) -> None:
+        """Move a message for a model we do not serve onto that model's own list, as it came."""
+        self._settle(keys=[self.inflight, model_queue_key(self.events_key, model)],
+                     args=[delivery.receipt, 0, delivery.receipt])
+
+    def split(self, delivery: Delivery, messages: list[bytes]) -> None:
+        """Replace a message by several (one per record) at the events list's tail."""
+        self._settle(keys=[self.inflight, self.events_key], args=[delivery.receipt, 0, *messages])
 
     # -- leases ------------------------------------------------------------------------------
     def in_flight(self) -> list[Delivery]:

@@ -37,6 +37,15 @@ class EventSource(Protocol):
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         """Set it aside for good, with the reason; `deliveries` defaults to its attempt."""
 
+    def serve(self, models: tuple[str, ...]) -> None:
+        """Take from these models' own lists too (they hold what other pools moved there)."""
+
+    def route(self, delivery: Delivery, model: str) -> None:
+        """Move it, as it came, onto `model`'s own list, for the workers that serve that model."""
+
+    def split(self, delivery: Delivery, messages: list[bytes]) -> None:
+        """Replace it by these messages (one per record), to be taken one by one."""
+
 
 class Leases(EventSource, Protocol):
     """How a source with per-worker in-flight lists gets abandoned messages back (functions/liveness.py)."""

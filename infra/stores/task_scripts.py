@@ -117,6 +117,7 @@ else
   attempts = 1
   redis.call('HDEL', task, 'error', 'model', 'completed_at', unpack(ARGV, 16))
 end
+redis.call('HDEL', task, 'awaiting')
 redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
            'claim', ARGV[15], 'started_at', ARGV[4], 'attempts', attempts)
 if attempts > tonumber(ARGV[11]) then
@@ -157,4 +158,33 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 touch(ttl)
 redis.call('PUBLISH', ARGV[9], new)
 return 1
+""")
+
+# A task whose event went to its model's own list: it waits there, pending, until a worker of
+# that model's pool claims it or the deadline passes (then expire_overdue fails it, naming the
+# model).  A finished task of the same or a newer version is a duplicate and is not touched; a
+# newer version of a finished one waits anew.
+# ARGV: id, input_key, batches, now_iso, now, ttl, sequencer, model, deadline, then the record's
+#       result fields
+# Returns 'duplicate', or 'waiting'.
+AWAIT = _script(6, """
+local task = KEYS[1]
+local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+if not keyed_by(ARGV[2]) then return 'retry' end
+if redis.call('EXISTS', task) == 0 then
+  create(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ttl)
+end
+local status = redis.call('HGET', task, 'status')
+local known = redis.call('HGET', task, 'sequencer') or ''
+if (status == 'completed' or status == 'failed') then
+  if known ~= '' and ARGV[7] <= known then return 'duplicate' end
+  redis.call('HDEL', task, 'error', 'model', 'completed_at', unpack(ARGV, 10))
+end
+if status ~= 'processing' then
+  redis.call('HSET', task, 'status', 'pending', 'awaiting', ARGV[8])
+  move(ARGV[2], status, 'pending', now, ttl)
+  redis.call('ZADD', KEYS[5], 'LT', ARGV[9], ARGV[1])  -- the earliest deadline stands
+end
+touch(ttl)
+return 'waiting'
 """)

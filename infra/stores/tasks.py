@@ -117,6 +117,7 @@ class TaskStore:
         self._create = r.register_script(task_scripts.CREATE)
         self._begin = r.register_script(task_scripts.BEGIN)
         self._finish = r.register_script(task_scripts.FINISH)
+        self._await = r.register_script(task_scripts.AWAIT)
         self.changes = ChangeFeed(r)
 
     # -- creating and reading ------------------------------------------------------------------
@@ -174,6 +175,21 @@ class TaskStore:
             key = stored_key.decode() if stored_key else input_key
             claimant_id = claimant.decode() if claimant else ""
 
+    def await_model(self, bucket: str, input_key: str, sequencer: str, model: str) -> bool:
+        """Mark the event's task as waiting for a worker of `model` (pending, failed by
+        expire_overdue after task.timeout); False when the event's version is finished already."""
+        task_id = self.task_id_for_key(input_key) or derive_task_id(bucket, input_key)
+        sequencer, key = normalise_sequencer(sequencer), input_key
+        while True:
+            now = time.time()
+            answer = self._await(keys=script_keys(task_id, key),
+                                 args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now,
+                                       self.ttl, sequencer, model, now + self.timeout, *RESULT_FIELDS])
+            if answer != b"retry":
+                return answer == b"waiting"
+            stored = self.r.hget(task_key(task_id), "input_key")
+            key = stored.decode() if stored else input_key
+
     def _transition(self, task_id: str, sequencer: str, required: str, new: str,
                     input_key: str = "", **fields: str) -> bool:
         """`input_key`: the task's key if the caller knows it, saving a read; the script
@@ -212,7 +228,8 @@ class TaskStore:
         return self._transition(task_id, "*", "pending", "failed", error=error)
 
     def expire_overdue(self, now: float | None = None) -> list[str]:
-        """Fail tasks processing past task.timeout and announced uploads that never arrived."""
+        """Fail tasks processing past task.timeout, announced uploads that never arrived, and
+        tasks whose model no worker served in time."""
         now = time.time() if now is None else now
         expired = []
         for raw in self.r.zrangebyscore(PROCESSING_DEADLINES, "-inf", now):
@@ -224,7 +241,10 @@ class TaskStore:
                 self.r.zrem(PROCESSING_DEADLINES, task_id)
         for raw in self.r.zrangebyscore(UPLOAD_DEADLINES, "-inf", now):
             task_id = raw.decode()
-            if self._transition(task_id, "*", "pending", "failed", error="upload not received"):
+            model = self.r.hget(task_key(task_id), "awaiting")
+            error = (f"no worker served model {model.decode()!r} within {self.timeout} s: start one "
+                     f"(worker.models) where the model is installed" if model else "upload not received")
+            if self._transition(task_id, "*", "pending", "failed", error=error):
                 expired.append(task_id)
             else:
                 self.r.zrem(UPLOAD_DEADLINES, task_id)

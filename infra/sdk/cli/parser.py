@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskflow.infra.domain.catalog import DEFAULT, names
+from maskflow.infra.domain.catalog import DEFAULT, accepted_names
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.sdk.cli import batch, serve, status, submit
 
@@ -52,8 +52,8 @@ def _result_files() -> str:
 
 
 def _add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--model", choices=names(), metavar="NAME",
-                        help=f"the model {what}: {', '.join(names())} (`GET /api/v1/models` says "
+    parser.add_argument("--model", choices=accepted_names(), metavar="NAME",
+                        help=f"the model {what}: {', '.join(accepted_names())} (`GET /api/v1/models` says "
                              f"what each is good at; default: {DEFAULT}, or what the server's "
                              f"models.by_prefix names for the key)")
 
