@@ -64,7 +64,8 @@ def make_config(data_dir: Path, **overrides) -> Config:
                   "notify_file": str(REPO / "minio-notify.json")},
         "model": {"path": str(REPO / "models" / "segmentation.onnx")},
         "api": {"port": free_port()},
-        "stack": {"data_dir": str(data_dir)},
+        # No heavy pool unless a test asks for one (test_stack's `maskflow up` does).
+        "stack": {"data_dir": str(data_dir), "heavy_workers": 0},
         # Short leases so a killed worker's events come back within seconds in tests; the
         # light models only, unless a test asks for more (u2net alone is 176 MB a process).
         "worker": {"heartbeat": 1, "lease": 3, "models": (DEFAULT, GENERAL)},

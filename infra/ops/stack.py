@@ -29,7 +29,8 @@ from maskflow.infra.ops.console import say
 from maskflow.infra.ops.processes import READY_TIMEOUT, StackError, alive, free_port, port_is_free, wait_until
 from maskflow.infra.stores.keys import Heartbeat
 from maskflow.infra.stores.workers import worker_status
-from maskflow.infra.wiring.config import Config, env_for, split_address
+from maskflow.infra.domain.catalog import names
+from maskflow.infra.wiring.config import Config, env_for, replace, split_address
 from maskflow.infra.wiring.connections import minio_client, redis_client
 from maskflow.infra.wiring.net import is_loopback
 
@@ -175,11 +176,22 @@ class Stack:
         return Service("api", [sys.executable, "-m", "maskflow.api"], {**os.environ, **env_for(cfg)},
                        lambda: _http_ok(f"{cfg.api_url}/healthz"), (cfg.api.host, cfg.api.port))
 
-    def worker_service(self, index: int) -> Service:
-        name = f"worker-{index}"
-        env = {**os.environ, **env_for(self.cfg)}
+    def worker_service(self, index: int, pool: Config | None = None, name: str = "") -> Service:
+        """Worker `index` of the default pool, or of `pool` (its config) named `name`."""
+        name = name or f"worker-{index}"
+        env = {**os.environ, **env_for(pool or self.cfg)}
         return Service(name, [sys.executable, "-m", "maskflow.functions", "--id", name], env,
                        lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1")
+
+    def pools(self) -> list[tuple[str, Config]]:
+        """(name, config) of every worker `up` starts: the default pool, then the heavy one."""
+        stack, heavy = self.cfg.stack, self.cfg.stack.heavy_models if self.cfg.stack.heavy_workers else ()
+        light = self.cfg.worker.models or tuple(n for n in names() if n not in heavy)
+        workers = [(f"worker-{i}", replace(self.cfg, worker={"models": light})) for i in range(stack.workers)]
+        cores = os.cpu_count() or 1
+        heavy_cfg = replace(self.cfg, worker={"models": heavy, "concurrency": cores},
+                            model={"concurrent_runs": cores})
+        return workers + [(f"worker-heavy-{i}", heavy_cfg) for i in range(len(heavy) and stack.heavy_workers)]
 
     # -- up / down ---------------------------------------------------------------------------
     def up(self, app: bool = True) -> None:
@@ -198,7 +210,13 @@ class Stack:
         if app:
             _require_loopback("api.host", self.cfg.api.host)
             services.append(self.api_service)
-            services.extend(lambda i=i: self.worker_service(i) for i in range(self.cfg.stack.workers))
+            pools = self.pools()
+            for _name, pool in pools:  # fetch what the pools need before starting anything
+                for model, file in pool.model_files.items():
+                    if model in pool.worker.models:
+                        install.install_model(model, file)
+            services.extend(lambda i=i, name=name, pool=pool: self.worker_service(i, pool, name)
+                            for i, (name, pool) in enumerate(pools))
         self.start(*services)
 
     def start(self, *steps: Callable[[], Service | None]) -> None:

@@ -85,11 +85,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key minio.endpoint: {exc}") from None
     if not cfg.minio.bucket:
         raise ConfigError("config key minio.bucket: must not be empty")
-    for name in cfg.worker.models:
-        try:
-            check_name(name)
-        except UnknownModel as exc:
-            raise ConfigError(f"config key worker.models: {exc}") from None
+    if cfg.stack.heavy_workers < 0:
+        raise ConfigError(f"config key stack.heavy_workers: must be >= 0, got {cfg.stack.heavy_workers}")
+    for key, models in (("worker.models", cfg.worker.models), ("stack.heavy_models", cfg.stack.heavy_models)):
+        for name in models:
+            try:
+                check_name(name)
+            except UnknownModel as exc:
+                raise ConfigError(f"config key {key}: {exc}") from None
     for name in cfg.models.paths:
         if name == DEFAULT:
             raise ConfigError(f"config key models.paths: {DEFAULT!r} is the default model: set model.path")

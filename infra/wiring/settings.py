@@ -137,6 +137,12 @@ class StackConfig:
     # tests/bench/compare.py on 2 cores, 800 photos: 1 x 2 drained at 0.88x the naive
     # 2-process loop, 2 x 1 at 0.96x, 2 x 2 at 1.01x.
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The heavy models get a pool of their own: heavy_workers processes, each running one model
+    # run per core at once.  One process holds U^2-Net's 176 MB once (582 MB loaded), where a
+    # process per core would hold it twice (tests/bench/model_memory.py); the other workers
+    # serve every other model.  heavy_workers = 0: none (their events wait, then time out).
+    heavy_models: tuple[str, ...] = ("u2net", "portrait")
+    heavy_workers: int = 1
     # Use these binaries instead of building the pinned MinIO/mc (see infra/ops/install.py).
     minio_bin: str = ""
     mc_bin: str = ""

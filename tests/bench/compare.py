@@ -15,13 +15,16 @@ folder, then runs, one after the other on this machine:
     rembg    `rembg p -m u2netp IN OUT` on the first M photos, against maskflow draining the
              same M photos with every upload naming the `general` model
              (`mc mirror --attr X-Amz-Meta-Model=general`)
+    u2net    `rembg p -m u2net IN OUT` on the first K photos, against maskflow draining them
+             with the `u2net` model, which `maskflow up` serves from a pool of its own (one
+             process, a model run per core); also the two's masks compared, photo by photo
 
 Celery and rembg run from scratch virtual environments created on first use under
 ~/.cache/maskflow/peers/ (celery-venv: celery[redis] + the onnxruntime, opencv, numpy and
 minio versions of this project's .venv, so the model costs the same; rembg-venv:
-rembg[cpu,cli]); they are not project dependencies.  rembg finds the project's
-models/u2netp.onnx (md5-checked) in a private U2NET_HOME (~/.cache/maskflow/peers/u2net), so
-nothing is downloaded and the user's home is not touched.
+rembg[cpu,cli]==2.0.86); they are not project dependencies.  rembg finds the project's
+u2netp.onnx and the install step's u2net.onnx (md5-checked) in a private U2NET_HOME
+(~/.cache/maskflow/peers/u2net), so nothing is downloaded and the user's home is not touched.
 
 Measured per run: images/s, maskflow / peer, CPU milliseconds per image by process group, and
 peak RSS.  CPU is utime+stime from /proc/<pid>/stat over each service's whole process tree
@@ -34,7 +37,8 @@ commands it is polled every 0.25 s (plus wait4's ru_maxrss for the largest singl
 
     .venv/bin/python tests/bench/compare.py                       # 800 photos, 40 for U^2-Netp
     .venv/bin/python tests/bench/compare.py --photos 100 --u2netp-photos 10 --seconds 8
-    .venv/bin/python tests/bench/compare.py --skip celery,rembg   # only bare loop vs maskflow
+    .venv/bin/python tests/bench/compare.py --skip celery,rembg,u2net   # only bare loop vs maskflow
+    .venv/bin/python tests/bench/compare.py --skip bare,maskflow,celery,rembg --u2net-photos 40
 
 Prints one Markdown table (for the README) and the exact commands.  Not collected by pytest.
 """
@@ -65,21 +69,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from checks import make_photo, pipeline_idle  # noqa: E402
+from checks import iou, make_photo, pipeline_idle, png  # noqa: E402
 from conftest import make_config  # noqa: E402
 from maskflow.infra.domain.catalog import GENERAL  # noqa: E402
 from maskflow.infra.ops import install  # noqa: E402
 from maskflow.infra.ops.stack import Stack  # noqa: E402
 from maskflow.infra.stores.tasks import TaskStore  # noqa: E402
-from maskflow.infra.wiring.config import WorkerConfig  # noqa: E402
+from maskflow.infra.wiring.config import StackConfig, WorkerConfig, load_config  # noqa: E402
 from maskflow.infra.wiring.connections import minio_client  # noqa: E402
 
 PEERS = Path("/work/shared/peers")
 SCRATCH = Path.home() / ".cache" / "maskflow" / "peers"
 PERSON_MODEL = ROOT / "models" / "segmentation.onnx"
-U2NETP_MODEL = ROOT / "models" / "u2netp.onnx"
-U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"  # what rembg's sessions/u2netp.py expects
-CONTESTANTS = ("bare", "maskflow", "celery", "rembg")
+# rembg's models, by its names: our file, and the md5 rembg's sessions check it by
+REMBG_MODELS = {"u2netp": (ROOT / "models" / "u2netp.onnx", "8e83ca70e441ab06c318d82300c84806"),
+                "u2net": (load_config(env={}).model_files["u2net"].path, "60024c5c889badc19c04ad937298a77b")}
+REMBG = "rembg[cpu,cli]==2.0.86"
+CONTESTANTS = ("bare", "maskflow", "celery", "rembg", "u2net")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL = 0.05        # interval of every condition polled here (batch counters, readiness)
 SAMPLE = 0.25      # interval of the VmHWM sampling of commands
@@ -319,6 +325,8 @@ class Run:
     error: str = ""
     others: float = 0.0   # cores busy with other users' work during the run
     steady: float = 0.0   # rembg: images/s from its first to its last cut-out
+    batch: str = ""       # maskflow: the batch's name under input/
+    out: Path | None = None  # rembg: its cut-outs
 
     def cpu_ms(self) -> float:
         return 1000 * sum(u.cpu_s for u in self.usage) / self.images if self.images else 0.0
@@ -386,9 +394,10 @@ class Bench:
 
     def __init__(self, tmp: Path, log: Callable[[str], None]):
         # `maskflow up`'s layout and worker settings (make_config shortens the heartbeat and
-        # lease for tests; put the defaults back).
+        # lease for tests and leaves out the heavy pool; put the defaults back).
         self.cfg = make_config(tmp / "stack", worker={"heartbeat": WorkerConfig.heartbeat,
-                                                      "lease": WorkerConfig.lease})
+                                                      "lease": WorkerConfig.lease, "models": ()},
+                               stack={"heavy_workers": StackConfig.heavy_workers})
         self.stack = Stack(self.cfg, log=lambda _msg: None)
         self.tmp, self.log = tmp, log
         self.mc = [str(install.resolve_binary(install.MC, self.cfg.stack.mc_bin)),
@@ -403,18 +412,35 @@ class Bench:
         self.tasks = TaskStore(self.r, self.cfg)
 
     def groups(self, *, app: bool = True) -> list[ServiceGroup]:
-        workers = [self.stack.running(f"worker-{i}") for i in range(self.cfg.stack.workers)]
+        pools = self.stack.pools()
+        workers = [self.stack.running(name) for name, _ in pools if not name.startswith("worker-heavy")]
+        heavy = [self.stack.running(name) for name, _ in pools if name.startswith("worker-heavy")]
         out = [ServiceGroup("MinIO", [self.stack.running("minio")]),
                ServiceGroup("Redis", [self.stack.running("redis")])]
         if app:
-            out[:0] = [ServiceGroup("workers", workers)]
+            out[:0] = [ServiceGroup("workers", workers)] + ([ServiceGroup("heavy pool", heavy)] if heavy else [])
             out.append(ServiceGroup("API", [self.stack.running("api")]))
+        return out
+
+    def masks(self, batch: str, count: int) -> dict[str, bytes]:
+        """The masks of a drained batch, by photo name."""
+        s3 = minio_client(self.cfg)
+        out = {}
+        for obj in s3.list_objects(self.cfg.minio.bucket, f"masks/{batch}/", recursive=True):
+            response = s3.get_object(self.cfg.minio.bucket, obj.object_name)
+            try:
+                out[obj.object_name.rsplit("/", 1)[1].removesuffix(".png")] = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        if len(out) != count:
+            raise BenchError(f"{len(out)} masks of {count} in masks/{batch}/")
         return out
 
     def drain(self, key: str, label: str, photos: Path, count: int, commands: list[str],
               model: str = "") -> Run:
         run = Run(key, label, images=count)
-        batch = f"{key}-{uuid.uuid4().hex[:6]}"
+        batch = run.batch = f"{key}-{uuid.uuid4().hex[:6]}"
         prefix = f"input/{batch}/"
         argv = [*self.mc, "mirror", "--quiet", *(["--attr", f"X-Amz-Meta-Model={model}"] if model else []),
                 str(photos), f"bench/{self.cfg.minio.bucket}/{prefix}"]
@@ -521,19 +547,22 @@ class Bench:
 
 
 def run_rembg(photos: Path, count: int, work: Path, commands: list[str],
-              log: Callable[[str], None]) -> Run:
-    run = Run("rembg", "rembg `p -m u2netp` (U²-Netp)", images=count)
-    python = scratch_venv("rembg-venv", ["rembg[cpu,cli]"], log)
+              log: Callable[[str], None], model: str = "u2netp") -> Run:
+    key, label = ("rembg", "rembg `p -m u2netp` (U²-Netp)") if model == "u2netp" else \
+        (f"rembg-{model}", f"rembg `p -m {model}`")
+    run = Run(key, label, images=count)
+    python = scratch_venv("rembg-2.0.86-venv", [REMBG], log)
     versions = venv_versions(python, ["rembg", "onnxruntime", "pillow"])
     home = SCRATCH / "u2net"
     home.mkdir(parents=True, exist_ok=True)
-    model = home / "u2netp.onnx"
-    if not model.exists() or hashlib.md5(model.read_bytes()).hexdigest() != U2NETP_MD5:
-        if hashlib.md5(U2NETP_MODEL.read_bytes()).hexdigest() != U2NETP_MD5:
-            raise BenchError(f"{U2NETP_MODEL} is not the file rembg expects (md5 {U2NETP_MD5})")
-        shutil.copyfile(U2NETP_MODEL, model)
-    out = work / "rembg-out"
-    argv = [str(python.parent / "rembg"), "p", "-m", "u2netp", str(photos), str(out)]
+    source, md5 = REMBG_MODELS[model]
+    placed = home / f"{model}.onnx"
+    if not placed.exists() or hashlib.md5(placed.read_bytes()).hexdigest() != md5:
+        if hashlib.md5(source.read_bytes()).hexdigest() != md5:
+            raise BenchError(f"{source} is not the file rembg expects (md5 {md5})")
+        shutil.copyfile(source, placed)
+    out = run.out = work / f"{key}-out"
+    argv = [str(python.parent / "rembg"), "p", "-m", model, str(photos), str(out)]
     commands.append(f"U2NET_HOME={home} {shlex.join(argv)}")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     # Its first import compiles (numba, for pymatting) and caches in the venv: not timed.
@@ -559,6 +588,18 @@ def run_rembg(photos: Path, count: int, work: Path, commands: list[str],
                 f"cut-out); first -> last cut-out {steady:.2f} images/s")
     run.steady = steady
     return run
+
+
+def mask_agreement(rembg: Run, ours: dict[str, bytes]) -> str:
+    """rembg's cut-outs' alpha (its mask) beside maskflow's masks, photo by photo."""
+    ious, diffs = [], []
+    for cutout in sorted(rembg.out.glob("*.png")):
+        theirs = png(cutout.read_bytes())[:, :, 3].astype(float) / 255
+        mine = png(ours[f"{cutout.stem}.jpg"]).astype(float) / 255
+        ious.append(iou(mine, theirs))
+        diffs.append(float(abs(mine - theirs).mean()))
+    return (f"masks against rembg's on these {len(ious)} photos: IoU@0.5 min {min(ious):.5f}, "
+            f"mean |diff| max {max(diffs):.5f}")
 
 
 # -- photos and the table --------------------------------------------------------------------------
@@ -588,8 +629,8 @@ def table(runs: dict[str, Run]) -> list[str]:
     lines = ["| what | images | s | images/s | maskflow ÷ it | CPU ms/image by process | peak RSS MB "
              "| others' load (cores) |",
              "|---|---|---|---|---|---|---|---|"]
-    person, general = runs.get("maskflow"), runs.get("maskflow-general")
-    for key in ("bare", "celery", "maskflow", "rembg", "maskflow-general"):
+    person, general, u2net = runs.get("maskflow"), runs.get("maskflow-general"), runs.get("maskflow-u2net")
+    for key in ("bare", "celery", "maskflow", "rembg", "maskflow-general", "rembg-u2net", "maskflow-u2net"):
         run = runs.get(key)
         if run is None:
             continue
@@ -597,7 +638,7 @@ def table(runs: dict[str, Run]) -> list[str]:
             error = run.error.splitlines()[0].replace("|", "/")
             lines.append(f"| {run.label} | — | — | — | — | failed: {error} | — | — |")
             continue
-        against = general if key == "rembg" else person if key in ("bare", "celery") else None
+        against = {"rembg": general, "rembg-u2net": u2net, "bare": person, "celery": person}.get(key)
         ratio = "—"
         if against is not None and not against.error and run.rate:
             ratio = f"{against.rate / run.rate:.2f}"
@@ -622,6 +663,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=800, help="photos for the bare loop, maskflow and Celery")
     ap.add_argument("--u2netp-photos", type=int, default=40, help="the first M of them for rembg vs maskflow general")
+    ap.add_argument("--u2net-photos", type=int, default=40, help="the first K of them for rembg vs maskflow u2net")
     ap.add_argument("--seconds", type=float, default=20, help="how long the bare loop runs")
     ap.add_argument("--size", default="1024x768",
                     help="WxH, or a comma-separated mix used in turn (e.g. 1024x768,768x1024,1600x1200)")
@@ -636,6 +678,7 @@ def main() -> int:
         ap.error(f"--skip: unknown {','.join(sorted(skip - set(CONTESTANTS)))}; valid: {','.join(CONTESTANTS)}")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.size.split(",")]
     m = min(args.u2netp_photos, args.photos)
+    k = min(args.u2net_photos, args.photos)
     python = os.path.relpath(sys.executable, Path.cwd()) if Path(sys.executable).is_relative_to(ROOT) \
         else sys.executable
     command = shlex.join([python, *sys.argv])
@@ -649,6 +692,7 @@ def main() -> int:
     header = machine()
     runs: dict[str, Run] = {}
     commands: list[str] = []
+    u2net_masks: dict[str, bytes] = {}
 
     stack_roots: Callable[[], list[int]] = list
 
@@ -663,16 +707,17 @@ def main() -> int:
             log(f"{label} FAILED: {exc}")
 
     try:
-        photos, few = tmp / "photos", tmp / "photos-u2netp"
+        photos, few, some = tmp / "photos", tmp / "photos-u2netp", tmp / "photos-u2net"
         size = write_photos(photos, args.photos, sizes)
-        few.mkdir()
-        for path in sorted(photos.iterdir())[:m]:
-            shutil.copyfile(path, few / path.name)
+        for folder, first in ((few, m), (some, k)):
+            folder.mkdir()
+            for path in sorted(photos.iterdir())[:first]:
+                shutil.copyfile(path, folder / path.name)
         log(f"{args.photos} photos of {args.size}, {size / args.photos / 1024:.0f} KB each on average, in {photos}")
         if "bare" not in skip:
             attempt("bare", "naive loop, 2 processes (`bare_loop.py`)",
                     lambda: run_bare(photos, args.seconds, tmp, commands))
-        if not {"maskflow", "celery", "rembg"} <= skip:
+        if not {"maskflow", "celery", "rembg", "u2net"} <= skip:
             bench = Bench(tmp, log)
             log("starting the private stack ...")
             bench.up()
@@ -691,12 +736,23 @@ def main() -> int:
                     label = f"maskflow, `mc mirror` drain ({workers}, `general` = U²-Netp)"
                     attempt("maskflow-general", label,
                             lambda: bench.drain("maskflow-general", label, few, m, commands, GENERAL))
+                if "u2net" not in skip:
+                    label = "maskflow, `mc mirror` drain (`u2net` on its pool: 1 worker, a run per core)"
+                    attempt("maskflow-u2net", label,
+                            lambda: bench.drain("maskflow-u2net", label, some, k, commands, "u2net"))
+                    if not runs["maskflow-u2net"].error:
+                        u2net_masks = bench.masks(runs["maskflow-u2net"].batch, k)
             finally:
                 log("stopping the private stack ...")
                 bench.stack.down()
                 stack_roots = list
         if "rembg" not in skip:
             attempt("rembg", "rembg `p -m u2netp` (U²-Netp)", lambda: run_rembg(few, m, tmp, commands, log))
+        if "u2net" not in skip:
+            attempt("rembg-u2net", "rembg `p -m u2net`",
+                    lambda: run_rembg(some, k, tmp, commands, log, "u2net"))
+            if u2net_masks and not runs["rembg-u2net"].error:
+                runs["maskflow-u2net"].note += "; " + mask_agreement(runs["rembg-u2net"], u2net_masks)
     finally:
         for cmd in list(Command.live):
             cmd.kill()

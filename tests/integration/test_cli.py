@@ -270,7 +270,7 @@ def test_unknown_model_is_refused_before_anything_is_sent(stack, tmp_path):
                  ["batch", str(PHOTOS), "--model", "nope"]):
         proc = maskflow(stack, *args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
-        assert "invalid choice: 'nope' (choose from 'person', 'general')" in proc.stderr
+        assert "invalid choice: 'nope' (choose from 'person', 'general', 'u2netp', 'u2net', 'portrait')" in proc.stderr
         assert not proc.stdout  # no task id: nothing was submitted
 
 

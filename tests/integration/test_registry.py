@@ -24,7 +24,7 @@ from maskflow.infra.stores.tasks import derive_task_id
 from maskflow.infra.wiring.config import replace
 
 THROWAWAY = ModelEntry("throwaway", "throwaway.onnx", (256, 256), "nothing: a test registers it",
-                       "Apache-2.0", "a copy of the person model under another name")
+                       "as person's", "Apache-2.0", "a copy of the person model under another name")
 
 
 @contextlib.contextmanager
@@ -49,7 +49,11 @@ def model_files(tmp_path):
 def test_a_registered_model_is_offered_everywhere_and_serves_a_task(servers, clean_redis, objects, tasks,
                                                                     person_model, unique_prefix, tmp_path):
     with registered(THROWAWAY):
-        cfg = replace(servers.cfg, models={"paths": {THROWAWAY.name: str(model_files(tmp_path))}})
+        # The worker serves every installed model, as by default; an empty cache keeps the large
+        # fetched ones out of this test's process.
+        cfg = replace(servers.cfg, worker={"models": ()},
+                      models={"paths": {THROWAWAY.name: str(model_files(tmp_path))},
+                              "cache_dir": str(tmp_path / "no-cached-models")})
 
         api = falcon.testing.TestClient(create_app(build_deps(cfg)))
         listed = api.simulate_get("/api/v1/models").json["models"]

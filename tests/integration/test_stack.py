@@ -92,3 +92,25 @@ def test_missing_go_toolchain_says_what_to_do(tmp_path):
     assert result.returncode == 2
     assert "no Go toolchain on PATH" in result.stderr and "Traceback" not in result.stderr
     assert pids_under(tmp_path / "stack") == []
+
+
+def test_up_starts_a_pool_for_the_heavy_models_and_each_task_ends_on_its_pool(tmp_path, binaries):
+    # the layout `maskflow up` gives by default: the light models on one worker per core (one
+    # here), u2net and portrait on a worker of their own
+    cfg = make_config(tmp_path / "stack", stack={**binaries, "workers": 1, "heavy_workers": 1},
+                      worker={"models": ()})
+    try:
+        up = run_cli(cfg, "up")
+        assert up.returncode == 0, up.stderr
+        assert "worker-0  serving person, general" in up.stdout
+        assert "worker-heavy-0  serving u2net, portrait" in up.stdout
+        listed = requests.get(f"{cfg.api_url}/api/v1/models", timeout=5).json()["models"]
+        assert {m["name"]: m["workers"] for m in listed} == {"person": 1, "general": 1, "u2net": 1, "portrait": 1}
+        photo = REPO / "tests" / "fixtures" / "photos" / "astronaut.jpg"
+        for model in ("portrait", "person"):
+            done = run_cli(cfg, "submit", str(photo), "--model", model, "--out", str(tmp_path / model))
+            assert done.returncode == 0, done.stderr
+            assert (tmp_path / model / "astronaut.mask.png").stat().st_size > 1000
+    finally:
+        assert run_cli(cfg, "down").returncode == 0
+    assert pids_under(tmp_path / "stack") == []

@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ def sweep_leftovers() -> list[str]:
         if m and not _pid_alive(int(m.group(2))):
             sh("ip", "link", "del", m.group(1), check=False)
             removed.append(m.group(1))
+    rules = sh("iptables", "-S", "FORWARD", check=False).stdout if shutil.which("iptables") else ""
+    for m in re.finditer(rf"^-A FORWARD (-i ({PREFIX}(\d+)b) -o \2 -j ACCEPT)$", rules, flags=re.M):
+        if not _pid_alive(int(m.group(3))):
+            sh("iptables", "-D", "FORWARD", *m.group(1).split(), check=False)
+            removed.append(f"FORWARD rule for {m.group(2)}")
     return removed
 
 
@@ -130,12 +136,21 @@ class Lab:
         return f"{self.tag}b"
 
     @property
+    def forward_rule(self) -> list[str]:
+        return ["-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+
+    @property
     def gateway(self) -> str:
         return f"{self.subnet}.254"
 
     def open(self) -> None:
         self.subnet = free_subnet()
         sh("ip", "link", "add", self.bridge, "type", "bridge")
+        # A Docker engine on the machine (the container tests start one) sets FORWARD to DROP
+        # and makes every bridge's frames go through iptables, which cut this bridge's hosts off
+        # from each other in a run here: let our bridge's own traffic through, while we run.
+        if shutil.which("iptables"):
+            sh("iptables", "-I", "FORWARD", *self.forward_rule)
         sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
 
@@ -242,6 +257,9 @@ class Lab:
         for link in [*links_left(), self.bridge, *self.extra_links]:
             if sh("ip", "link", "show", link, check=False).returncode == 0:
                 sh("ip", "link", "del", link, check=False)
+        if shutil.which("iptables"):
+            while sh("iptables", "-D", "FORWARD", *self.forward_rule, check=False).returncode == 0:
+                pass
         with contextlib.suppress(StackError):
             wait_until(lambda: not links_left(), "links gone", 10)
         if links_left():

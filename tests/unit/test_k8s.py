@@ -27,6 +27,8 @@ from maskflow.api.app import build_deps, create_app
 from maskflow.infra.ops import install
 from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
 from maskflow.infra.ops.processes import free_port, wait_until
+from maskflow.infra.domain.catalog import names
+from maskflow.infra.stores.keys import model_queue_key
 from maskflow.infra.stores.workers import WorkerRegistry
 from maskflow.infra.wiring.config import ENV_PREFIX, env_for, load_config, replace
 
@@ -87,7 +89,9 @@ def validate(kubeconform: Path, docs: list[dict], tmp_path: Path) -> tuple[int, 
 
 
 def one(docs: list[dict], kind: str, name: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
+    """The one resource of `kind` named `name`, or `name` plus kustomize's 10-character hash."""
+    found = [d for d in docs if d["kind"] == kind
+             and re.fullmatch(re.escape(name) + r"(-[a-z0-9]{10})?", d["metadata"]["name"])]
     assert len(found) == 1, f"{kind} {name}: {len(found)} found"
     return found[0]
 
@@ -122,7 +126,7 @@ def test_manifests_validate_strictly_against_the_vendored_schemas(target, render
     statuses = {(r["kind"], r["name"]): r["status"] for r in report["resources"]}
     assert code == 0, report
     assert set(statuses.values()) == {"statusValid"}, statuses
-    assert report["summary"]["skipped"] == 0 and len(statuses) == len(docs) == 7
+    assert report["summary"]["skipped"] == 0 and len(statuses) == len(docs) == 9
     assert {kind for kind, _ in statuses} == KINDS
 
 
@@ -193,6 +197,22 @@ def test_scaling_follows_the_configured_events_list(target, rendered):
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
+def test_each_pool_scales_on_its_own_models_lists(target, rendered):
+    docs = rendered[target]
+    pools = {name: load_config(env=environment(docs, c)) for name, c in workloads(docs)
+             if name.startswith("maskflow-worker")}
+    assert set(pools) == {"maskflow-worker", "maskflow-worker-heavy"}
+    light, heavy = pools["maskflow-worker"].worker.models, pools["maskflow-worker-heavy"].worker.models
+    assert set(light) | set(heavy) == set(names()) and not set(light) & set(heavy), "each model in one pool"
+    scaled = one(docs, "ScaledObject", "maskflow-worker-heavy")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "maskflow-worker-heavy" and scaled["minReplicaCount"] == 0
+    cfg = pools["maskflow-worker-heavy"]
+    assert sorted(t["metadata"]["listName"] for t in scaled["triggers"]) == sorted(
+        model_queue_key(cfg.queue.events_key, model) for model in heavy)
+    assert cfg.model.concurrent_runs == cfg.worker.concurrency >= 2, "one process, a run per core"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
 def test_bucket_targets_and_ports_agree_with_the_config(target, rendered):
     docs = rendered[target]
     defaults = load_config(env={})
@@ -210,8 +230,9 @@ def test_bucket_targets_and_ports_agree_with_the_config(target, rendered):
     assert sport["targetPort"] == port["name"] and sport["port"] == cfg.api.port
     assert service["selector"].items() <= \
         one(docs, "Deployment", "maskflow-api")["spec"]["template"]["metadata"]["labels"].items()
-    # every workload sees the same config (only the API needs its token)
-    configs = [replace(load_config(env=environment(docs, c)), api={"token": ""}) for _, c in workloads(docs)]
+    # every workload sees the same config (only the API needs its token; a pool has its models)
+    configs = [replace(load_config(env=environment(docs, c)), api={"token": ""}, worker={"models": ()},
+                       model={"concurrent_runs": 1}) for _, c in workloads(docs)]
     assert all(other == configs[0] for other in configs)
 
 
@@ -243,7 +264,9 @@ def test_commands_are_the_packages_modules_in_the_right_images(rendered):
     expected = {"maskflow-api": (["python", "-m", "maskflow.api"], "maskflow-app"),
                 "maskflow-bootstrap": (["python", "-m", "maskflow.infra.ops.bootstrap"], "maskflow-app"),
                 "maskflow-worker": (["python", "-m", "maskflow.functions", "--id", "$(WORKER_ID)"],
-                                    "maskflow-worker")}
+                                    "maskflow-worker"),
+                "maskflow-worker-heavy": (["python", "-m", "maskflow.functions", "--id", "$(WORKER_ID)"],
+                                          "maskflow-worker")}
     for workload, c in workloads(docs):
         command, image = expected[workload]
         assert c["command"] == command and c["image"].split(":")[0] == image

@@ -16,12 +16,15 @@ from maskflow.infra.wiring.config import Config
 
 def up(args, cfg: Config) -> int:
     from maskflow.infra.ops.stack import Stack
-    Stack(cfg).up(app=not args.servers_only)
+    stack = Stack(cfg)
+    stack.up(app=not args.servers_only)
     print(f"Redis   redis://{cfg.redis.host}:{cfg.redis.port}/{cfg.redis.db}  (events list {cfg.queue.events_key})")
     print(f"MinIO   http://{cfg.minio.endpoint}  bucket {cfg.minio.bucket}  (public {cfg.minio_public_endpoint})")
     if not args.servers_only:
         print(f"API     {cfg.api_url}  (web page {cfg.api_url}/, OpenAPI {cfg.api_url}/api/v1/openapi.json)")
-        print(f"Workers {cfg.stack.workers}  (logs in {cfg.data_dir / 'logs'})")
+        for name, pool in stack.pools():
+            print(f"Worker  {name}  serving {', '.join(pool.worker.models)}")
+        print(f"Logs    {cfg.data_dir / 'logs'}")
     return EXIT_OK
 
 
