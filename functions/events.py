@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maskflow.infra.domain import options
 from maskflow.infra.domain.catalog import METADATA_KEY
 
 CREATED_PREFIX = "s3:ObjectCreated:"
@@ -41,6 +42,7 @@ class ObjectCreated:
     sequencer: str
     event_name: str
     model: str = ""  # the object's x-amz-meta-model, if any; checked against the catalogue later
+    options: dict = field(default_factory=dict)  # its x-amz-meta-<option> texts; checked later
     record: dict = field(default_factory=dict, compare=False, repr=False)  # as MinIO wrote it
 
     def as_message(self) -> bytes:
@@ -65,6 +67,7 @@ class ObjectCreated:
                    sequencer=_sequencer(_required(obj, "sequencer", at), f"{at}.sequencer"),
                    event_name=name,
                    model=_requested_model(obj.get("userMetadata", {}), f"{at}.userMetadata"),
+                   options=_requested_options(obj.get("userMetadata", {}), f"{at}.userMetadata"),
                    record=record)
 
 
@@ -153,6 +156,11 @@ def _requested_model(value: Any, where: str) -> str:
         if name.lower() == wanted:
             return _text(text, f"{where}.{name}")
     return ""
+
+
+def _requested_options(value: Any, where: str) -> dict[str, str]:
+    texts = {name: _text(text, f"{where}.{name}") for name, text in _object(value, where).items()}
+    return options.from_metadata(texts)
 
 
 def _describe(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""The handler: one object-created event in, every result kind (infra/domain/outputs.py) out.
+"""The handler: one object-created event in, every result kind (infra/domain/outputs.py) out,
+as the task's options ask (infra/domain/options.py).
 
 It returns the results' keys on success and raises on failure; queueing, retries, timeouts
 and task state are the steps' business (functions/steps.py).  Results are named after the
@@ -22,7 +23,9 @@ import numpy as np
 
 from maskflow.functions.events import ObjectCreated
 from maskflow.infra.domain.images import decode_image, encode_result
+from maskflow.infra.domain.options import Options
 from maskflow.infra.domain.outputs import RESULT_KINDS, result_keys
+from maskflow.infra.domain.refine import finish
 from maskflow.infra.stores.objects import StoredObject
 from maskflow.infra.stores.tasks import normalise_sequencer
 
@@ -42,15 +45,17 @@ class Context:
     task_id: str
     objects: Objects
     model: Model
+    options: Options   # what the task asks of its results
     max_pixels: int
+    refine_max_pixels: int
     writer: Executor  # writes one result while the next is encoded
 
 
 def handle_object_created(event: ObjectCreated, ctx: Context) -> dict[str, str]:
     source = ctx.objects.get(event.key, etag=event.etag)
     rgb = decode_image(source.data, ctx.max_pixels)
-    mask = ctx.model.predict(rgb)
-    keys = result_keys(event.key)
+    colours, alpha = finish(rgb, ctx.model.predict(rgb), ctx.options, ctx.refine_max_pixels)
+    keys = result_keys(event.key, ctx.options)
     # S3 metadata travels in HTTP headers: ASCII only, hence the quoting.
     metadata = {"task-id": ctx.task_id, "source-key": urllib.parse.quote(event.key),
                 "source-etag": source.etag}
@@ -62,10 +67,10 @@ def handle_object_created(event: ObjectCreated, ctx: Context) -> dict[str, str]:
         # encoded; all are stored before we return.
         for kind in earlier:
             written.append(ctx.writer.submit(ctx.objects.publish, keys[kind.name],
-                                             encode_result(kind, rgb, mask), kind.content_type,
-                                             metadata, version))
-        ctx.objects.publish(keys[last.name], encode_result(last, rgb, mask), last.content_type,
-                            metadata, version)
+                                             encode_result(kind, colours, alpha, ctx.options),
+                                             kind.content_type_for(ctx.options), metadata, version))
+        ctx.objects.publish(keys[last.name], encode_result(last, colours, alpha, ctx.options),
+                            last.content_type_for(ctx.options), metadata, version)
     finally:
         for write in written:
             write.result()

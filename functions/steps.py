@@ -41,6 +41,7 @@ from maskflow.functions.events import PARSERS, ObjectCreated, PoisonEvent
 from maskflow.functions.handlers import Context, Model, handle_object_created
 from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, named_model
 from maskflow.infra.domain.formats import ImageRejected
+from maskflow.infra.domain.options import DEFAULTS, BadOptions, Options, for_task
 from maskflow.infra.domain.outputs import INPUT_PREFIX
 from maskflow.infra.stores.objects import ObjectChanged, ObjectMissing, ObjectStore
 from maskflow.infra.stores.source import Delivery, EventSource
@@ -135,6 +136,7 @@ class Claim:
     event: ObjectCreated
     named: str  # the model the task names, '' for none (it gets the default)
     refusal: str = ""
+    options: Options = DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -271,19 +273,21 @@ def claim(event: ObjectCreated, parts: Parts) -> Claim | Outcome:
         return Claim(task_id, event, "", f"object of {event.size} bytes exceeds the limit of {limit} bytes")
     try:
         named = named_model(event.model, event.key, parts.cfg.models.by_prefix)
-    except UnknownModel as exc:
+        options = for_task(event.options, event.key, parts.cfg.outputs.by_prefix)
+    except (UnknownModel, BadOptions) as exc:
         return Claim(task_id, event, "", str(exc))
     if (named or DEFAULT) not in parts.models:
         return Claim(task_id, event, named, f"this worker does not serve model {named!r}")
-    return Claim(task_id, event, named)
+    return Claim(task_id, event, named, options=options)
 
 
 def run(claimed: Claim, parts: Parts) -> Run:
     """The handler, with the task's model."""
     event = claimed.event
     ctx = Context(task_id=claimed.task_id, objects=parts.objects,
-                  model=parts.models[claimed.named or DEFAULT],
-                  max_pixels=parts.cfg.task.max_pixels, writer=parts.writer)
+                  model=parts.models[claimed.named or DEFAULT], options=claimed.options,
+                  max_pixels=parts.cfg.task.max_pixels,
+                  refine_max_pixels=parts.cfg.outputs.refine_max_pixels, writer=parts.writer)
     started = time.monotonic()
     try:
         results = handle_object_created(event, ctx)
@@ -309,7 +313,7 @@ def publish(claimed: Claim, result: Run, parts: Parts) -> Outcome:
         return Outcome(Fate.SUPERSEDED, result.error)  # the newer upload's event settles the task
     if result.results is not None:
         parts.tasks.complete(task_id, event.sequencer, result.results, claimed.named,
-                             input_key=event.key)
+                             input_key=event.key, options=claimed.options.named)
         parts.stats.observe(result.seconds, ok=True)
         log.info("task %s (%s) completed by %s in %.0f ms", task_id, event.key,
                  claimed.named or DEFAULT, 1000 * result.seconds)

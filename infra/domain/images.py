@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - a platform without it: OpenCV writes t
 
 from maskflow.infra.domain.formats import (DEFAULT_MAX_PIXELS, CorruptImage, TooManyPixels,  # noqa: E402
                                            check_header)
+from maskflow.infra.domain.options import Options  # noqa: E402
 from maskflow.infra.domain.outputs import ResultKind  # noqa: E402
 
 
@@ -118,6 +119,7 @@ def _composite_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ encode
+JPEG_QUALITY = 90  # a cut-out on its background, from a photo: no visible loss, a tenth of PNG
 # Chosen by measurement (tests/bench/model.py, 1024x768 photo, OpenCV 4.14):
 # zlib level 1 + RLE strategy + PAETH filter gives the smallest files among the
 # fast settings (mask 71 KB, cut-out 1310 KB; OpenCV's default 91/1474 KB) for
@@ -177,12 +179,52 @@ def encode_png_opencv(image: np.ndarray, params: list[int] | None = None) -> byt
     return out.tobytes()
 
 
-# The encoder of each result kind (infra/domain/outputs.py), from the decoded photo and its mask.
-ENCODERS: dict[str, Callable[[np.ndarray, np.ndarray], bytes]] = {
-    "output": encode_cutout_png,
-    "mask": lambda rgb, mask: encode_mask_png(mask),
+def crop_box(alpha: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The rows and columns of the alpha's bounding box, `margin` pixels wider where the image
+    allows; the whole image when nothing shows."""
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    if not rows.size:
+        return slice(None), slice(None)
+    h, w = alpha.shape
+    return (slice(max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)),
+            slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)))
+
+
+def on_background(colours: np.ndarray, alpha: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    """The cut-out composited onto an opaque colour: RGB, no alpha."""
+    a = alpha.astype(np.uint16)[:, :, None]
+    bg = np.asarray(rgb, np.uint16)
+    return ((colours.astype(np.uint16) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def encode_cutout(colours: np.ndarray, alpha: np.ndarray, options: Options) -> bytes:
+    """The cut-out as the task's options ask: cropped, on a background, in a format."""
+    if options.premultiplied:
+        colours = ((colours.astype(np.uint16) * alpha[:, :, None] + 127) // 255).astype(np.uint8)
+    if options.crop:
+        rows, cols = crop_box(alpha, options.crop_margin)
+        colours, alpha = np.ascontiguousarray(colours[rows, cols]), np.ascontiguousarray(alpha[rows, cols])
+    background = options.background_rgb
+    if background is None and options.format == "png":
+        return encode_cutout_png(colours, alpha)
+    pixels = cutout_rgba(colours, alpha) if background is None else on_background(colours, alpha, background)
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    if options.format == "png":
+        return encode_png_opencv(bgr)
+    ext, params = {"webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # above 100: lossless
+                   "jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])}[options.format]
+    ok, out = cv2.imencode(ext, bgr, params)
+    if not ok:
+        raise RuntimeError(f"{options.format} encoding failed")
+    return out.tobytes()
+
+
+# The encoder of each result kind (infra/domain/outputs.py), from the cut-out's colours and alpha.
+ENCODERS: dict[str, Callable[[np.ndarray, np.ndarray, Options], bytes]] = {
+    "output": encode_cutout,
+    "mask": lambda colours, alpha, options: encode_mask_png(alpha),
 }
 
 
-def encode_result(kind: ResultKind, rgb: np.ndarray, mask: np.ndarray) -> bytes:
-    return ENCODERS[kind.name](rgb, mask)
+def encode_result(kind: ResultKind, colours: np.ndarray, alpha: np.ndarray, options: Options) -> bytes:
+    return ENCODERS[kind.name](colours, alpha, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -164,6 +165,16 @@ def install_model(name: str, file: ModelFile) -> Path:
     return file.path
 
 
+def warm_matting() -> None:
+    """Compile pymatting's kernels now (numba caches them beside the package), where it is
+    installed: the first matting task would otherwise wait half a minute for it."""
+    if importlib.util.find_spec("pymatting") is None:
+        return  # not a worker install
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import pymatting"], check=True)
+    say(f"pymatting: kernels ready ({time.monotonic() - started:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m maskflow.infra.ops.install`: build (or find) every pinned Go tool and Redis,
     and fetch the models kept outside git."""
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, file in load_config().model_files.items():
             if file.fetch is not None:
                 say(f"model {name}: {install_model(name, file)}")
+        warm_matting()
     except (InstallError, ConfigError) as exc:
         say(str(exc))
         return 2

@@ -115,7 +115,7 @@ if known ~= '' and seq == known then
   attempts = attempts + 1
 else
   attempts = 1
-  redis.call('HDEL', task, 'error', 'model', 'completed_at', unpack(ARGV, 16))
+  redis.call('HDEL', task, 'error', 'model', 'options', 'completed_at', unpack(ARGV, 16))
 end
 redis.call('HDEL', task, 'awaiting')
 redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
@@ -178,7 +178,7 @@ local status = redis.call('HGET', task, 'status')
 local known = redis.call('HGET', task, 'sequencer') or ''
 if (status == 'completed' or status == 'failed') then
   if known ~= '' and ARGV[7] <= known then return 'duplicate' end
-  redis.call('HDEL', task, 'error', 'model', 'completed_at', unpack(ARGV, 10))
+  redis.call('HDEL', task, 'error', 'model', 'options', 'completed_at', unpack(ARGV, 10))
 end
 if status ~= 'processing' then
   redis.call('HSET', task, 'status', 'pending', 'awaiting', ARGV[8])

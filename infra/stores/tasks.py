@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Task:
     started_at: str | None = None
     completed_at: str | None = None
     model: str | None = None  # the model that made the result, when the task named one
+    options: dict[str, str] = field(default_factory=dict)  # the options it asked for, once completed
 
     @property
     def terminal(self) -> bool:
@@ -105,7 +107,8 @@ def _task_from(raw: dict[bytes, bytes]) -> Task | None:
                 etag=f.get("etag", ""), sequencer=f.get("sequencer", ""),
                 results={kind.name: f[kind.task_field] for kind in RESULT_KINDS if kind.task_field in f},
                 error=f.get("error"), started_at=f.get("started_at"),
-                completed_at=f.get("completed_at"), model=f.get("model"))
+                completed_at=f.get("completed_at"), model=f.get("model"),
+                options=json.loads(f["options"]) if "options" in f else {})
 
 
 class TaskStore:
@@ -211,10 +214,13 @@ class TaskStore:
             key = ""  # changed since we read it, or a wrong guess: read it again
 
     def complete(self, task_id: str, sequencer: str, results: dict[str, str],
-                 model: str = "", input_key: str = "") -> bool:
+                 model: str = "", input_key: str = "", options: dict[str, str] | None = None) -> bool:
         """`results`: each result kind's key, by kind name; `model`: the name the task asked
-        for ('' is the default model, unnamed, and not stored)."""
+        for ('' is the default model, unnamed, and not stored); `options`: those it asked for
+        beyond the defaults (none: not stored)."""
         named = {"model": model} if model else {}
+        if options:
+            named["options"] = json.dumps(options, sort_keys=True)
         fields = {kind.task_field: results[kind.name] for kind in RESULT_KINDS}
         return self._transition(task_id, normalise_sequencer(sequencer), "processing", "completed",
                                 input_key, **fields, **named)

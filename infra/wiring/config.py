@@ -17,8 +17,10 @@ import typing
 from pathlib import Path
 
 from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, check_name
+from maskflow.infra.domain import options
 from maskflow.infra.wiring.settings import (ApiConfig, Config, MinioConfig, ModelConfig, ModelFile, ModelsConfig,
-                                            QueueConfig, RedisConfig, StackConfig, TaskConfig, WorkerConfig)
+                                            OutputsConfig, QueueConfig, RedisConfig, StackConfig, TaskConfig,
+                                            WorkerConfig)
 from maskflow.infra.wiring.values import ConfigError, coerce, split_address
 
 ENV_PREFIX = "MASKFLOW_"
@@ -62,7 +64,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("config key queue.fast_target_id: letters and digits only, not "
                           f"queue.target_id, or empty; got {cfg.queue.fast_target_id!r}")
     for key in ("task.timeout", "task.poll_interval", "task.max_polls", "task.max_attempts",
-                "task.retention", "task.max_pixels", "worker.concurrency", "worker.heartbeat",
+                "task.retention", "task.max_pixels", "outputs.refine_max_pixels", "worker.concurrency", "worker.heartbeat",
                 "worker.lease", "worker.retry_attempts", "worker.retry_max_wait", "api.threads", "task.max_upload_bytes", "api.presign_expiry",
                 "api.channel_timeout", "model.intra_op_threads", "model.inter_op_threads",
                 "model.concurrent_runs",
@@ -100,6 +102,13 @@ def _validate(cfg: Config) -> None:
             check_name(name)
         except UnknownModel as exc:
             raise ConfigError(f"config key models.paths: {exc}") from None
+    for prefix, query in cfg.outputs.by_prefix.items():
+        if not prefix.startswith("input/"):
+            raise ConfigError(f"config key outputs.by_prefix: prefix {prefix!r} is not under input/")
+        try:
+            options.parse(options.parse_query(query))
+        except ValueError as exc:
+            raise ConfigError(f"config key outputs.by_prefix: {prefix!r}: {exc}") from None
     for prefix, name in cfg.models.by_prefix.items():
         if not prefix.startswith("input/"):
             raise ConfigError(f"config key models.by_prefix: prefix {prefix!r} is not under input/")
@@ -177,5 +186,5 @@ def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
 
 # The sections are declared in settings.py; callers import them from here, with the loader.
 __all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "split_address",
-           "RedisConfig", "MinioConfig", "ModelConfig", "ModelsConfig", "ModelFile", "TaskConfig",
+           "RedisConfig", "MinioConfig", "ModelConfig", "ModelsConfig", "ModelFile", "OutputsConfig", "TaskConfig",
            "QueueConfig", "WorkerConfig", "ApiConfig", "StackConfig"]

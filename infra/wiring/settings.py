@@ -63,6 +63,17 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class OutputsConfig:
+    """What results a task gets by default (infra/domain/options.py)."""
+    # Key prefix -> options as a query, for drops that cannot set metadata, e.g.
+    # "input/products/=format=webp&crop=true"; an object's own metadata wins, option by option.
+    by_prefix: dict[str, str] = field(default_factory=dict)
+    # refine=matting or decontaminate on more pixels than this fails the task (matting a 40 MP
+    # photo would hold a worker for minutes): see docs/benchmarks.md.
+    refine_max_pixels: int = 4_000_000
+
+
+@dataclass(frozen=True)
 class ModelFile:
     path: Path
     input_size: tuple[int, int]  # width, height, as the manifest must say
@@ -154,6 +165,7 @@ class Config:
     minio: MinioConfig = field(default_factory=MinioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)

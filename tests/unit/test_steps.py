@@ -56,6 +56,16 @@ class MemorySource:
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         self.dead.append((self.taken.pop(delivery.receipt), reason))
 
+    def serve(self, models: tuple[str, ...]) -> None:
+        pass  # one list for every model
+
+    def route(self, delivery: Delivery, model: str) -> None:
+        self.queue.append(self.taken.pop(delivery.receipt).message)
+
+    def split(self, delivery: Delivery, messages: list[bytes]) -> None:
+        self.taken.pop(delivery.receipt)
+        self.queue.extend(messages)
+
 
 @dataclass
 class MemoryTasks:
@@ -69,8 +79,8 @@ class MemoryTasks:
         self.tasks[task_id] = {"status": "processing", "key": input_key, "sequencer": sequencer}
         return task_id, Decision.START, 1
 
-    def complete(self, task_id, sequencer, results, model="", input_key=""):
-        self.tasks[task_id].update(status="completed", results=results, model=model)
+    def complete(self, task_id, sequencer, results, model="", input_key="", options=None):
+        self.tasks[task_id].update(status="completed", results=results, model=model, options=options)
         return True
 
     def fail(self, task_id, sequencer, error, input_key=""):
