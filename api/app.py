@@ -16,6 +16,7 @@ from maskflow.api.lookups import BatchResource, ModelsResource, TaskLookupResour
 from maskflow.api.metrics import MetricsMiddleware
 from maskflow.api.middleware import BearerAuth, BodyLimit
 from maskflow.api.openapi import document
+from maskflow.api.rembg import RembgResource
 from maskflow.api.uploads import SubmitResource, UploadsResource
 from maskflow.api.web import StaticResource
 from maskflow.infra.stores.objects import ObjectStore
@@ -51,6 +52,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(f"{API}/uploads", UploadsResource(deps))
     app.add_route(f"{API}/models", ModelsResource(deps))
     app.add_route(f"{API}/batches/{{prefix:path}}", BatchResource(deps))
+    app.add_route("/api/remove", RembgResource(deps))  # rembg's HTTP server's route
     return app
 
 

@@ -30,6 +30,8 @@ def task_body(task: Task, objects: ObjectStore, expiry: int) -> dict:
     }
     if done and task.model:
         body["model"] = task.model  # only for tasks that named a model: else the contract's shape
+    if done and task.options:
+        body["options"] = task.options  # likewise, only for tasks that asked for options
     return body
 
 

@@ -5,7 +5,6 @@ import hmac
 
 import falcon
 
-from maskflow.api.deps import API
 from maskflow.api.errors import ApiError
 
 # Body limit of every route that does not set its own `max_body_bytes` (JSON documents).
@@ -13,13 +12,14 @@ DEFAULT_MAX_BODY = 64 * 1024
 
 
 class BearerAuth:
-    """With api.token set, every /api/v1 route needs `Authorization: Bearer <token>`."""
+    """With api.token set, every /api/ route (/api/v1/..., rembg's /api/remove) needs
+    `Authorization: Bearer <token>`."""
 
     def __init__(self, token: str):
         self.expected = token.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not (req.path == API or req.path.startswith(API + "/")):
+        if not req.path.startswith("/api/"):
             return
         # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")

@@ -5,7 +5,9 @@ Built as a dict (not a static file) so limits from the config appear in it.
 from __future__ import annotations
 
 from maskflow.api.middleware import DEFAULT_MAX_BODY
+from maskflow.api.rembg import DEFAULT_MODEL as REMBG_DEFAULT, MODELS as REMBG_MODELS
 from maskflow.api.uploads import MULTIPART_SLACK, UPLOAD_TYPES
+from maskflow.infra.domain import options
 from maskflow.infra.domain.catalog import DEFAULT, accepted_names, names
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.wiring.config import Config
@@ -13,6 +15,7 @@ from maskflow.infra.wiring.config import Config
 _NULLABLE_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_BYTE = "(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})"
 _STATUS = {"type": "string", "enum": ["pending", "processing", "completed", "failed"]}
 
 
@@ -20,6 +23,14 @@ def _model() -> dict:
     return {"type": "string", "enum": list(accepted_names()),
             "description": f"The model to segment with (GET /api/v1/models; an alias names the same "
                            f"model); {DEFAULT} when absent"}
+
+
+def _options() -> dict:
+    """The options as a form's or an object's properties, with what needs what."""
+    return {"properties": dict(options.SCHEMAS),
+            "allOf": [{"if": {"required": [name]},
+                       "then": {"required": [other], "properties": {other: {"const": value}}}}
+                      for name, (other, value) in options.NEEDS.items()]}
 
 
 def _error(description: str) -> dict:
@@ -51,6 +62,10 @@ def document(cfg: Config) -> dict:
         "Error": {
             "type": "object", "required": ["error"],
             "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}}},
+        "RembgError": {
+            "type": "object", "required": ["detail"], "additionalProperties": False,
+            "properties": {"detail": {"type": "string"}},
+            "description": "rembg's own error shape, on its route"},
         "Submitted": {
             "type": "object", "required": ["task_id", "status", "created_at"],
             "additionalProperties": False,
@@ -74,7 +89,10 @@ def document(cfg: Config) -> dict:
                 "model": {"type": "string", "enum": list(names()),
                           "description": "Once completed, the model that made the result, for "
                                          "tasks that named one (absent otherwise: the default "
-                                         f"{DEFAULT} model, and the original contract's shape)"}}},
+                                         f"{DEFAULT} model, and the original contract's shape)"},
+                "options": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Once completed, the options the task asked for beyond "
+                                           "the defaults (absent when none: the contract's shape)"}}},
         "UploadRequest": {
             "type": "object", "required": ["filename", "content_type"],
             "properties": {
@@ -89,7 +107,10 @@ def document(cfg: Config) -> dict:
                                         "this Content-Length"},
                 "method": {"type": "string", "enum": ["POST", "PUT"], "default": "POST"},
                 "model": {**_model(), "description": _model()["description"] + "; signed into the "
-                          "upload, which must carry it as x-amz-meta-model"}},
+                          "upload, which must carry it as x-amz-meta-model"},
+                "options": {"type": "object", "additionalProperties": False, **_options(),
+                            "description": "Signed into the upload, which must carry each as "
+                                           "x-amz-meta-<name> (crop_margin as crop-margin)"}},
             "if": {"required": ["method"], "properties": {"method": {"const": "PUT"}}},
             "then": {"required": ["size"]}},
         "Upload": {
@@ -172,15 +193,17 @@ def document(cfg: Config) -> dict:
                 "operationId": "submitSegmentation",
                 "summary": "Submit an image (multipart field `file`)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"],
+                    "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
+                               **_options(),
                                "properties": {"file": {"type": "string", "minLength": 1,
                                                        "contentMediaType": "application/octet-stream",
                                                        "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"},
-                                              "model": _model()}}}}},
+                                              "model": _model(), **options.SCHEMAS}}}}},
                 "responses": {
                     "202": _json("Accepted; processing starts from the storage event", "Submitted",
                                  _LOCATION),
-                    "400": _error("No `file` field, two of them, a malformed form, or an unknown model"),
+                    "400": _error("No `file` field, two of them, a malformed form, an unknown field or "
+                                  "model, or options that are bad or make no sense together"),
                     "413": _error(f"File larger than {limit} bytes"),
                     "415": _error("Not multipart/form-data, or not a supported image format"),
                     "422": _error("A supported format, but empty, corrupt, truncated or too many pixels"),
@@ -226,6 +249,36 @@ def document(cfg: Config) -> dict:
                 "responses": {"200": _json("Batch summary", "Batch"),
                               "400": _error("Bad offset or limit"),
                               "404": _error("No tasks under that prefix"), **_COMMON}}},
+            "/api/remove": {"post": {
+                "operationId": "rembgRemove",
+                "summary": "rembg's `POST /api/remove` (rembg s), on this pipeline: the result's bytes",
+                "parameters": [{"name": "bgc", "in": "query", "required": False,
+                                "schema": {"type": "string", "pattern": rf"^({_BYTE},){{3}}255$"},
+                                "description": "Background R,G,B,A (A = 255), where rembg reads it"}],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
+                               "properties": {
+                                   "file": {"type": "string", "minLength": 1,
+                                            "contentMediaType": "application/octet-stream"},
+                                   "model": {"type": "string", "enum": sorted(REMBG_MODELS),
+                                             "description": f"rembg's name; {REMBG_DEFAULT} when absent"},
+                                   **{flag: {"type": "string", "enum": ["true", "false"]}
+                                      for flag in ("a", "om", "ppm", "dc")},
+                                   "af": options.SCHEMAS["matting_foreground"],
+                                   "ab": options.SCHEMAS["matting_background"],
+                                   "ae": options.SCHEMAS["matting_erode"]}}}}},
+                "responses": {
+                    "200": {"description": "The cut-out (with om, the mask) as PNG",
+                            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                    **{code: {"description": what, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/RembgError"}}}}
+                       for code, what in (("400", "A field or model not supported here, or a bad value"),
+                                          ("413", f"File larger than {limit} bytes"),
+                                          ("415", "Not a supported image format"),
+                                          ("422", "A supported format, but empty, corrupt or too large"),
+                                          ("500", "The task failed"), ("503", "Every slot busy"),
+                                          ("504", "Not done within task.timeout"))},
+                    "401": _error("Bearer token required (only when api.token is set)")}}},
             "/api/v1/models": {"get": {
                 "operationId": "listModels",
                 "summary": "The models a task may name, with what each is good at",

@@ -17,12 +17,13 @@ import falcon
 
 from maskflow.api.deps import API, Deps
 from maskflow.api.errors import ApiError, bad_request
+from maskflow.infra.domain import options
 from maskflow.infra.domain.catalog import METADATA_KEY, UnknownModel, accepted_names, check_name
 from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.domain.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_FORMATS, ImageRejected,
                                            UnsupportedFormat, check_header)
 from maskflow.infra.domain.outputs import INPUT_PREFIX
-from maskflow.infra.stores.tasks import new_task_id
+from maskflow.infra.stores.tasks import Task, new_task_id
 
 log = logging.getLogger("maskflow.api")
 
@@ -31,7 +32,7 @@ UPLOAD_GRACE_S = 120
 READ_CHUNK = 256 * 1024
 # Multipart framing around the file (boundaries, part headers, small extra fields).
 MULTIPART_SLACK = 64 * 1024
-MAX_MODEL_NAME = 64
+MAX_FIELD_BYTES = 256  # a model name or an option's value; longer is refused by its check
 
 
 def _model_name(value: Any) -> str:
@@ -50,76 +51,105 @@ FILENAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 _EXT_RE = re.compile(r"[a-z0-9]{1,8}")
 
 
+def read_form(req: falcon.Request, limit: int, fields: tuple[str, ...]) -> tuple[bytes, dict[str, str]]:
+    """The multipart form's `file` (at most `limit` bytes) and its text `fields`; any other
+    field is a 400 naming it, unless the file is missing, the contract's own 400."""
+    kind = (req.content_type or "").split(";")[0].strip().lower()
+    if kind in ("", "application/x-www-form-urlencoded"):
+        # a form (or nothing) without the file: the contract's "missing file" case
+        raise bad_request("send the image as multipart/form-data with a field named 'file'",
+                          code="missing_file")
+    if kind != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type",
+                       "send the image as multipart/form-data with a field named 'file'")
+    data, texts, unknown = None, {}, []
+    for part in req.get_media():
+        if part.name in fields:
+            texts[part.name] = part.stream.read(MAX_FIELD_BYTES + 1).decode("utf-8", "replace")
+            continue
+        if part.name != "file":
+            unknown.append(part.name)  # its bytes are skipped by the parser, not buffered
+            continue
+        if data is not None:
+            raise bad_request("the multipart form has more than one field named 'file'")
+        # part.stream is unbounded: read at most limit + 1 bytes to detect oversize.
+        chunks, size = [], 0
+        while True:
+            chunk = part.stream.read(min(READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload_too_large", f"the file exceeds the upload limit of {limit} bytes")
+        data = b"".join(chunks)
+    if data is None:
+        raise bad_request("the multipart form has no field named 'file'", code="missing_file")
+    if unknown:
+        shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+        raise bad_request(f"unknown form field(s) {shown}; the fields are file, {', '.join(fields)}",
+                          code="bad_options")
+    return data, texts
+
+
+def upload_metadata(model: str, texts: dict[str, str]) -> dict[str, str]:
+    """The user metadata an upload carries: its model and options, every problem a 400."""
+    try:
+        given = options.parse(texts).texts(texts)
+    except options.BadOptions as exc:
+        raise bad_request(str(exc), code="bad_options") from None
+    return {**({METADATA_KEY: model} if model else {}), **options.metadata(given)}
+
+
+def image_format(data: bytes, max_pixels: int) -> str:
+    """The upload's format from its headers and container; decoding the pixels is the worker's job."""
+    try:
+        return check_header(data, max_pixels)[0]
+    except UnsupportedFormat as exc:
+        raise ApiError(415, "unsupported_image", str(exc)) from None
+    except ImageRejected as exc:
+        raise ApiError(422, "invalid_image", f"{exc} ({exc.reason})") from None
+
+
+def store(deps: Deps, data: bytes, fmt: str, metadata: dict[str, str]) -> Task:
+    """Record a pending task, then store its object; MinIO's event for it starts the work."""
+    task_id = new_task_id()
+    key = f"{INPUT_PREFIX}{task_id}.{EXTENSIONS[fmt]}"
+    # Record first: the worker maps key -> task through this index when the event arrives.
+    task = deps.tasks.create_pending(task_id, key)
+    try:
+        deps.objects.put(key, data, CONTENT_TYPES[fmt], metadata or None)
+    except Exception as exc:  # noqa: BLE001 - any storage failure means no event will come
+        log.warning("storing %s failed: %s: %s", key, type(exc).__name__, exc)
+        deps.tasks.fail_pending(task_id, "storing the upload failed; submit it again")
+        raise ApiError(503, "storage_unavailable", "the image could not be stored; retry shortly",
+                       headers={"Retry-After": "5"}) from None
+    return task
+
+
 class SubmitResource:
-    """POST /api/v1/tasks/segmentation: multipart form, field `file`, optional field `model`."""
+    """POST /api/v1/tasks/segmentation: multipart form, field `file`, optional fields `model`
+    and the options (infra/domain/options.py)."""
+
+    FIELDS = ("model", *options.NAMES)
 
     def __init__(self, deps: Deps):
         self.deps = deps
         self.limit = deps.cfg.task.max_upload_bytes
         self.max_body_bytes = self.limit + MULTIPART_SLACK  # enforced by api.middleware.BodyLimit
 
-    def _read_form(self, req: falcon.Request) -> tuple[bytes, str]:
-        """The file's bytes and the requested model name ('' when none)."""
-        kind = (req.content_type or "").split(";")[0].strip().lower()
-        if kind in ("", "application/x-www-form-urlencoded"):
-            # a form (or nothing) without the file: the contract's "missing file" case
-            raise bad_request("send the image as multipart/form-data with a field named 'file'",
-                              code="missing_file")
-        if kind != "multipart/form-data":
-            raise ApiError(415, "unsupported_media_type",
-                           "send the image as multipart/form-data with a field named 'file'")
-        data, model = None, ""
-        for part in req.get_media():
-            if part.name == "model":
-                model = _model_name(part.stream.read(MAX_MODEL_NAME + 1).decode("utf-8", "replace"))
-                continue
-            if part.name != "file":
-                continue  # other fields are skipped by the parser without buffering them
-            if data is not None:
-                raise bad_request("the multipart form has more than one field named 'file'")
-            # part.stream is unbounded: read at most limit + 1 bytes to detect oversize.
-            chunks, size = [], 0
-            while True:
-                chunk = part.stream.read(min(READ_CHUNK, self.limit + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > self.limit:
-                    raise self._too_large()
-            data = b"".join(chunks)
-        if data is None:
-            raise bad_request("the multipart form has no field named 'file'", code="missing_file")
-        return data, model
-
-    def _too_large(self) -> ApiError:
-        return ApiError(413, "payload_too_large",
-                        f"the file exceeds the upload limit of {self.limit} bytes")
-
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data, model = self._read_form(req)
-        try:
-            # Headers and container only: decoding the pixels is the worker's job.
-            fmt, _w, _h, _orientation = check_header(data, self.deps.cfg.task.max_pixels)
-        except UnsupportedFormat as exc:
-            raise ApiError(415, "unsupported_image", str(exc)) from None
-        except ImageRejected as exc:
-            raise ApiError(422, "invalid_image", f"{exc} ({exc.reason})") from None
-        task_id = new_task_id()
-        key = f"{INPUT_PREFIX}{task_id}.{EXTENSIONS[fmt]}"
-        # Record first: the worker maps key -> task through this index when the event arrives.
-        task = self.deps.tasks.create_pending(task_id, key)
-        try:
-            self.deps.objects.put(key, data, CONTENT_TYPES[fmt], {METADATA_KEY: model} if model else None)
-        except Exception as exc:  # noqa: BLE001 - any storage failure means no event will come
-            log.warning("storing %s failed: %s: %s", key, type(exc).__name__, exc)
-            self.deps.tasks.fail_pending(task_id, "storing the upload failed; submit it again")
-            raise ApiError(503, "storage_unavailable",
-                           "the image could not be stored; retry shortly",
-                           headers={"Retry-After": "5"}) from None
+        data, texts = read_form(req, self.limit, self.FIELDS)
+        model = _model_name(texts.pop("model")) if "model" in texts else ""
+        metadata = upload_metadata(model, texts)
+        task = store(self.deps, data, image_format(data, self.deps.cfg.task.max_pixels), metadata)
         resp.status = falcon.HTTP_202
-        resp.location = f"{API}/tasks/{task_id}"
-        resp.media = {"task_id": task_id, "status": "pending", "created_at": task.created_at}
+        resp.location = f"{API}/tasks/{task.task_id}"
+        resp.media = {"task_id": task.task_id, "status": "pending", "created_at": task.created_at}
+
+
+def _as_text(value: str | bool | int) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 class UploadsResource:
@@ -138,7 +168,10 @@ class UploadsResource:
         size = doc.get("size")
         method = doc.get("method", "POST")
         model = _model_name(doc["model"]) if "model" in doc else ""
-        metadata = {METADATA_KEY: model} if model else None
+        given = doc.get("options", {})
+        if not isinstance(given, dict) or not all(isinstance(v, (str, bool, int)) for v in given.values()):
+            raise bad_request("options must be an object of option names and values", code="bad_options")
+        metadata = upload_metadata(model, {name: _as_text(value) for name, value in given.items()})
         if not isinstance(filename, str) or not FILENAME_RE.fullmatch(filename):
             raise bad_request("filename must be 1 to 255 characters, without control characters")
         if not isinstance(content_type, str) or not content_type:
@@ -176,10 +209,11 @@ class UploadsResource:
                                                            cfg.task.max_upload_bytes, expires, metadata)
             out.update(url=url, fields=fields)
         else:
-            # The headers are signed into the URL: MinIO refuses any other size, type or model.
+            # The headers are signed into the URL: MinIO refuses any other size, type, model or
+            # option.
             out.update(url=self.deps.objects.presigned_put(key, expiry, content_type, size, metadata),
                        headers={"Content-Type": content_type, "Content-Length": str(size),
-                                **{f"X-Amz-Meta-{k.title()}": v for k, v in (metadata or {}).items()}})
+                                **{f"X-Amz-Meta-{k.title()}": v for k, v in metadata.items()}})
         resp.status = falcon.HTTP_201
         resp.location = f"{API}/tasks/{task_id}"
         resp.media = out

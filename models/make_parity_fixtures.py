@@ -20,10 +20,13 @@ virtualenv OUTSIDE the repo (never install mediapipe/rembg into .venv):
     U2NET_HOME=/tmp/u2home /tmp/rbenv/bin/python models/make_parity_fixtures.py rembg --inputs /tmp/parity_inputs.npz
     U2NET_HOME=/tmp/u2home /tmp/rbenv/bin/python models/make_parity_fixtures.py rembg --model u2net --inputs /tmp/parity_inputs.npz
 
+    # 5. rembg's HTTP server (rembg s), sent the curl forms of rembg's README: its answers
+    .venv/bin/python models/make_parity_fixtures.py rembg-server --rembg /tmp/rbenv/bin/rembg --u2net-home /tmp/u2home
+
     # 4. MODNet reference: its official ONNX inference, run with onnxruntime and OpenCV alone
     /tmp/rbenv/bin/python models/make_parity_fixtures.py modnet --model ~/.cache/maskflow/models/modnet.onnx --inputs /tmp/parity_inputs.npz
 
-Outputs (tests/fixtures/parity/): <name>.mediapipe.npz (probability as uint16,
+Outputs (tests/fixtures/parity/; step 5 writes tests/fixtures/rembg_server/<photo>.<form>.png): <name>.mediapipe.npz (probability as uint16,
 p*65535 rounded, at the photo's resolution), <name>.rembg_u2netp.npz and
 <name>.rembg_u2net.npz (rembg's uint8 masks), <name>.modnet.npz (MODNet's uint8
 matte), and index.json (photo list, person flag, sha256 of the decoded RGB
@@ -210,6 +213,60 @@ def run_modnet(inputs: str, model: str) -> None:
                             "model_sha256": hashlib.sha256(open(model, "rb").read()).hexdigest()})
 
 
+# rembg's README's curl forms, each with model=u2net (rembg 2.0.86 defaults to bria-rmbg):
+# name -> (form fields, query)
+SERVER_FORMS = {
+    "plain": ({}, ""),
+    "a": ({"a": "true"}, ""),
+    "om": ({"om": "true"}, ""),
+    "ppm": ({"ppm": "true"}, ""),
+    "dc": ({"dc": "true"}, ""),
+    "bgc": ({}, "bgc=255,0,0,255"),
+}
+SERVER_PHOTOS = ("astronaut.jpg", "coffee.jpg")
+
+
+def run_rembg_server(rembg: str, u2net_home: str) -> None:
+    """Start `rembg s` on a free loopback port and keep its answer to every form and photo."""
+    import socket
+    import subprocess
+    import time
+    import urllib3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "U2NET_HOME": u2net_home}
+    server = subprocess.Popen([rembg, "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui"], env=env)
+    http = urllib3.PoolManager()
+    out = os.path.join(FIXTURES, "rembg_server")
+    os.makedirs(out, exist_ok=True)
+    try:
+        for _ in range(600):  # its first start imports a lot: wait up to a minute
+            try:
+                http.request("GET", f"http://127.0.0.1:{port}/docs", timeout=1, retries=False)
+                break
+            except urllib3.exceptions.HTTPError:
+                time.sleep(0.1)
+        for photo in SERVER_PHOTOS:
+            with open(os.path.join(PHOTOS, photo), "rb") as f:
+                data = f.read()
+            for name, (fields, query) in SERVER_FORMS.items():
+                url = f"http://127.0.0.1:{port}/api/remove" + (f"?{query}" if query else "")
+                body = [("model", "u2net"), *fields.items(), ("file", (photo, data, "image/jpeg"))]
+                r = http.request("POST", url, fields=body, timeout=600, retries=False)
+                assert r.status == 200, (photo, name, r.status, r.data[:200])
+                with open(os.path.join(out, f"{photo}.{name}.png"), "wb") as f:
+                    f.write(r.data)
+                print(photo, name, len(r.data), "bytes")
+    finally:
+        server.terminate()
+        server.wait(30)
+    version = subprocess.run([rembg, "--version"], capture_output=True, text=True).stdout.strip()
+    _record_tool("rembg_server", {"version": version, "forms": {k: [v[0], v[1]] for k, v in SERVER_FORMS.items()},
+                                  "model": "u2net", "photos": list(SERVER_PHOTOS)})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="parity fixtures (see module docstring)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -222,8 +279,13 @@ def main(argv=None) -> int:
             q.add_argument("--model", choices=("u2netp", "u2net"), default="u2netp")
         if cmd == "modnet":
             q.add_argument("--model", required=True, help="modnet.onnx")
+    q = sub.add_parser("rembg-server")
+    q.add_argument("--rembg", required=True, help="the rembg command of a venv with rembg[cli]==2.0.86")
+    q.add_argument("--u2net-home", required=True, help="a directory holding u2net.onnx")
     args = ap.parse_args(argv)
-    if args.cmd == "photos":
+    if args.cmd == "rembg-server":
+        run_rembg_server(args.rembg, args.u2net_home)
+    elif args.cmd == "photos":
         make_photos(args.skimage_wheel)
     elif args.cmd == "decode":
         decode(args.inputs)

@@ -1,5 +1,6 @@
 // maskflow web page: presigned POST straight to MinIO, then long-poll the task.
-// The model selector lists GET /api/v1/models; the chosen one is signed into the upload.
+// The model selector lists GET /api/v1/models; the chosen one and the output options are
+// signed into the upload (POST /api/v1/uploads binds them as x-amz-meta-*).
 "use strict";
 
 const API = "/api/v1";
@@ -121,15 +122,29 @@ function row(file) {
   };
 }
 
+function chosenOptions() {
+  const chosen = {};
+  const value = (id) => document.getElementById(id).value;
+  const checked = (id) => document.getElementById(id).checked;
+  if (value("format")) chosen.format = value("format");
+  if (checked("crop")) chosen.crop = "true";
+  if (checked("use-background")) chosen.background = value("background");
+  if (value("refine")) chosen.refine = value("refine");
+  if (checked("post-process")) chosen.post_process = "true";
+  return chosen;
+}
+
 async function process(file) {
   const ui = row(file);
   const model = modelSelect.value; // "" until the listing loaded: the API's default
+  const options = chosenOptions();
   try {
     ui.status("uploading");
     const request = {
       filename: file.name, content_type: file.type || "application/octet-stream", size: file.size,
     };
     if (model) request.model = model; // the grant's fields then carry x-amz-meta-model
+    if (Object.keys(options).length) request.options = options; // and x-amz-meta-<option>
     const grant = await api("POST", "/uploads", request);
     ui.task(grant.task_id);
     const form = new FormData();

@@ -28,6 +28,8 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as HTTPTimeout
 
 from maskflow.infra.domain.formats import CONTENT_TYPES, sniff_format
+from maskflow.infra.domain.options import DEFAULTS, Options
+from maskflow.infra.domain.options import parse as parse_options
 from maskflow.infra.domain.outputs import RESULT_KINDS
 
 API = "/api/v1"
@@ -84,9 +86,10 @@ def atomic_write(path: Path, chunks) -> None:
         raise
 
 
-def result_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
-    """Where `download` puts a task's results, by kind: <stem>.png (cut-out), <stem>.mask.png."""
-    return {kind.name: Path(out_dir) / f"{stem}{kind.local_suffix}" for kind in RESULT_KINDS}
+def result_paths(out_dir: str | os.PathLike, stem: str, options: Options = DEFAULTS) -> dict[str, Path]:
+    """Where `download` puts a task's results, by kind: <stem>.png (the cut-out, or the format
+    its options ask for: <stem>.webp), <stem>.mask.png."""
+    return {kind.name: Path(out_dir) / f"{stem}{kind.local_suffix_for(options)}" for kind in RESULT_KINDS}
 
 
 class Client:
@@ -154,21 +157,24 @@ class Client:
                            f"(maskflow up, or pass --api-url)")
 
     # -- submitting ---------------------------------------------------------------------------
-    def submit(self, path: str | os.PathLike, model: str | None = None) -> str:
-        """Upload through the API (multipart field `file`, and `model` if given); returns the
-        task id.  Without a model the task gets the API's default (GET /api/v1/models)."""
+    def submit(self, path: str | os.PathLike, model: str | None = None,
+               options: dict[str, str] | None = None) -> str:
+        """Upload through the API (multipart field `file`, and `model` and `options` if given,
+        e.g. {"format": "webp", "crop": "true"}); returns the task id.  Without a model the task
+        gets the API's default (GET /api/v1/models)."""
         path = Path(path)
         with open(path, "rb") as f:
             data = f.read()
         ctype = sniff_content_type(data, path.name) or "application/octet-stream"
-        form = [("model", model)] if model else []
+        form = ([("model", model)] if model else []) + list((options or {}).items())
         doc = self._request("POST", f"{API}/tasks/segmentation",
                             form=[*form, ("file", (path.name, data, ctype))])
         return doc["task_id"]
 
-    def submit_presigned(self, path: str | os.PathLike, model: str | None = None) -> str:
-        """Ask for a presigned POST policy (naming `model` if given, which the policy then
-        binds), then upload straight to MinIO; returns the task id."""
+    def submit_presigned(self, path: str | os.PathLike, model: str | None = None,
+                         options: dict[str, str] | None = None) -> str:
+        """Ask for a presigned POST policy (naming `model` and `options` if given, which the
+        policy then binds), then upload straight to MinIO; returns the task id."""
         path = Path(path)
         data = path.read_bytes()
         ctype = sniff_content_type(data, path.name)
@@ -177,7 +183,8 @@ class Client:
                               "unsupported_media_type")
         grant = self._request("POST", f"{API}/uploads",
                               json_body={"filename": path.name, "content_type": ctype, "size": len(data),
-                                    **({"model": model} if model else {})})
+                                         **({"model": model} if model else {}),
+                                         **({"options": options} if options else {})})
         # The fields carry everything the policy demands, x-amz-meta-model included.
         fields = dict(grant.get("fields") or {})
         fields.setdefault("Content-Type", ctype)
@@ -258,7 +265,7 @@ class Client:
         urls = {kind.name: result.get(kind.api_field) for kind in RESULT_KINDS}
         if not all(urls.values()):
             raise ClientError(f"task {task.get('task_id')} has no results (status {task.get('status')})")
-        paths = result_paths(out_dir, stem)
+        paths = result_paths(out_dir, stem, parse_options(task.get("options") or {}))
         # The first kind (the cut-out) last: where it is, every result is.
         for kind in reversed(RESULT_KINDS):
             self._fetch(urls[kind.name], paths[kind.name])

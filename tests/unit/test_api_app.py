@@ -95,13 +95,20 @@ def test_token_guards_api_routes_only():
     assert c.simulate_get("/metrics").status_code == 200
 
 
+def test_token_guards_the_rembg_drop_in_too():
+    c = falcon.testing.TestClient(create_app(build_deps(offline_config(token="t0ken"))))
+    assert error_of(c.simulate_post("/api/remove"), 401)["code"] == "unauthorized"
+    r = c.simulate_post("/api/remove", headers={"Authorization": "Bearer t0ken"})
+    assert r.status_code == 400 and "multipart/form-data" in r.json["detail"]  # past the token, rembg's shape
+
+
 def test_document_covers_every_route(client):
     doc = document(load_config(env={}))
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
         "/api/v1/tasks/segmentation", "/api/v1/tasks/{task_id}", "/api/v1/tasks",
         "/api/v1/uploads", "/api/v1/models", "/api/v1/batches/{prefix}", "/api/v1/openapi.json",
-        "/healthz", "/readyz", "/metrics"}
+        "/api/remove", "/healthz", "/readyz", "/metrics"}
     served = client.simulate_get("/api/v1/openapi.json").json
     assert served["paths"].keys() == doc["paths"].keys()
     # limits in the document come from the running config

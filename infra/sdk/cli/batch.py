@@ -16,13 +16,14 @@ from maskflow.infra.sdk.cli.connect import api_client
 from maskflow.infra.sdk.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 from maskflow.infra.sdk.cli.names import result_stems
 from maskflow.infra.sdk.cli.progress import Progress
+from maskflow.infra.sdk.cli.recipe import Recipe, from_args
 from maskflow.infra.sdk.cli.upload import STATE_FILE, Item, upload_through_api, upload_to_minio
 from maskflow.infra.sdk.client import Client, atomic_write, result_paths
 from maskflow.infra.wiring.config import Config
 
 # Short spellings accepted besides .<format> (photo.jpg, scan.tif).
 _SHORT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
-# In --out: the model each result there was asked of, for results that named one.
+# In --out: the model and options each result there was asked of, for results that named any.
 MODELS_FILE = ".maskflow-models.json"
 
 
@@ -38,22 +39,24 @@ def batch(args, cfg: Config) -> int:
         raise UsageError(f"{root}: no image files ({', '.join(sorted(suffixes))})")
     stems = result_stems(rels)
     items = [Item(rel, root / rel, stems[rel]) for rel in rels]
-    model = args.model or ""
-    made_by = ResultModels(out)
-    todo = [i for i in items if not (_done_locally(out, i.stem) and made_by.get(i.stem) == model)]
+    asked = from_args(args)
+    made_by = ResultRecipes(out)
+    todo = [i for i in items if not (_done_locally(out, i.stem, asked)
+                                     and made_by.get(i.stem) == asked.signature)]
     client = api_client(args, cfg)
     _check_api(client)
     say(f"batch input/{name}/: {len(items)} images"
-        + (f", model {model}" if model else "")
+        + (f", model {asked.model}" if asked.model else "")
+        + (f", options {asked.signature.partition('|')[2]}" if asked.options else "")
         + (f" ({skipped} other files ignored)" if skipped else "")
         + (f", {len(items) - len(todo)} already done in {out}, skipping them" if out else ""))
     if todo:
         if args.via == "s3":
-            upload_to_minio(todo, cfg, name, model)
+            upload_to_minio(todo, cfg, name, asked)
         else:
-            upload_through_api(todo, client, (out or root) / STATE_FILE, model)
+            upload_through_api(todo, client, (out or root) / STATE_FILE, asked)
         _poll_until_done(todo, client, out, cfg, args.via,
-                         on_download=lambda item: made_by.record(item.stem, model))
+                         on_download=lambda item: made_by.record(item.stem, asked.signature))
     failures = [i for i in todo if i.error is not None]
     say(f"batch input/{name}/: {len(items) - len(failures)} completed, {len(failures)} failed"
         + (f"; results in {out}" if out else ""))
@@ -98,17 +101,18 @@ def scan(root: Path, suffixes: frozenset[str]) -> tuple[list[str], int]:
     return sorted(images), skipped
 
 
-def _done_locally(out: Path | None, stem: str) -> bool:
+def _done_locally(out: Path | None, stem: str, asked: Recipe) -> bool:
     if out is None:
         return False
-    return all(p.is_file() for p in result_paths(out, stem).values())
+    return all(p.is_file() for p in result_paths(out, stem, asked.parsed).values())
 
 
-class ResultModels:
-    """The model each result in --out was asked of ('' for none), kept in MODELS_FILE there,
-    so that a re-run asking for another model does not take those results for done.
+class ResultRecipes:
+    """The recipe each result in --out was asked of (its signature: '' for none, else the model
+    and the options), kept in MODELS_FILE there, so that a re-run asking for another model or
+    other options does not take those results for done.
 
-    Results that named no model are not listed (a batch that never names one writes no file).
+    Results that named nothing are not listed (a batch that never does writes no file).
     An entry is written after its results, so an interrupt in between means doing it again.
     """
 

@@ -5,7 +5,7 @@ import argparse
 
 from maskflow.infra.domain.catalog import DEFAULT, accepted_names
 from maskflow.infra.domain.outputs import RESULT_KINDS
-from maskflow.infra.sdk.cli import batch, serve, status, submit
+from maskflow.infra.sdk.cli import batch, recipe, serve, status, submit
 
 DESCRIPTION = "`maskflow`: one entry point for running the stack and using it."
 
@@ -69,6 +69,7 @@ def _add_submit(commands, api_options: argparse.ArgumentParser) -> None:
     parser.add_argument("--presigned", action="store_true",
                         help="upload straight to MinIO with a presigned POST from the API")
     _add_model_option(parser, "to segment every IMAGE with")
+    recipe.add_flags(parser)
     parser.set_defaults(run=submit.submit)
 
 
@@ -99,4 +100,5 @@ def _add_batch(commands, api_options: argparse.ArgumentParser) -> None:
                              "default, like mc mirror) or through the API (api)")
     _add_model_option(parser, "to segment every image with (with --via s3, set as each "
                               "object's user metadata model=NAME)")
+    recipe.add_flags(parser)
     parser.set_defaults(run=batch.batch)

@@ -10,6 +10,7 @@ from maskflow.infra.ops.console import say
 from maskflow.infra.sdk.cli.connect import api_client
 from maskflow.infra.sdk.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 from maskflow.infra.sdk.cli.names import unique_stems
+from maskflow.infra.sdk.cli.recipe import from_args
 from maskflow.infra.sdk.client import Client, ClientError, TaskFailed
 from maskflow.infra.wiring.config import Config
 
@@ -20,12 +21,13 @@ def submit(args, cfg: Config) -> int:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
     client = api_client(args, cfg)
+    asked = from_args(args)
     failed: list[tuple[Path, str]] = []
     submitted: list[tuple[Path, str, str]] = []
     for path, stem in zip(paths, unique_stems(paths)):
         try:
             send = client.submit_presigned if args.presigned else client.submit
-            task_id = send(path, model=args.model)
+            task_id = send(path, model=asked.model or None, options=asked.options)
         except ClientError as exc:
             if not exc.rejected:
                 raise

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maskflow.infra.domain import options
 from maskflow.infra.domain.catalog import METADATA_KEY
 from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.sdk.cli.exits import UsageError
 from maskflow.infra.sdk.cli.progress import Progress
+from maskflow.infra.sdk.cli.recipe import Recipe
 from maskflow.infra.sdk.client import Client, ClientError, atomic_write, sniff_content_type
 from maskflow.infra.wiring.config import Config
 
@@ -37,7 +39,7 @@ class Item:
 
 
 # -- straight to MinIO ----------------------------------------------------------------------------
-def upload_to_minio(items: list[Item], cfg: Config, batch_name: str, model: str | None = None) -> None:
+def upload_to_minio(items: list[Item], cfg: Config, batch_name: str, asked: Recipe = Recipe()) -> None:
     """Put each file at input/<batch_name>/<rel> like `mc mirror`: identical objects are skipped.
 
     With `model`, each object carries the user metadata model=NAME (x-amz-meta-model), which
@@ -51,7 +53,7 @@ def upload_to_minio(items: list[Item], cfg: Config, batch_name: str, model: str 
         for n, item in enumerate(items, 1):
             item.key = f"input/{batch_name}/{item.rel}"
             try:
-                _mirror(store, item, model)
+                _mirror(store, item, asked)
             except S3Error as exc:
                 raise UsageError(f"MinIO at {cfg.minio.endpoint} refused {item.key}: {exc.code}") from None
             except OSError as exc:  # urllib3 connection errors are OSErrors too
@@ -62,23 +64,25 @@ def upload_to_minio(items: list[Item], cfg: Config, batch_name: str, model: str 
         bar.close()
 
 
-def _mirror(store: ObjectStore, item: Item, model: str | None = None) -> None:
+def _mirror(store: ObjectStore, item: Item, asked: Recipe) -> None:
     """Upload the file unless the bucket holds the same bytes under its key already, asking
-    for the same model (none, or the same name): a different model means a new task."""
+    for the same model and options: another recipe means a new task."""
     existing = _stat(store, item.key)
     if (existing is not None and (existing.etag or "").strip('"') == _md5(item.path)
-            and _stored_model(existing) == (model or "")):
+            and _stored_metadata(existing) == asked.metadata):
         return
     if existing is not None:
         item.fresh_after = utc_iso()
     store.client.fput_object(store.bucket, item.key, str(item.path),
-                             content_type=_content_type(item.path),
-                             metadata={METADATA_KEY: model} if model else None)
+                             content_type=_content_type(item.path), metadata=asked.metadata or None)
 
 
-def _stored_model(stat) -> str:
-    """The model an object asks for in its user metadata; '' when it names none."""
-    return (stat.metadata or {}).get(f"x-amz-meta-{METADATA_KEY}", "")
+def _stored_metadata(stat) -> dict[str, str]:
+    """The model and options an object asks for in its user metadata."""
+    meta = {k.lower().removeprefix("x-amz-meta-"): v for k, v in (stat.metadata or {}).items()
+            if k.lower().startswith("x-amz-meta-")}
+    asking = {METADATA_KEY, *map(options.metadata_key, options.NAMES)}
+    return {k: v for k, v in meta.items() if k in asking}
 
 
 def _stat(store: ObjectStore, key: str):
@@ -129,20 +133,19 @@ class StateFile:
         atomic_write(self.path, [json.dumps(self.state).encode()])
 
 
-def upload_through_api(items: list[Item], client: Client, state_path: Path,
-                       model: str | None = None) -> None:
-    """Submit each file through the API (with `model` if given), or reuse its task from an
-    earlier run that asked for the same model."""
+def upload_through_api(items: list[Item], client: Client, state_path: Path, asked: Recipe = Recipe()) -> None:
+    """Submit each file through the API with its model and options, or reuse its task from an
+    earlier run that asked for the same."""
     state = StateFile(state_path, client.api_url)
     bar = Progress("upload", len(items))
     try:
         for n, item in enumerate(items, 1):
             st = item.path.stat()
-            signature = f"{st.st_size}:{st.st_mtime_ns}" + (f":{model}" if model else "")
+            signature = f"{st.st_size}:{st.st_mtime_ns}" + (f":{asked.signature}" if asked.signature else "")
             item.task_id = state.task_id(item.rel, signature)
             if item.task_id is None:
                 try:
-                    item.task_id = client.submit(item.path, model=model)
+                    item.task_id = client.submit(item.path, model=asked.model or None, options=asked.options)
                 except ClientError as exc:
                     if not exc.rejected:
                         raise
