@@ -19,10 +19,12 @@ Every rejection raises a subclass of ImageRejected with a readable message.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 
 import numpy as np
+from PIL import Image
 
 # OpenCV's own pixel cap (default 2^30) is a last-resort backstop only: our
 # header check runs first with the caller's max_pixels.  Must be set before
@@ -197,6 +199,17 @@ def on_background(colours: np.ndarray, alpha: np.ndarray, rgb: tuple[int, int, i
     return ((colours.astype(np.uint16) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
 
 
+def encode_webp_lossless(pixels: np.ndarray) -> bytes:
+    """Lossless WebP of RGB(A) pixels at libwebp's effort 1.
+
+    Through Pillow, because OpenCV cannot choose the effort: its default (4) took 4x as long
+    for 4% fewer bytes on the test photos (tests/bench/outputs.py; docs/benchmarks.md).
+    """
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "WEBP", lossless=True, method=1, quality=0)
+    return out.getvalue()
+
+
 def encode_cutout(colours: np.ndarray, alpha: np.ndarray, options: Options) -> bytes:
     """The cut-out as the task's options ask: cropped, on a background, in a format."""
     if options.premultiplied:
@@ -208,14 +221,14 @@ def encode_cutout(colours: np.ndarray, alpha: np.ndarray, options: Options) -> b
     if background is None and options.format == "png":
         return encode_cutout_png(colours, alpha)
     pixels = cutout_rgba(colours, alpha) if background is None else on_background(colours, alpha, background)
+    if options.format == "webp":
+        return encode_webp_lossless(pixels)
     bgr = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     if options.format == "png":
         return encode_png_opencv(bgr)
-    ext, params = {"webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # above 100: lossless
-                   "jpeg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])}[options.format]
-    ok, out = cv2.imencode(ext, bgr, params)
+    ok, out = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
-        raise RuntimeError(f"{options.format} encoding failed")
+        raise RuntimeError("jpeg encoding failed")
     return out.tobytes()
 
 

@@ -111,7 +111,8 @@ def main() -> None:
         finally:
             stack.down()
 
-    model = Segmenter.load(cfg.model_files[args.model or DEFAULT].path)
+    file = cfg.model_files[args.model or DEFAULT]
+    model = Segmenter.load(file.path, file.input_size, manifest_path=file.manifest)
     loop_started = time.perf_counter()
     for blob in data[: min(50, len(data))]:
         rgb = decode_image(blob)
