@@ -4,9 +4,12 @@ background, as a task's options ask (infra/domain/options.py).
 The steps are rembg's, so its users get what they know: its post-processed mask (an opening
 with a 3x3 cross, a Gaussian blur of sigma 2, a threshold at 127), and alpha matting and
 foreground estimation with pymatting, the library rembg uses.  Matting costs far more than
-the model, so it is bounded by `outputs.refine_max_pixels`.
+the model, so it is bounded by `outputs.refine_max_pixels`, and a process refines one image at
+a time: matting holds about 0.5 GB per megapixel (tests/bench/outputs.py).
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -15,6 +18,7 @@ from maskflow.infra.domain.options import Options
 from maskflow.infra.domain.rejections import ImageRejected
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+_ONE_AT_A_TIME = threading.Lock()  # a worker's threads share its memory limit
 
 
 class TooLargeToRefine(ImageRejected):
@@ -33,13 +37,14 @@ def finish(rgb: np.ndarray, mask: np.ndarray, options: Options, max_pixels: int)
     if pixels > max_pixels:
         raise TooLargeToRefine(f"refine={options.refine} is limited to {max_pixels} pixels "
                                f"(outputs.refine_max_pixels); this image has {pixels}")
-    if options.refine == "matting":
-        try:
-            return matting(rgb, mask, options.matting_foreground, options.matting_background,
-                           options.matting_erode)
-        except ValueError:  # no unknown region to solve for: what rembg falls back to
-            pass
-    return foreground(rgb, mask), mask
+    with _ONE_AT_A_TIME:
+        if options.refine == "matting":
+            try:
+                return matting(rgb, mask, options.matting_foreground, options.matting_background,
+                               options.matting_erode)
+            except ValueError:  # no unknown region to solve for: what rembg falls back to
+                pass
+        return foreground(rgb, mask), mask
 
 
 def post_process(mask: np.ndarray) -> np.ndarray:

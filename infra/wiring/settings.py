@@ -70,7 +70,7 @@ class OutputsConfig:
     by_prefix: dict[str, str] = field(default_factory=dict)
     # refine=matting or decontaminate on more pixels than this fails the task (matting a 40 MP
     # photo would hold a worker for minutes): see docs/benchmarks.md.
-    refine_max_pixels: int = 4_000_000
+    refine_max_pixels: int = 1_000_000
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ from maskflow.infra.wiring.config import env_for
 
 PHOTO = "astronaut.jpg"
 PREFIXED = "input/outputs-by-prefix/"
+REFINE_MAX_PIXELS = 300_000  # above astronaut.jpg (512x512), below motorcycle.jpg (741x500)
 
 
 @pytest.fixture(scope="module")
 def app(servers, tmp_path_factory):
     with app_stack(tmp_path_factory.mktemp("outputs"), servers, workers=1,
-                   outputs={"by_prefix": {PREFIXED: "format=webp&crop=true"}}) as running:
+                   outputs={"by_prefix": {PREFIXED: "format=webp&crop=true"},
+                            "refine_max_pixels": REFINE_MAX_PIXELS}) as running:
         yield running
 
 
@@ -128,6 +130,21 @@ def test_refined_edges(app, expected):
     cutout, stored_mask = results(submit(app, refine="matting", matting_erode="5"))
     assert np.asarray(cutout)[:, :, 3].shape == mask.shape
     assert np.mean(stored_mask != mask) > 0.001, "matting changed nothing"
+
+
+def test_refining_more_pixels_than_the_limit_fails_that_task_only(app):
+    def submit_photo(name: str, **fields: str) -> dict:
+        r = requests.post(f"{app.url}/api/v1/tasks/segmentation", data=fields,
+                          files={"file": (name, (PHOTOS / name).read_bytes(), "image/jpeg")}, timeout=30)
+        assert r.status_code == 202, r.text
+        return finished(app, r.json()["task_id"])
+
+    for refine in ("matting", "decontaminate"):
+        task = submit_photo("motorcycle.jpg", refine=refine)
+        assert task["status"] == "failed", task
+        assert task["error"] == (f"refine={refine} is limited to {REFINE_MAX_PIXELS} pixels "
+                                 f"(outputs.refine_max_pixels); this image has {741 * 500}")
+    assert submit_photo("motorcycle.jpg")["status"] == "completed", "the same image without refine"
 
 
 def test_presigned_post_and_put_bind_the_options(app):
