@@ -103,6 +103,15 @@ def assert_error(response: requests.Response, status: int, code: str | None = No
     return body["error"]
 
 
+def finished_task(api_url: str, task_id: str) -> dict:
+    """The task's answer once it is completed or failed, by the API's long poll."""
+    for _ in range(20):  # each GET holds up to 30 s until the task is done
+        task = requests.get(f"{api_url}/api/v1/tasks/{task_id}", params={"wait": 30}, timeout=40).json()
+        if task["status"] in ("completed", "failed"):
+            return task
+    raise AssertionError(f"task {task_id} did not finish: {task}")
+
+
 def queued_events(r, events_key: str) -> list[ObjectCreated]:
     """The events waiting in the list; items that are not MinIO's messages are passed over."""
     events = []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from checks import PHOTOS, assert_error, iou, png, reference_mask, wait_for_task
+from checks import PHOTOS, assert_error, finished_task, iou, png, reference_mask, wait_for_task
 from conftest import app_stack
 from maskflow.infra.domain.catalog import names
 from maskflow.infra.stores.tasks import derive_task_id
@@ -23,14 +23,6 @@ def app(servers, tmp_path_factory):
     with app_stack(tmp_path_factory.mktemp("models"), servers, workers=1,
                    models={"by_prefix": {PRODUCTS: "general"}}) as running:
         yield running
-
-
-def _finished(app, task_id: str) -> dict:
-    for _ in range(20):  # each GET holds up to 30 s until the task is done
-        task = requests.get(f"{app.url}/api/v1/tasks/{task_id}", params={"wait": 30}, timeout=40).json()
-        if task["status"] in ("completed", "failed"):
-            return task
-    raise AssertionError(f"task {task_id} did not finish: {task}")
 
 
 def _mask_from_url(task: dict) -> np.ndarray:
@@ -78,7 +70,7 @@ def test_api_upload_with_and_without_a_model(app):
         assert r.status_code == 202, r.text
         assert set(r.json()) == {"task_id", "status", "created_at"}
         submitted[model] = r.json()["task_id"]
-    general, default = _finished(app, submitted["general"]), _finished(app, submitted[None])
+    general, default = finished_task(app.url, submitted["general"]), finished_task(app.url, submitted[None])
     assert general["model"] == "general"
     # no model named: exactly the original contract's fields
     assert set(default) == {"task_id", "status", "result", "error", "created_at", "completed_at"}
@@ -106,7 +98,7 @@ def test_presigned_uploads_carry_the_model_they_were_granted(app):
     assert r.status_code == 403, r.text
     r = requests.post(grant["url"], data=grant["fields"], files={"file": (SCENE, data, "image/jpeg")}, timeout=30)
     assert r.status_code == 204, r.text
-    task = _finished(app, grant["task_id"])
+    task = finished_task(app.url, grant["task_id"])
     assert task["model"] == "general"
     _scene_matches(_mask_from_url(task), "general")
 
@@ -120,7 +112,7 @@ def test_presigned_uploads_carry_the_model_they_were_granted(app):
     other = {**grant["headers"], "X-Amz-Meta-Model": "person"}
     assert requests.put(grant["url"], data=data, headers=other, timeout=30).status_code == 403
     assert requests.put(grant["url"], data=data, headers=grant["headers"], timeout=30).status_code == 200
-    assert _finished(app, grant["task_id"])["model"] == "general"
+    assert finished_task(app.url, grant["task_id"])["model"] == "general"
 
 
 def test_mc_cp_with_model_metadata(app, servers, mc, tasks, objects, tmp_path, unique_prefix):

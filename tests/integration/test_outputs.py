@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from checks import PHOTOS, assert_error, wait_for_task
+from checks import PHOTOS, assert_error, finished_task, wait_for_task
 from conftest import app_stack
 from maskflow.infra.domain.images import crop_box, cutout_rgba, decode_image, on_background
 from maskflow.infra.stores.tasks import derive_task_id
@@ -41,14 +41,6 @@ def expected(person_model):
     return rgb, person_model.predict(rgb)
 
 
-def finished(app, task_id: str) -> dict:
-    for _ in range(20):  # each GET holds up to 30 s until the task is done
-        task = requests.get(f"{app.url}/api/v1/tasks/{task_id}", params={"wait": 30}, timeout=40).json()
-        if task["status"] in ("completed", "failed"):
-            return task
-    raise AssertionError(f"task {task_id} did not finish: {task}")
-
-
 def results(task: dict) -> tuple[Image.Image, np.ndarray]:
     """The cut-out (Pillow, checked by its own decoder) and the mask of a completed task."""
     assert task["status"] == "completed", task
@@ -60,11 +52,11 @@ def results(task: dict) -> tuple[Image.Image, np.ndarray]:
     return image, np.asarray(Image.open(io.BytesIO(mask.content)))
 
 
-def submit(app, **fields: str) -> dict:
+def submit(app, photo: str = PHOTO, **fields: str) -> dict:
     r = requests.post(f"{app.url}/api/v1/tasks/segmentation", data=fields,
-                      files={"file": (PHOTO, (PHOTOS / PHOTO).read_bytes(), "image/jpeg")}, timeout=30)
+                      files={"file": (photo, (PHOTOS / photo).read_bytes(), "image/jpeg")}, timeout=30)
     assert r.status_code == 202, r.text
-    return finished(app, r.json()["task_id"])
+    return finished_task(app.url, r.json()["task_id"])
 
 
 def test_no_option_keeps_the_contract_and_the_png_pair(app, expected):
@@ -133,18 +125,12 @@ def test_refined_edges(app, expected):
 
 
 def test_refining_more_pixels_than_the_limit_fails_that_task_only(app):
-    def submit_photo(name: str, **fields: str) -> dict:
-        r = requests.post(f"{app.url}/api/v1/tasks/segmentation", data=fields,
-                          files={"file": (name, (PHOTOS / name).read_bytes(), "image/jpeg")}, timeout=30)
-        assert r.status_code == 202, r.text
-        return finished(app, r.json()["task_id"])
-
     for refine in ("matting", "decontaminate"):
-        task = submit_photo("motorcycle.jpg", refine=refine)
+        task = submit(app, "motorcycle.jpg", refine=refine)
         assert task["status"] == "failed", task
         assert task["error"] == (f"refine={refine} is limited to {REFINE_MAX_PIXELS} pixels "
                                  f"(outputs.refine_max_pixels); this image has {741 * 500}")
-    assert submit_photo("motorcycle.jpg")["status"] == "completed", "the same image without refine"
+    assert submit(app, "motorcycle.jpg")["status"] == "completed", "the same image without refine"
 
 
 def test_presigned_post_and_put_bind_the_options(app):
@@ -158,7 +144,7 @@ def test_presigned_post_and_put_bind_the_options(app):
     assert r.status_code == 403, r.text
     r = requests.post(grant["url"], data=grant["fields"], files={"file": (PHOTO, data, "image/jpeg")}, timeout=30)
     assert r.status_code == 204, r.text
-    cutout, _ = results(finished(app, grant["task_id"]))
+    cutout, _ = results(finished_task(app.url, grant["task_id"]))
     assert cutout.format == "WEBP" and cutout.size != (512, 512)
 
     grant = requests.post(f"{app.url}/api/v1/uploads", json={
@@ -168,7 +154,7 @@ def test_presigned_post_and_put_bind_the_options(app):
     other = {**grant["headers"], "X-Amz-Meta-Background": "#ff0000"}
     assert requests.put(grant["url"], data=data, headers=other, timeout=30).status_code == 403
     assert requests.put(grant["url"], data=data, headers=grant["headers"], timeout=30).status_code == 200
-    task = finished(app, grant["task_id"])
+    task = finished_task(app.url, grant["task_id"])
     assert task["options"] == {"format": "jpeg", "background": "#0000ff"}
     cutout, _ = results(task)
     assert cutout.format == "JPEG" and cutout.getpixel((2, 2))[2] > 200, "not on blue"
