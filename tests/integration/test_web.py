@@ -1,8 +1,9 @@
 """Issue 6 acceptance: the web page at / in headless Debian chromium, auth on, real stack.
-Issue 14: its model selector changes the result."""
+Issue 14: its model selector changes the result; issue 24: its output options."""
 from __future__ import annotations
 
 import base64
+import io
 import contextlib
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 from playwright import sync_api as playwright_api
 
 from checks import iou, png, reference_mask
@@ -153,4 +155,28 @@ def test_model_selector_changes_the_result(stack):
 
         assert iou(_page_mask(page, default_id), reference_mask(SCENE, "person")) >= 0.99
         assert iou(_page_mask(page, general_id), reference_mask(SCENE, "general")) >= 0.99
+        assert not errors, errors
+
+
+def test_output_options_on_the_page_shape_the_result(stack):
+    """Issue 24: the page's format, crop and background controls reach the task."""
+    with open_page(stack) as (page, errors):
+        page.fill("#token", TOKEN)
+        page.select_option("#format", "jpeg")
+        page.check("#crop")
+        page.check("#use-background")
+        page.fill("#background", "#0000ff")
+        page.evaluate(DROP_JS, [[_file(FIXTURES / "photos" / "astronaut.jpg")]])
+        _wait_for(page, "document.querySelectorAll('li.file[data-status=completed]').length === 1")
+        _wait_for(page, "[...document.querySelectorAll('li.file img')].length === 2 && "
+                        "[...document.querySelectorAll('li.file img')]"
+                        ".every(i => i.complete && i.naturalWidth > 0)", 30)
+        task_id = page.get_attribute("li.file[data-status=completed]", "data-task-id")
+        task = requests.get(f"{stack.cfg.api_url}/api/v1/tasks/{task_id}",
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
+        assert task["options"] == {"format": "jpeg", "crop": "true", "background": "#0000ff"}
+        cutout = requests.get(page.get_attribute("li.file img.cutout", "src"), timeout=10)
+        image = Image.open(io.BytesIO(cutout.content))
+        assert image.format == "JPEG" and image.size != (512, 512), "not a cropped JPEG"
+        assert image.getpixel((1, 1))[2] > 200, "not on blue"
         assert not errors, errors
