@@ -102,20 +102,20 @@ def _validate(cfg: Config) -> None:
             check_name(name)
         except UnknownModel as exc:
             raise ConfigError(f"config key models.paths: {exc}") from None
-    for prefix, query in cfg.outputs.by_prefix.items():
+    _check_by_prefix("outputs.by_prefix", cfg.outputs.by_prefix,
+                     lambda query: options.parse(options.parse_query(query)))
+    _check_by_prefix("models.by_prefix", cfg.models.by_prefix, check_name)
+
+
+def _check_by_prefix(key: str, by_prefix: dict[str, str], check) -> None:
+    """Each prefix under input/, and each value what `check` accepts (it raises ValueError)."""
+    for prefix, value in by_prefix.items():
         if not prefix.startswith("input/"):
-            raise ConfigError(f"config key outputs.by_prefix: prefix {prefix!r} is not under input/")
+            raise ConfigError(f"config key {key}: prefix {prefix!r} is not under input/")
         try:
-            options.parse(options.parse_query(query))
+            check(value)
         except ValueError as exc:
-            raise ConfigError(f"config key outputs.by_prefix: {prefix!r}: {exc}") from None
-    for prefix, name in cfg.models.by_prefix.items():
-        if not prefix.startswith("input/"):
-            raise ConfigError(f"config key models.by_prefix: prefix {prefix!r} is not under input/")
-        try:
-            check_name(name)
-        except UnknownModel as exc:
-            raise ConfigError(f"config key models.by_prefix: {prefix!r}: {exc}") from None
+            raise ConfigError(f"config key {key}: {prefix!r}: {exc}") from None
 
 
 def load_config(path: str | os.PathLike | None = None,
