@@ -7,13 +7,14 @@ e.g. ``MASKFLOW_REDIS_PORT=6380`` or ``MASKFLOW_MODEL_INPUT_SIZE=256,256``.
 
 Unknown sections, unknown keys and unknown ``MASKFLOW_*`` variables fail at start-up:
 a misspelled setting that is silently ignored is worse than one that stops the process.
+Credentials may come from files, ``MASKFLOW_<SECTION>_<KEY>_FILE`` (infra/wiring/sources.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 
 from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, check_name
@@ -21,18 +22,13 @@ from maskflow.infra.domain import options
 from maskflow.infra.wiring.settings import (ApiConfig, Config, MinioConfig, ModelConfig, ModelFile, ModelsConfig,
                                             OutputsConfig, QueueConfig, RedisConfig, StackConfig, TaskConfig,
                                             WorkerConfig)
-from maskflow.infra.wiring.values import ConfigError, coerce, split_address
-
-ENV_PREFIX = "MASKFLOW_"
-CONFIG_FILE_ENV = "MASKFLOW_CONFIG"
+from maskflow.infra.wiring import sources
+from maskflow.infra.wiring.sources import CONFIG_FILE_ENV, ENV_PREFIX
+from maskflow.infra.wiring.values import ConfigError, split_address
 
 
 def _sections() -> dict[str, type]:
     return typing.get_type_hints(Config)
-
-
-def _resolved_types(cls: type) -> dict[str, typing.Any]:
-    return typing.get_type_hints(cls)
 
 
 def _validate(cfg: Config) -> None:
@@ -87,6 +83,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key minio.endpoint: {exc}") from None
     if not cfg.minio.bucket:
         raise ConfigError("config key minio.bucket: must not be empty")
+    for key in ("redis.ca_file", "minio.ca_file"):
+        section, name = key.split(".")
+        path = getattr(getattr(cfg, section), name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"config key {key}: no such file: {path}")
+    if any(not t or any(c.isspace() or c == "," for c in t) for t in cfg.api.tokens):
+        raise ConfigError("config key api.tokens: a token may hold no spaces or commas")
     if cfg.stack.heavy_workers < 0:
         raise ConfigError(f"config key stack.heavy_workers: must be >= 0, got {cfg.stack.heavy_workers}")
     for key, models in (("worker.models", cfg.worker.models), ("stack.heavy_models", cfg.stack.heavy_models)):
@@ -123,57 +126,19 @@ def load_config(path: str | os.PathLike | None = None,
     """Build the settings from defaults, an optional TOML file and the environment."""
     env = os.environ if env is None else env
     sections = _sections()
-    values: dict[str, dict[str, typing.Any]] = {name: {} for name in sections}
-
-    path = path or env.get(CONFIG_FILE_ENV)
-    if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path}: not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        for section, table in data.items():
-            if section not in sections or not isinstance(table, dict):
-                raise ConfigError(f"config file {path}: unknown section [{section}]")
-            hints = _resolved_types(sections[section])
-            for key, raw in table.items():
-                if key not in hints:
-                    raise ConfigError(f"config key {section}.{key}: unknown key")
-                values[section][key] = coerce(f"{section}.{key}", hints[key], raw)
-
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
-            continue
-        section_key = name[len(ENV_PREFIX):].lower()
-        section, _, key = section_key.partition("_")
-        hints = _resolved_types(sections[section]) if section in sections else {}
-        if key not in hints:
-            raise ConfigError(f"environment variable {name}: no such config key {section}.{key}")
-        values[section][key] = coerce(f"{section}.{key}", hints[key], raw)
-
+    values = sources.read(sections, path or env.get(CONFIG_FILE_ENV), env)
     cfg = Config(**{name: sections[name](**values[name]) for name in sections})
     _validate(cfg)
     return cfg
 
 
-def env_for(cfg: Config) -> dict[str, str]:
-    """The environment variables that reproduce `cfg` in a child process."""
-    out: dict[str, str] = {}
-    for section in dataclasses.fields(cfg):
-        sub = getattr(cfg, section.name)
-        for f in dataclasses.fields(sub):
-            value = getattr(sub, f.name)
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, tuple):
-                text = ",".join(str(v) for v in value)
-            elif isinstance(value, dict):
-                text = ",".join(f"{k}={v}" for k, v in value.items())
-            else:
-                text = str(value)
-            out[f"{ENV_PREFIX}{section.name.upper()}_{f.name.upper()}"] = text
-    return out
+def env_for(cfg: Config, files: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
+    """The environment variables that reproduce `cfg` in a child process; the keys in `files`
+    ("section.key" -> path) as ``..._FILE`` variables naming the file that holds each."""
+    return sources.to_env(cfg, files)
+
+
+SECRET_KEYS = tuple(sources.secret_keys(_sections()))
 
 
 def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
@@ -185,6 +150,6 @@ def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
 
 
 # The sections are declared in settings.py; callers import them from here, with the loader.
-__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "split_address",
+__all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "split_address", "SECRET_KEYS",
            "RedisConfig", "MinioConfig", "ModelConfig", "ModelsConfig", "ModelFile", "OutputsConfig", "TaskConfig",
            "QueueConfig", "WorkerConfig", "ApiConfig", "StackConfig"]

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import certifi
 import urllib3
 from minio import Minio
+from minio.credentials import StaticProvider
+from minio.minioadmin import MinioAdmin
 
 from maskflow.infra.wiring.config import Config, split_address
 
@@ -41,16 +43,42 @@ def redis_client(cfg: Config, *, timeout: float | None = None, connect_timeout: 
                      "health_check_interval": health_check_interval,
                      "retry": None if retries is None else Retry(NoBackoff(), retries)}
     options = {k: v for k, v in options.items() if v is not None}
+    tls = redis_tls_options(cfg)
+    auth = _auth(cfg.redis.username, cfg.redis.password)
     if not cfg.redis.sentinels:
-        return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db, **options)
+        return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, db=cfg.redis.db, **options, **tls, **auth)
     from redis.sentinel import Sentinel
 
-    # The Sentinels get the same timeouts and no retries of their own: asking for the master
-    # goes on to the next Sentinel when one does not answer.
+    # The Sentinels get the same timeouts and TLS, their own credentials, and no retries of
+    # their own: asking for the master goes on to the next Sentinel when one does not answer.
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
     sentinels = Sentinel([split_address(a) for a in cfg.redis.sentinels],
-                         sentinel_kwargs={**sentinel_options, "retry": Retry(NoBackoff(), 0)})
-    return sentinels.master_for(cfg.redis.master_name, db=cfg.redis.db, **options)
+                         sentinel_kwargs={**sentinel_options, "retry": Retry(NoBackoff(), 0), **tls,
+                                          **_auth(cfg.redis.sentinel_username, cfg.redis.sentinel_password)})
+    return sentinels.master_for(cfg.redis.master_name, db=cfg.redis.db, **options, **tls, **auth)
+
+
+def _auth(username: str, password: str) -> dict:
+    """redis-py's AUTH arguments: an ACL user, or the default user's password, or none."""
+    return {k: v for k, v in (("username", username), ("password", password)) if v}
+
+
+def redis_tls_options(cfg: Config) -> dict:
+    """redis-py's TLS arguments: the server's certificate checked against redis.ca_file."""
+    if not cfg.redis.tls:
+        return {}
+    return {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True,
+            "ssl_ca_certs": cfg.redis.ca_file or None}
+
+
+def tls_problem(exc: BaseException, what: str, ca_key: str, ca_file: str) -> str | None:
+    """A one-line explanation when `exc` is a certificate the configured CA does not trust."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" not in text and "certificate verify failed" not in text:
+        return None
+    trusted = f"{ca_key}={ca_file}" if ca_file else f"the system's CAs ({ca_key} is empty)"
+    reason = text[text.find("certificate verify failed"):].split(")")[0].rstrip(" .'\"")
+    return f"TLS to {what}: its certificate is not signed by a CA that {trusted} holds ({reason})"
 
 
 def minio_client(cfg: Config, endpoint: str | None = None, *, connect_timeout: float = MINIO_CONNECT_TIMEOUT,
@@ -61,8 +89,23 @@ def minio_client(cfg: Config, endpoint: str | None = None, *, connect_timeout: f
     """
     # No urllib3 retries: our own retries (tenacity, in the worker runtime) decide what is
     # transient, and the pool must not retry underneath them or hang on a dead server.
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-                               maxsize=16, retries=False, ca_certs=certifi.where())
+    http = minio_http(cfg, connect_timeout, read_timeout)
     return Minio(endpoint or cfg.minio.endpoint, access_key=cfg.minio.access_key,
                  secret_key=cfg.minio.secret_key, secure=cfg.minio.secure, region=cfg.minio.region,
                  http_client=http)
+
+
+def minio_http(cfg: Config, connect_timeout: float = MINIO_CONNECT_TIMEOUT,
+               read_timeout: float = MINIO_READ_TIMEOUT) -> urllib3.PoolManager:
+    """The HTTP pool under every MinIO client: MinIO's certificate is checked against
+    minio.ca_file (else certifi's CAs)."""
+    return urllib3.PoolManager(timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+                               maxsize=16, retries=False, cert_reqs="CERT_REQUIRED",
+                               ca_certs=cfg.minio.ca_file or certifi.where())
+
+
+def minio_admin(cfg: Config) -> MinioAdmin:
+    """MinIO's admin API with the config's keys (the bootstrap's: root)."""
+    return MinioAdmin(endpoint=cfg.minio.endpoint, secure=cfg.minio.secure, region=cfg.minio.region,
+                      credentials=StaticProvider(cfg.minio.access_key, cfg.minio.secret_key),
+                      http_client=minio_http(cfg))

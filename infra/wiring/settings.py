@@ -1,12 +1,26 @@
 """maskflow's settings as declarations: one frozen dataclass per section, and `Config`, which
-holds them all.  Loading, validation and the environment are infra/wiring/config.py's."""
+holds them all.  Loading, validation and the environment are infra/wiring/config.py's.
+
+Credentials are marked: they may come from files (``MASKFLOW_<SECTION>_<KEY>_FILE``,
+infra/wiring/sources.py), and secrets are left out of every repr.
+"""
 from __future__ import annotations
 
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from maskflow.infra.domain.catalog import CATALOG, DEFAULT, WheelMember
+from maskflow.infra.wiring.sources import CREDENTIAL, SECRET
+
+
+def _secret(default: typing.Any = "") -> typing.Any:
+    return field(default=default, repr=False, metadata=SECRET)
+
+
+def _credential(default: str = "") -> typing.Any:
+    return field(default=default, metadata=CREDENTIAL)
 
 MODELS_DIR = "models"  # the catalogue's files, relative to the working directory
 
@@ -23,15 +37,25 @@ class RedisConfig:
     # must be a stable address of the master: see docs/cluster.md.
     sentinels: tuple[str, ...] = ()
     master_name: str = "maskflow"
+    # ACL user and password (empty username: the `default` user); the Sentinels' own auth.
+    username: str = _credential()
+    password: str = _secret()
+    sentinel_username: str = _credential()
+    sentinel_password: str = _secret()
+    # TLS to Redis (and to the Sentinels), trusting ca_file (empty: the system's CAs).
+    tls: bool = False
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
 class MinioConfig:
     endpoint: str = "127.0.0.1:9000"
-    access_key: str = "minioadmin"
-    secret_key: str = "minioadmin"
+    access_key: str = _credential("minioadmin")
+    secret_key: str = _secret("minioadmin")
     bucket: str = "ai-segmentation"
     secure: bool = False
+    # With secure: the CA that signed MinIO's certificate (empty: the system's CAs).
+    ca_file: str = ""
     region: str = "us-east-1"
     # Host clients outside the stack use for presigned URLs; empty means `endpoint`.
     public_endpoint: str = ""
@@ -133,7 +157,10 @@ class ApiConfig:
     threads: int = 8
     channel_timeout: int = 120
     presign_expiry: int = 3600
-    token: str = ""
+    # Bearer tokens for /api/v1, any of them valid; from a file (MASKFLOW_API_TOKENS_FILE),
+    # one per line, re-read when the file changes and on SIGHUP (api/tokens.py).
+    token: str = _secret()
+    tokens: tuple[str, ...] = _secret(())
     # Hostile clients (api/server.py): connections held at once, and a request must arrive
     # within request_timeout seconds plus one second per min_request_rate bytes sent.
     connection_limit: int = 1000
@@ -157,6 +184,10 @@ class StackConfig:
     # Use these binaries instead of building the pinned MinIO/mc (see infra/ops/install.py).
     minio_bin: str = ""
     mc_bin: str = ""
+    # The services' credentials (infra/ops/roles.py); empty: <data_dir>/secrets.
+    secrets_dir: str = ""
+    # Serve TLS: public.crt and private.key (MinIO's certs-dir layout) for Redis and MinIO.
+    certs_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,6 +236,15 @@ class Config:
         if self.models.cache_dir:
             return _project_path(self.models.cache_dir)
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maskflow" / "models"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return _project_path(self.stack.secrets_dir) if self.stack.secrets_dir else self.data_dir / "secrets"
+
+    @property
+    def api_tokens(self) -> tuple[str, ...]:
+        """Every valid bearer token: api.token and api.tokens."""
+        return tuple(dict.fromkeys(t for t in (self.api.token, *self.api.tokens) if t))
 
     @property
     def notify_path(self) -> Path:

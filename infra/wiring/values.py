@@ -1,6 +1,7 @@
 """Setting values as a TOML file or the environment spells them, turned into the declared types."""
 from __future__ import annotations
 
+import re
 import typing
 
 
@@ -39,9 +40,10 @@ def coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
                 out[pair[0].strip()] = pair[1].strip()
             return out
         if typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, Ellipsis):
-            # TOML gives an array of strings; the environment "a,b" ("" is the empty list)
+            # TOML gives an array of strings; the environment "a,b" ("" is the empty list), or
+            # one item a line (a Kubernetes Secret made from a file)
             if isinstance(raw, str):
-                items = [item.strip() for item in raw.split(",")] if raw.strip() else []
+                items = [item.strip() for item in re.split(r"[,\n]", raw.strip())] if raw.strip() else []
             elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
                 items = [item.strip() for item in raw]
             else:

@@ -88,3 +88,53 @@ def test_sentinels_in_file_must_be_strings(tmp_path):
     path.write_text("[redis]\nsentinels = [26379]\n")
     with pytest.raises(ConfigError, match=r"redis\.sentinels"):
         load_config(path, env={})
+
+
+# -- credentials from files (MASKFLOW_<SECTION>_<KEY>_FILE) -----------------------------------
+def test_every_secret_can_come_from_a_file(tmp_path):
+    from maskflow.infra.wiring.config import SECRET_KEYS
+    assert set(SECRET_KEYS) == {"redis.password", "redis.sentinel_password", "minio.secret_key",
+                                "api.token", "api.tokens"}
+    env = {}
+    for key in SECRET_KEYS:
+        (tmp_path / key).write_text(f"  {key.replace('.', '-')}-value\n")  # whitespace around: stripped
+        env[f"MASKFLOW_{key.replace('.', '_').upper()}_FILE"] = str(tmp_path / key)
+    cfg = load_config(env=env)
+    assert cfg.redis.password == "redis-password-value" and cfg.minio.secret_key == "minio-secret_key-value"
+    assert cfg.api.tokens == ("api-tokens-value",) and cfg.api.token == "api-token-value"
+
+
+def test_a_tokens_file_holds_one_token_per_line(tmp_path):
+    (tmp_path / "tokens").write_text("# rotated 2026-01\nnew-token\n\n old-token \n")
+    cfg = load_config(env={"MASKFLOW_API_TOKENS_FILE": str(tmp_path / "tokens"), "MASKFLOW_API_TOKEN": "t0"})
+    assert cfg.api_tokens == ("t0", "new-token", "old-token")
+
+
+def test_secrets_never_appear_in_reprs_or_messages(tmp_path):
+    cfg = load_config(env={"MASKFLOW_REDIS_PASSWORD": "pw-123456", "MASKFLOW_MINIO_SECRET_KEY": "sk-123456",
+                           "MASKFLOW_API_TOKENS": "tok-123456"})
+    assert not any(s in repr(cfg) for s in ("pw-123456", "sk-123456", "tok-123456"))
+    (tmp_path / "bad").write_text("tok,en-123456\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"MASKFLOW_API_TOKENS_FILE": str(tmp_path / "bad")})
+    assert "123456" not in str(caught.value) and "api.tokens" in str(caught.value)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MASKFLOW_REDIS_PASSWORD": "a", "MASKFLOW_REDIS_PASSWORD_FILE": "/x"}, "not both"),
+    ({"MASKFLOW_REDIS_PORT_FILE": "/x"}, "cannot be read from a file"),
+    ({"MASKFLOW_MINIO_SECRET_KEY_FILE": "/no/such/file"}, "cannot read /no/such/file"),
+    ({"MASKFLOW_REDIS_CA_FILE": "/no/such/ca.pem"}, "redis.ca_file: no such file"),
+])
+def test_file_settings_fail_with_the_reason(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=env)
+
+
+def test_env_for_passes_secrets_as_files(tmp_path):
+    (tmp_path / "pw").write_text("from-file")
+    cfg = load_config(env={"MASKFLOW_REDIS_PASSWORD": "from-file", "MASKFLOW_REDIS_USERNAME": "api"})
+    env = env_for(cfg, {"redis.password": tmp_path / "pw"})
+    assert "MASKFLOW_REDIS_PASSWORD" not in env and env["MASKFLOW_REDIS_PASSWORD_FILE"] == str(tmp_path / "pw")
+    assert "from-file" not in "".join(env.values())
+    assert load_config(env=env) == cfg
