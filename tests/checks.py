@@ -3,7 +3,6 @@ checks that a task finished with the right results and that an API error has the
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from maskflow.infra.domain.images import decode_image
 from maskflow.infra.domain.outputs import result_keys
 from maskflow.infra.stores.keys import inflight_key
 from maskflow.infra.stores.tasks import derive_task_id
-from maskflow.infra.wiring.config import env_for
+from maskflow.infra.ops import roles
 
 PHOTOS = FIXTURES / "photos"
 JPEGS = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")
@@ -74,9 +73,11 @@ def png(data: bytes, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
 
 
 def start_worker(cfg, worker_id: str, *extra: str, **popen) -> subprocess.Popen:
-    """A worker process (`python -m maskflow.functions`) for `cfg` that the test starts and stops itself."""
+    """A worker process (`python -m maskflow.functions`) for `cfg` that the test starts and stops
+    itself, with the worker's own credentials, as the stack starts one."""
+    env = roles.service_env(cfg, "worker", roles.Credentials(cfg.secrets_dir))
     return subprocess.Popen([sys.executable, "-m", "maskflow.functions", "--id", worker_id, *extra],
-                            env={**os.environ, **env_for(cfg)}, cwd=REPO, **popen)
+                            env=env, cwd=REPO, **popen)
 
 
 def stop_worker(proc: subprocess.Popen) -> None:

@@ -64,8 +64,9 @@ def make_config(data_dir: Path, **overrides) -> Config:
                   "notify_file": str(REPO / "minio-notify.json")},
         "model": {"path": str(REPO / "models" / "segmentation.onnx")},
         "api": {"port": free_port()},
-        # No heavy pool unless a test asks for one (test_stack's `maskflow up` does).
-        "stack": {"data_dir": str(data_dir), "heavy_workers": 0},
+        # No heavy pool unless a test asks for one (test_stack's `maskflow up` does).  The
+        # credentials stay the servers' when a test's own API and workers get a data_dir.
+        "stack": {"data_dir": str(data_dir), "secrets_dir": str(data_dir / "secrets"), "heavy_workers": 0},
         # Short leases so a killed worker's events come back within seconds in tests; the
         # light models only, unless a test asks for more (u2net alone is 176 MB a process).
         "worker": {"heartbeat": 1, "lease": 3, "models": (DEFAULT, GENERAL)},
@@ -86,14 +87,16 @@ class Servers:
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory) -> Iterator[Servers]:
-    """The shared Redis + MinIO, with the durable notification target only: the tests on it
+    """The shared Redis + MinIO (with their users per role), the durable notification target only: the tests on it
     count events or inject faults into one delivery, so each upload gives exactly one event.
     Both targets together (the default) are tested on stacks of their own."""
     cfg = make_config(tmp_path_factory.mktemp("stack"), queue={"fast_target_id": ""})
     stack = Stack(cfg)
     stack.up(app=False)
     try:
-        yield Servers(cfg, stack)
+        # The tests' own view is an admin's: MinIO's root user and Redis' admin user.  What a
+        # test starts gets its role's credentials (Stack.service_config, checks.start_worker).
+        yield Servers(stack.admin_cfg, stack)
     finally:
         stack.down()
 

@@ -1,6 +1,14 @@
-"""Make the bucket ready for work: bucket, notification rule, event list.  Safe to rerun."""
+"""Make the bucket ready for work: bucket, notification rule, event list, and a MinIO user with
+its own policy for each service (infra/ops/roles.py).  Safe to rerun.
+
+Only the bootstrap holds MinIO's root credentials besides MinIO itself.  Run as the compose
+stack's and Kubernetes' one-shot (`python -m maskflow.infra.ops.bootstrap --credentials DIR`),
+it reads each service's MinIO access key and secret key from ``DIR/<role>/minio-access-key``
+and ``DIR/<role>/minio-secret-key`` (a Kubernetes Secret mounted per role, or compose secrets).
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -8,8 +16,11 @@ from pathlib import Path
 
 import redis
 from minio import Minio
+from minio.error import MinioAdminException
+from minio.minioadmin import MinioAdmin
 from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig, SuffixFilterRule
 
+from maskflow.infra.ops import roles
 from maskflow.infra.wiring import connections
 from maskflow.infra.wiring.config import Config, ConfigError, load_config
 
@@ -30,21 +41,38 @@ def redis_target_arn(target_id: str) -> str:
     return f"arn:minio:sqs::{target_id}:redis"
 
 
-def notify_env(cfg: Config, queue_dir: str) -> dict[str, str]:
-    """MinIO's environment for the Redis targets the rules name (the stack's and compose's)."""
+def _target_ids(cfg: Config) -> list[str]:
+    return [t for t in (cfg.queue.target_id, cfg.queue.fast_target_id) if t]
+
+
+def notify_env(cfg: Config, queue_dir: str, redis_address: str | None = None) -> dict[str, str]:
+    """MinIO's environment for the Redis targets the rules name (the stack's and compose's).
+
+    Their login, the ACL user `minio` (roles.py), is in `notify_secret_env`: MinIO reads it
+    from its MINIO_CONFIG_ENV_FILE.  The pinned MinIO's target sends AUTH <user> <password>
+    when both are set (internal/event/target/redis.go), so ACL users work."""
     env = {}
     targets = [(cfg.queue.target_id, queue_dir), (cfg.queue.fast_target_id, "")]
     for target_id, store in targets:
         if not target_id:
             continue
         env.update({f"MINIO_NOTIFY_REDIS_ENABLE_{target_id}": "on",
-                    f"MINIO_NOTIFY_REDIS_ADDRESS_{target_id}": f"{cfg.redis.host}:{cfg.redis.port}",
+                    f"MINIO_NOTIFY_REDIS_ADDRESS_{target_id}": redis_address or f"{cfg.redis.host}:{cfg.redis.port}",
                     f"MINIO_NOTIFY_REDIS_KEY_{target_id}": cfg.queue.events_key,
                     f"MINIO_NOTIFY_REDIS_FORMAT_{target_id}": "access"})
         if store:
             # Events survive a Redis outage: stored here and replayed when Redis is back.
             env.update({f"MINIO_NOTIFY_REDIS_QUEUE_DIR_{target_id}": store,
                         f"MINIO_NOTIFY_REDIS_QUEUE_LIMIT_{target_id}": "100000"})
+    return env
+
+
+def notify_secret_env(cfg: Config, password: str) -> dict[str, str]:
+    """The targets' Redis login (user `minio`), for MinIO's MINIO_CONFIG_ENV_FILE."""
+    env = {}
+    for target_id in _target_ids(cfg):
+        env.update({f"MINIO_NOTIFY_REDIS_USER_{target_id}": "minio",
+                    f"MINIO_NOTIFY_REDIS_PASSWORD_{target_id}": password})
     return env
 
 
@@ -80,12 +108,25 @@ def _notification(rules: list[QueueRule]) -> NotificationConfig:
         for i, rule in enumerate(rules)])
 
 
-def bootstrap(cfg: Config, client: Minio, redis_client: redis.Redis) -> None:
-    """Create the bucket, apply minio-notify.json, and check MinIO's event key is a list."""
+def provision(cfg: Config, admin: MinioAdmin, users: dict[str, tuple[str, str]]) -> None:
+    """Each role's MinIO user (role -> access key, secret key) with exactly its policy."""
+    for role, (access_key, secret_key) in users.items():
+        policy = roles.minio_user(role)
+        admin.policy_add(policy, policy=roles.minio_policy(role, cfg.minio.bucket))
+        admin.user_add(access_key, secret_key)  # an existing user gets this secret
+        admin.policy_set(policy, user=access_key)
+
+
+def bootstrap(cfg: Config, client: Minio, redis_client: redis.Redis, admin: MinioAdmin | None = None,
+              users: dict[str, tuple[str, str]] | None = None) -> None:
+    """Create the bucket, apply minio-notify.json, check MinIO's event key is a list, and
+    (with `admin`) create the services' users."""
     bucket = cfg.minio.bucket
     if not client.bucket_exists(bucket):
         client.make_bucket(bucket)
     client.set_bucket_notification(bucket, _notification(load_rules(cfg)))
+    if admin is not None and users:
+        provision(cfg, admin, users)
     # MinIO refuses to write events into a key of another type, and would do so silently.
     kind = redis_client.type(cfg.queue.events_key)
     kind = kind.decode() if isinstance(kind, bytes) else kind
@@ -94,15 +135,42 @@ def bootstrap(cfg: Config, client: Minio, redis_client: redis.Redis) -> None:
                              f"MinIO cannot deliver events into it. Delete it or change queue.events_key.")
 
 
-def main() -> int:
-    """`python -m maskflow.infra.ops.bootstrap`: the compose stack's one-shot init service."""
+def read_users(directory: Path) -> dict[str, tuple[str, str]]:
+    """Each role's MinIO keys from DIR/<role>/minio-access-key and minio-secret-key."""
+    users = {}
+    for role in roles.MINIO_ROLES:
+        folder = directory / role
+        try:
+            access = (folder / "minio-access-key").read_text().strip() \
+                if (folder / "minio-access-key").exists() else roles.minio_user(role)
+            users[role] = (access, (folder / "minio-secret-key").read_text().strip())
+        except OSError as exc:
+            raise BootstrapError(f"--credentials {directory}: cannot read {exc.filename}: {exc.strerror}") from None
+        if len(users[role][1]) < 8:
+            raise BootstrapError(f"{folder / 'minio-secret-key'}: MinIO needs at least 8 characters")
+    return users
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m maskflow.infra.ops.bootstrap`: the compose stack's and K8s' one-shot init."""
+    parser = argparse.ArgumentParser(prog="python -m maskflow.infra.ops.bootstrap")
+    parser.add_argument("--credentials", type=Path, metavar="DIR",
+                        help="create a MinIO user per service from DIR/<role>/minio-*-key")
+    args = parser.parse_args(argv)
     try:
         cfg = load_config()
-        bootstrap(cfg, connections.minio_client(cfg), connections.redis_client(cfg))
+        users = read_users(args.credentials) if args.credentials else None
+        bootstrap(cfg, connections.minio_client(cfg), connections.redis_client(cfg),
+                  admin=connections.minio_admin(cfg) if users else None, users=users)
     except (ConfigError, BootstrapError) as exc:
         print(f"maskflow bootstrap: {exc}", file=sys.stderr)
         return 2
-    print(f"bucket {cfg.minio.bucket} ready; events go to Redis list {cfg.queue.events_key}")
+    except MinioAdminException as exc:
+        print(f"maskflow bootstrap: MinIO refused to create the services' users ({exc._code}): "
+              f"minio.access_key must be its root user", file=sys.stderr)
+        return 2
+    print(f"bucket {cfg.minio.bucket} ready; events go to Redis list {cfg.queue.events_key}"
+          + (f"; users {', '.join(u for u, _ in users.values())} ready" if users else ""))
     return 0
 
 

@@ -53,6 +53,8 @@ MC = GoPin("mc", "github.com/minio/mc", "v0.0.0-20250313080218-cf909e1063a9",
 KUBECONFORM = GoPin("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0", "v0.8.0")
 KUSTOMIZE = GoPin("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.2", "v5.8.2")
 REDIS_DEBIAN_PACKAGE = "redis-server"
+# MinIO's Redis target speaks plain TCP only: with TLS, the stack runs stunnel beside MinIO.
+STUNNEL_DEBIAN_PACKAGE = "stunnel4"
 
 
 class InstallError(RuntimeError):
@@ -106,21 +108,30 @@ def resolve_binary(pin: GoPin, configured: str = "") -> Path:
 
 def redis_server() -> Path:
     """Return redis-server, installing Debian's package when it is missing."""
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    return _debian_command("redis-server", REDIS_DEBIAN_PACKAGE, "install Redis >= 6 yourself")
+
+
+def stunnel() -> Path:
+    """Return stunnel, installing Debian's package when it is missing."""
+    return _debian_command("stunnel4", STUNNEL_DEBIAN_PACKAGE, "install stunnel >= 5.58 yourself")
+
+
+def _debian_command(command: str, package: str, otherwise: str) -> Path:
+    found = shutil.which(command) or (f"/usr/bin/{command}" if Path(f"/usr/bin/{command}").exists() else None)
     if found:
         return Path(found)
     apt = shutil.which("apt-get")
     if apt is None:
-        raise InstallError("redis-server is not installed and apt-get is missing: install Redis >= 6 yourself.")
-    say("installing redis-server from Debian's packages ...")
+        raise InstallError(f"{command} is not installed and apt-get is missing: {otherwise}.")
+    say(f"installing {package} from Debian's packages ...")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", REDIS_DEBIAN_PACKAGE]):
+    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", package]):
         proc = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise InstallError(f"`{' '.join(args)}` failed (run as root?):\n{proc.stdout[-800:]}")
-    if not Path("/usr/bin/redis-server").exists():
-        raise InstallError("redis-server still missing after apt-get install")
-    return Path("/usr/bin/redis-server")
+    if not Path(f"/usr/bin/{command}").exists():
+        raise InstallError(f"{command} still missing after apt-get install")
+    return Path(f"/usr/bin/{command}")
 
 
 def _sha256(path: Path) -> str:
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for pin in pins:
             say(f"{pin.name}: {go_install(pin)}")
         say(f"redis-server: {redis_server()}")
+        say(f"stunnel: {stunnel()}")
         for name, file in load_config().model_files.items():
             if file.fetch is not None:
                 say(f"model {name}: {install_model(name, file)}")

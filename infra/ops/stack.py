@@ -5,12 +5,19 @@ Each service is a detached process with a pidfile under ``<data_dir>/run`` and a
 harmless), waits for each one by probing it, and on any failure stops what it started.
 `down` stops everything it finds a pidfile for.  The API and workers are launched as
 ``python -m maskflow.api`` / ``python -m maskflow.functions`` so this module never imports them.
+
+Least privilege (infra/ops/roles.py): Redis starts with an aclfile (the default user off, a
+user per role), MinIO reads its root credentials and its targets' Redis password from a file,
+the bootstrap creates a MinIO user per role, and the API and workers get only their own
+credentials, as files in ``stack.secrets_dir``.  With ``stack.certs_dir`` Redis and MinIO
+serve TLS only, and MinIO reaches Redis through stunnel (its Redis target has no TLS).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -20,18 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from minio.error import S3Error, ServerError
+from minio.error import MinioAdminException, S3Error, ServerError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from maskflow.infra.ops import install
+from maskflow.infra.ops import install, roles
 from maskflow.infra.ops.bootstrap import bootstrap, notify_env
 from maskflow.infra.ops.console import say
 from maskflow.infra.ops.processes import READY_TIMEOUT, StackError, alive, free_port, port_is_free, wait_until
 from maskflow.infra.stores.keys import Heartbeat
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.domain.catalog import names
-from maskflow.infra.wiring.config import Config, env_for, replace, split_address
-from maskflow.infra.wiring.connections import minio_client, redis_client
+from maskflow.infra.wiring.config import Config, replace, split_address
+from maskflow.infra.wiring.connections import minio_admin, minio_client, redis_client, tls_problem
 from maskflow.infra.wiring.net import is_loopback
 
 STOP_TIMEOUT = 15.0
@@ -66,6 +73,8 @@ class Stack:
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
         self.say = log or say
+        self.credentials = roles.Credentials(cfg.secrets_dir)
+        self.tls = bool(cfg.stack.certs_dir)
 
     # -- process bookkeeping -------------------------------------------------------------
     def _pidfile(self, name: str) -> Path:
@@ -128,9 +137,27 @@ class Stack:
         return True
 
     # -- the services ----------------------------------------------------------------------
+    @property
+    def admin_cfg(self) -> Config:
+        """The config with Redis' admin user: the stack's own probes and the bootstrap.  With
+        Sentinels, Redis is the operator's, and so are the config's credentials for it."""
+        if self.cfg.redis.sentinels:
+            return self.cfg
+        return replace(self.cfg, redis={"username": "admin",
+                                        "password": self.credentials.redis_password("admin")})
+
     def redis_client(self) -> redis.Redis:
         # Short timeouts: readiness probes poll it until the server answers.
-        return redis_client(self.cfg, timeout=2, connect_timeout=2)
+        return redis_client(self.admin_cfg, timeout=2, connect_timeout=2)
+
+    def service_config(self, role: str) -> Config:
+        """The config a `role` process (api, worker) runs with: its own credentials only."""
+        return roles.service_config(self.cfg, role, self.credentials)
+
+    def acl_file(self) -> Path:
+        """Redis' users (roles.py), written anew each time: hashes of the passwords only."""
+        self.credentials.generate(self.cfg)
+        return self.credentials.path("redis", "users.acl")
 
     def redis_service(self) -> Service:
         cfg = self.cfg.redis
@@ -139,9 +166,21 @@ class Stack:
         argv = [str(install.redis_server()), "--bind", cfg.host, "--port", str(cfg.port),
                 "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--maxmemory-policy", "noeviction", "--save", "", "--daemonize", "no",
-                "--protected-mode", "yes"]
-        return Service("redis", argv, dict(os.environ), lambda: self.redis_client().ping(),
+                "--protected-mode", "yes", "--aclfile", str(self.acl_file())]
+        if self.tls:
+            certs = Path(self.cfg.stack.certs_dir)
+            argv[argv.index("--port") + 1] = "0"  # TLS only
+            argv += ["--tls-port", str(cfg.port), "--tls-cert-file", str(certs / "public.crt"),
+                     "--tls-key-file", str(certs / "private.key"), "--tls-auth-clients", "no"]
+        return Service("redis", argv, roles.inherited_env(), lambda: self.redis_client().ping(),
                        (cfg.host, cfg.port))
+
+    def redis_tunnel_service(self) -> Service | None:
+        """With TLS: stunnel on loopback, for MinIO's Redis targets, to Redis' TLS port."""
+        if not self.tls:
+            return None
+        from maskflow.infra.ops.tunnel import tunnel_service
+        return tunnel_service(self)
 
     @property
     def event_store(self) -> Path:
@@ -149,17 +188,26 @@ class Stack:
         return self.data_dir / "minio-events"
 
     def minio_env(self) -> dict[str, str]:
+        """MinIO's environment; its secrets are in a file only it reads (MINIO_CONFIG_ENV_FILE)."""
         cfg = self.cfg
+        redis_address = None
+        if self.tls:
+            from maskflow.infra.ops.tunnel import tunnel_address
+            redis_address = tunnel_address(self)
+        self.credentials.generate(cfg)
         return {
-            **os.environ,
-            "MINIO_ROOT_USER": cfg.minio.access_key,
-            "MINIO_ROOT_PASSWORD": cfg.minio.secret_key,
+            **roles.inherited_env(),
+            # MinIO reads these files itself: its root user, and its targets' Redis login.
+            "MINIO_ROOT_USER_FILE": str(self.credentials.write("root", "minio-root-user", cfg.minio.access_key)),
+            "MINIO_ROOT_PASSWORD_FILE": str(self.credentials.write("root", "minio-root-password",
+                                                                   cfg.minio.secret_key)),
+            "MINIO_CONFIG_ENV_FILE": str(self.credentials.path("minio", "notify.env")),
             "MINIO_BROWSER": "off",
             "MINIO_UPDATE": "off",
             # Acknowledge an upload only once its event is delivered or queued on disk.
             "MINIO_API_SYNC_EVENTS": "on",
             "MINIO_API_CORS_ALLOW_ORIGIN": "*",
-            **notify_env(cfg, str(self.event_store)),
+            **notify_env(cfg, str(self.event_store), redis_address=redis_address),
         }
 
     def minio_service(self) -> Service:
@@ -168,18 +216,23 @@ class Stack:
         self.event_store.mkdir(parents=True, exist_ok=True)
         argv = [str(binary), "server", str(self.data_dir / "minio"), "--quiet",
                 "--address", f"{host}:{port}", "--console-address", f"{host}:{free_port()}"]
-        url = f"http://{host}:{port}/minio/health/ready"
-        return Service("minio", argv, self.minio_env(), lambda: _http_ok(url), (host, port))
+        if self.tls:
+            argv += ["--certs-dir", str(Path(self.cfg.stack.certs_dir))]
+        scheme = "https" if self.cfg.minio.secure else "http"
+        url = f"{scheme}://{host}:{port}/minio/health/ready"
+        return Service("minio", argv, self.minio_env(), lambda: _http_ok(url, self.cfg.minio.ca_file),
+                       (host, port))
 
     def api_service(self) -> Service:
         cfg = self.cfg
-        return Service("api", [sys.executable, "-m", "maskflow.api"], {**os.environ, **env_for(cfg)},
+        return Service("api", [sys.executable, "-m", "maskflow.api"],
+                       roles.service_env(cfg, "api", self.credentials),
                        lambda: _http_ok(f"{cfg.api_url}/healthz"), (cfg.api.host, cfg.api.port))
 
     def worker_service(self, index: int, pool: Config | None = None, name: str = "") -> Service:
         """Worker `index` of the default pool, or of `pool` (its config) named `name`."""
         name = name or f"worker-{index}"
-        env = {**os.environ, **env_for(pool or self.cfg)}
+        env = roles.service_env(pool or self.cfg, "worker", self.credentials)
         return Service(name, [sys.executable, "-m", "maskflow.functions", "--id", name], env,
                        lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1")
 
@@ -204,7 +257,7 @@ class Stack:
             _require_loopback("redis.host", self.cfg.redis.host)
         _require_loopback("minio.endpoint", split_address(self.cfg.minio.endpoint)[0])
         install.resolve_binary(install.MINIO, self.cfg.stack.minio_bin)  # build before starting anything
-        services = [self.minio_service, self.bootstrap]
+        services = [self.redis_tunnel_service, self.minio_service, self.bootstrap]
         if not self.cfg.redis.sentinels:
             services.insert(0, self.redis_service)
         if app:
@@ -239,11 +292,21 @@ class Stack:
             isinstance(e, S3Error) and (e.code == "XMinioServerNotInitialized" or (
                 e.code == "InvalidArgument" and "ARN" in (e.message or "")))))
         s3, r = minio_client(self.cfg), self.redis_client()
+        users = {role: (roles.minio_user(role), self.credentials.minio_secret(role)) for role in roles.MINIO_ROLES}
         try:
+            if not self.cfg.redis.sentinels:
+                r.acl_load()  # a running Redis takes the users of this version of roles.py
             for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
                                     wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
                 with attempt:
-                    bootstrap(self.cfg, s3, r)
+                    bootstrap(self.cfg, s3, r, admin=minio_admin(self.cfg), users=users)
+        except (redis.ConnectionError, OSError) as exc:
+            problem = tls_problem(exc, f"Redis at {self.cfg.redis.host}:{self.cfg.redis.port}",
+                                  "redis.ca_file", self.cfg.redis.ca_file)
+            raise StackError(problem or f"Redis bootstrap failed: {exc}") from None
+        except MinioAdminException as exc:
+            raise StackError(f"MinIO refused to create the services' users ({exc._code}): "
+                             f"MASKFLOW_MINIO_ACCESS_KEY must be its root user") from None
         except S3Error as exc:
             if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 raise StackError(f"MinIO at {self.cfg.minio.endpoint} rejected the credentials "
@@ -252,6 +315,12 @@ class Stack:
             raise StackError(f"MinIO bootstrap failed: {exc.code}: {exc.message}") from None
         except ServerError as exc:
             raise StackError(f"MinIO bootstrap failed: {exc}") from None
+        except Exception as exc:  # urllib3's SSLError hides under MaxRetryError
+            problem = tls_problem(exc, f"MinIO at {self.cfg.minio.endpoint}", "minio.ca_file",
+                                  self.cfg.minio.ca_file)
+            if problem is None:
+                raise
+            raise StackError(problem) from None
 
     def services(self) -> list[str]:
         if not self.run_dir.exists():
@@ -259,7 +328,7 @@ class Stack:
         return sorted(p.stem for p in self.run_dir.glob("*.pid"))
 
     def down(self) -> list[str]:
-        order = {"redis": 3, "minio": 2, "api": 1}
+        order = {"redis": 4, "redis-tunnel": 3, "minio": 2, "api": 1}
         stopped = []
         for name in sorted(self.services(), key=lambda n: order.get(n, 0)):
             if self.stop(name):
@@ -267,6 +336,7 @@ class Stack:
         return stopped
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
+def _http_ok(url: str, ca_file: str = "") -> bool:
+    context = ssl.create_default_context(cafile=ca_file or None) if url.startswith("https:") else None
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
         return response.status == 200
