@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from maskflow.infra.wiring.config import ConfigError, load_config
 
@@ -20,11 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         ensure_fd_limit(cfg.api.connection_limit)
         from maskflow.api.app import build_deps, create_app  # after the config: imports OpenCV
         from maskflow.api.uploads import MULTIPART_SLACK
-        server = create_server(create_app(build_deps(cfg)), cfg,
+        deps = build_deps(cfg, args.config)
+        server = create_server(create_app(deps), cfg,
                                max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK)
     except ConfigError as exc:
         print(f"maskflow api: {exc}", file=sys.stderr)
         return 2
+    # SIGHUP: load the tokens again (off the signal handler: reloading reads files, takes a lock).
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=deps.tokens.reload, daemon=True).start())
 
     logging.getLogger("maskflow.api").info("listening on http://%s:%d", cfg.api.host, cfg.api.port)
     server.run()

@@ -17,6 +17,7 @@ from maskflow.api.metrics import MetricsMiddleware
 from maskflow.api.middleware import BearerAuth, BodyLimit
 from maskflow.api.openapi import document
 from maskflow.api.rembg import RembgResource
+from maskflow.api.tokens import TokenSet
 from maskflow.api.uploads import SubmitResource, UploadsResource
 from maskflow.api.web import StaticResource
 from maskflow.infra.stores.objects import ObjectStore
@@ -33,8 +34,8 @@ PROBE_TIMEOUT_S = 0.5
 
 def create_app(deps: Deps) -> falcon.App:
     middleware: list = [MetricsMiddleware(deps.http_metrics)]
-    if deps.cfg.api.token:
-        middleware.append(BearerAuth(deps.cfg.api.token))
+    if deps.tokens.enabled:
+        middleware.append(BearerAuth(deps.tokens))
     middleware.append(BodyLimit())
     app = falcon.App(middleware=middleware)
     errors.install(app)
@@ -72,7 +73,8 @@ def check_credentials(cfg: Config) -> None:
                 "acceptable on loopback only, never in production !!!")
 
 
-def build_deps(cfg: Config) -> Deps:
+def build_deps(cfg: Config, config_path: str | None = None) -> Deps:
+    """The real adapters; the tokens are watched in the files they came from (api/tokens.py)."""
     check_credentials(cfg)
     # Requests fail fast on a dead Redis; one retry covers a stale pooled connection.
     r = redis_client(cfg, connect_timeout=2, timeout=5, health_check_interval=30, retries=1)
@@ -89,7 +91,8 @@ def build_deps(cfg: Config) -> Deps:
         return True
 
     return Deps(cfg=cfg, tasks=TaskStore(r, cfg), objects=objects, redis=r,
-                readiness={"redis": probe_redis.ping, "minio": minio_bucket})
+                readiness={"redis": probe_redis.ping, "minio": minio_bucket},
+                tokens=TokenSet.from_config(cfg, config_path))
 
 
 def get_app(cfg: Config | None = None) -> falcon.App:
