@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_fd_limit(cfg.api.connection_limit)
         from maskflow.api.app import build_deps, create_app  # after the config: imports OpenCV
         from maskflow.api.uploads import MULTIPART_SLACK
+        from maskflow.infra.wiring.connections import tls_check
+        problem = tls_check(cfg)  # waiting would not cure it
+        if problem:
+            raise ConfigError(problem)
         deps = build_deps(cfg, args.config)
         server = create_server(create_app(deps), cfg,
                                max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK)

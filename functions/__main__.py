@@ -9,7 +9,7 @@ import sys
 
 from maskflow.functions.worker import build_worker, install_signal_handlers, load_models, reuse_freed_buffers
 from maskflow.infra.wiring.config import ConfigError, load_config
-from maskflow.infra.wiring.connections import redis_client
+from maskflow.infra.wiring.connections import redis_client, tls_check
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"maskflow worker: {exc}", file=sys.stderr)
+        return 2
+    problem = tls_check(cfg)  # waiting would not cure it
+    if problem:
+        print(f"maskflow worker: {problem}", file=sys.stderr)
         return 2
     # Longer than the API's: a worker waits out a slow Redis rather than failing an event.
     r = redis_client(cfg, timeout=10, connect_timeout=5, health_check_interval=15)

@@ -61,12 +61,14 @@ def port_is_free(host: str, port: int) -> bool:
 
 def wait_until(probe: Callable[[], T], what: str, timeout: float = READY_TIMEOUT,
                proc: subprocess.Popen | None = None, log: Path | None = None,
-               state: Callable[[], object] | None = None, every: float = 0.25) -> T:
+               state: Callable[[], object] | None = None, every: float = 0.25,
+               fatal: Callable[[Exception], str | None] | None = None) -> T:
     """Poll `probe` until it returns something true, and return that; StackError after `timeout`.
 
     The pause between probes grows from 20 ms to `every` seconds.  An exception from `probe`
-    means "not yet" (the last one is in the message).  It fails early if `proc` dies; `log`'s
-    last lines and `state()` go into the message.
+    means "not yet" (the last one is in the message), unless `fatal` makes a message of it
+    (a certificate nobody trusts will not fix itself): StackError with that message at once.
+    It fails early if `proc` dies; `log`'s last lines and `state()` go into the message.
     """
     deadline = time.monotonic() + timeout
     delay = min(0.02, every)
@@ -78,6 +80,8 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float = READY_TIMEOUT
                 return value
         except Exception as exc:  # noqa: BLE001 - any failure of a probe just means "not yet"
             last = exc
+            if fatal is not None and (message := fatal(exc)):
+                raise StackError(message) from None
         if proc is not None and proc.poll() is not None:
             raise StackError(f"{what} exited with code {proc.returncode} before it was ready"
                              + tail(log))

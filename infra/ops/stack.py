@@ -57,6 +57,8 @@ class Service:
     env: dict[str, str]
     ready: Callable[[], bool]
     port: tuple[str, int] | None = None
+    # a readiness error that waiting will not cure -> its one-line message (see wait_until)
+    fatal: Callable[[Exception], str | None] | None = None
 
     @property
     def marker(self) -> str:
@@ -102,7 +104,7 @@ class Stack:
     def _start(self, service: Service, started: list[str]) -> None:
         if self.running(service.name):
             self.say(f"{service.name} already running")
-            wait_until(service.ready, service.name, timeout=10)
+            wait_until(service.ready, service.name, timeout=10, fatal=service.fatal)
             return
         if service.port and not port_is_free(*service.port):
             host, port = service.port
@@ -112,7 +114,7 @@ class Stack:
         proc = self._spawn(service)
         started.append(service.name)
         wait_until(service.ready, service.name, proc=proc,
-                   log=self.log_dir / f"{service.name}.log")
+                   log=self.log_dir / f"{service.name}.log", fatal=service.fatal)
 
     def stop(self, name: str) -> bool:
         pid = self.running(name)
@@ -173,7 +175,11 @@ class Stack:
             argv += ["--tls-port", str(cfg.port), "--tls-cert-file", str(certs / "public.crt"),
                      "--tls-key-file", str(certs / "private.key"), "--tls-auth-clients", "no"]
         return Service("redis", argv, roles.inherited_env(), lambda: self.redis_client().ping(),
-                       (cfg.host, cfg.port))
+                       (cfg.host, cfg.port), self._redis_tls_problem)
+
+    def _redis_tls_problem(self, exc: Exception) -> str | None:
+        redis = self.cfg.redis
+        return tls_problem(exc, f"Redis at {redis.host}:{redis.port}", "redis.ca_file", redis.ca_file)
 
     def redis_tunnel_service(self) -> Service | None:
         """With TLS: stunnel on loopback, for MinIO's Redis targets, to Redis' TLS port."""
@@ -221,7 +227,8 @@ class Stack:
         scheme = "https" if self.cfg.minio.secure else "http"
         url = f"{scheme}://{host}:{port}/minio/health/ready"
         return Service("minio", argv, self.minio_env(), lambda: _http_ok(url, self.cfg.minio.ca_file),
-                       (host, port))
+                       (host, port), lambda exc: tls_problem(exc, f"MinIO at {host}:{port}", "minio.ca_file",
+                                                             self.cfg.minio.ca_file))
 
     def api_service(self) -> Service:
         cfg = self.cfg
@@ -234,7 +241,8 @@ class Stack:
         name = name or f"worker-{index}"
         env = roles.service_env(pool or self.cfg, "worker", self.credentials)
         return Service(name, [sys.executable, "-m", "maskflow.functions", "--id", name], env,
-                       lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1")
+                       lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1",
+                       fatal=self._redis_tls_problem)
 
     def pools(self) -> list[tuple[str, Config]]:
         """(name, config) of every worker `up` starts: the default pool, then the heavy one."""
@@ -301,9 +309,7 @@ class Stack:
                 with attempt:
                     bootstrap(self.cfg, s3, r, admin=minio_admin(self.cfg), users=users)
         except (redis.ConnectionError, OSError) as exc:
-            problem = tls_problem(exc, f"Redis at {self.cfg.redis.host}:{self.cfg.redis.port}",
-                                  "redis.ca_file", self.cfg.redis.ca_file)
-            raise StackError(problem or f"Redis bootstrap failed: {exc}") from None
+            raise StackError(self._redis_tls_problem(exc) or f"Redis bootstrap failed: {exc}") from None
         except MinioAdminException as exc:
             raise StackError(f"MinIO refused to create the services' users ({exc._code}): "
                              f"MASKFLOW_MINIO_ACCESS_KEY must be its root user") from None

@@ -109,3 +109,23 @@ def minio_admin(cfg: Config) -> MinioAdmin:
     return MinioAdmin(endpoint=cfg.minio.endpoint, secure=cfg.minio.secure, region=cfg.minio.region,
                       credentials=StaticProvider(cfg.minio.access_key, cfg.minio.secret_key),
                       http_client=minio_http(cfg))
+
+
+def tls_check(cfg: Config) -> str | None:
+    """With TLS on, a one-line problem if Redis' or MinIO's certificate is not trusted; None
+    otherwise, whatever else fails (a server still starting is not a reason to give up)."""
+    checks = []
+    if cfg.redis.tls:
+        checks.append((lambda: redis_client(cfg, timeout=2, connect_timeout=2, retries=0).ping(),
+                       f"Redis at {cfg.redis.host}:{cfg.redis.port}", "redis.ca_file", cfg.redis.ca_file))
+    if cfg.minio.secure:
+        checks.append((lambda: minio_client(cfg, connect_timeout=2, read_timeout=2).bucket_exists(cfg.minio.bucket),
+                       f"MinIO at {cfg.minio.endpoint}", "minio.ca_file", cfg.minio.ca_file))
+    for probe, what, key, ca_file in checks:
+        try:
+            probe()
+        except Exception as exc:  # noqa: BLE001 - only an untrusted certificate matters here
+            problem = tls_problem(exc, what, key, ca_file)
+            if problem:
+                return problem
+    return None
