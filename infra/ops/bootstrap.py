@@ -16,11 +16,13 @@ from pathlib import Path
 
 import redis
 from minio import Minio
-from minio.error import MinioAdminException
+from minio.error import MinioAdminException, S3Error, ServerError
 from minio.minioadmin import MinioAdmin
 from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig, SuffixFilterRule
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from maskflow.infra.ops import roles
+from maskflow.infra.ops.processes import READY_TIMEOUT
 from maskflow.infra.wiring import connections
 from maskflow.infra.wiring.config import Config, ConfigError, load_config
 
@@ -135,6 +137,44 @@ def bootstrap(cfg: Config, client: Minio, redis_client: redis.Redis, admin: Mini
                              f"MinIO cannot deliver events into it. Delete it or change queue.events_key.")
 
 
+def bootstrap_when_ready(cfg: Config, client: Minio, redis_client: redis.Redis, admin: MinioAdmin,
+                         users: dict[str, tuple[str, str]], reload_acl: bool = False) -> None:
+    """`bootstrap`, retried while MinIO is still starting; every failure a BootstrapError whose
+    message says what to do.  `reload_acl`: a running Redis takes the aclfile as it is now."""
+    # For a moment after /minio/health/ready turns 200, MinIO answers bucket calls with 503
+    # and does not know its notification targets yet (they connect in the background).
+    starting_up = retry_if_exception(lambda e: isinstance(e, ServerError) or (
+        isinstance(e, S3Error) and (e.code == "XMinioServerNotInitialized" or (
+            e.code == "InvalidArgument" and "ARN" in (e.message or "")))))
+    try:
+        if reload_acl:
+            redis_client.acl_load()
+        for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
+                                wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
+            with attempt:
+                bootstrap(cfg, client, redis_client, admin=admin, users=users)
+    except (redis.ConnectionError, OSError) as exc:
+        raise BootstrapError(connections.tls_problem(exc, f"Redis at {cfg.redis.host}:{cfg.redis.port}",
+                                                     "redis.ca_file", cfg.redis.ca_file)
+                             or f"Redis bootstrap failed: {exc}") from None
+    except MinioAdminException as exc:
+        raise BootstrapError(f"MinIO refused to create the services' users ({exc._code}): "
+                             f"MASKFLOW_MINIO_ACCESS_KEY must be its root user") from None
+    except S3Error as exc:
+        if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            raise BootstrapError(f"MinIO at {cfg.minio.endpoint} rejected the credentials "
+                                 f"({exc.code}): set MASKFLOW_MINIO_ACCESS_KEY and "
+                                 f"MASKFLOW_MINIO_SECRET_KEY to its root user") from None
+        raise BootstrapError(f"MinIO bootstrap failed: {exc.code}: {exc.message}") from None
+    except ServerError as exc:
+        raise BootstrapError(f"MinIO bootstrap failed: {exc}") from None
+    except Exception as exc:  # urllib3's SSLError hides under MaxRetryError
+        problem = connections.tls_problem(exc, f"MinIO at {cfg.minio.endpoint}", "minio.ca_file", cfg.minio.ca_file)
+        if problem is None:
+            raise
+        raise BootstrapError(problem) from None
+
+
 def read_users(directory: Path) -> dict[str, tuple[str, str]]:
     """Each role's MinIO keys from DIR/<role>/minio-access-key and minio-secret-key."""
     users = {}
@@ -160,14 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config()
         users = read_users(args.credentials) if args.credentials else None
-        bootstrap(cfg, connections.minio_client(cfg), connections.redis_client(cfg),
-                  admin=connections.minio_admin(cfg) if users else None, users=users)
+        bootstrap_when_ready(cfg, connections.minio_client(cfg), connections.redis_client(cfg),
+                             connections.minio_admin(cfg), users or {})
     except (ConfigError, BootstrapError) as exc:
         print(f"maskflow bootstrap: {exc}", file=sys.stderr)
-        return 2
-    except MinioAdminException as exc:
-        print(f"maskflow bootstrap: MinIO refused to create the services' users ({exc._code}): "
-              f"minio.access_key must be its root user", file=sys.stderr)
         return 2
     print(f"bucket {cfg.minio.bucket} ready; events go to Redis list {cfg.queue.events_key}"
           + (f"; users {', '.join(u for u, _ in users.values())} ready" if users else ""))

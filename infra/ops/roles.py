@@ -99,7 +99,8 @@ def redis_rules(role: str, cfg: Config) -> str:
     events = cfg.queue.events_key
     if role == "minio":
         return f"resetchannels -@all ~{events} {_REDIS_COMMANDS[role]}"
-    keys = f"~{NAMESPACE}:*" + ("" if events.startswith(f"{NAMESPACE}:") else f" ~{events}")
+    # the events list and the per-model lists beside it (<events_key>:<model>)
+    keys = f"~{NAMESPACE}:*" + ("" if events.startswith(f"{NAMESPACE}:") else f" ~{events} ~{events}:*")
     return f"resetchannels -@all {keys} &{task_channel('*')} {_REDIS_COMMANDS[role]}"
 
 

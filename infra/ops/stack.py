@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from minio.error import MinioAdminException, S3Error, ServerError
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from maskflow.infra.ops import install, roles
-from maskflow.infra.ops.bootstrap import bootstrap, notify_env
+from maskflow.infra.ops.bootstrap import BootstrapError, bootstrap_when_ready, notify_env
 from maskflow.infra.ops.console import say
-from maskflow.infra.ops.processes import READY_TIMEOUT, StackError, alive, free_port, port_is_free, wait_until
+from maskflow.infra.ops.processes import StackError, alive, free_port, port_is_free, wait_until
 from maskflow.infra.stores.keys import Heartbeat
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.domain.catalog import names
@@ -294,39 +292,12 @@ class Stack:
             raise
 
     def bootstrap(self) -> None:
-        # For a moment after /minio/health/ready turns 200, MinIO answers bucket calls with 503
-        # and does not know its notification targets yet (they connect in the background).
-        starting_up = retry_if_exception(lambda e: isinstance(e, ServerError) or (
-            isinstance(e, S3Error) and (e.code == "XMinioServerNotInitialized" or (
-                e.code == "InvalidArgument" and "ARN" in (e.message or "")))))
-        s3, r = minio_client(self.cfg), self.redis_client()
         users = {role: (roles.minio_user(role), self.credentials.minio_secret(role)) for role in roles.MINIO_ROLES}
         try:
-            if not self.cfg.redis.sentinels:
-                r.acl_load()  # a running Redis takes the users of this version of roles.py
-            for attempt in Retrying(retry=starting_up, stop=stop_after_delay(READY_TIMEOUT),
-                                    wait=wait_exponential(multiplier=0.05, max=1), reraise=True):
-                with attempt:
-                    bootstrap(self.cfg, s3, r, admin=minio_admin(self.cfg), users=users)
-        except (redis.ConnectionError, OSError) as exc:
-            raise StackError(self._redis_tls_problem(exc) or f"Redis bootstrap failed: {exc}") from None
-        except MinioAdminException as exc:
-            raise StackError(f"MinIO refused to create the services' users ({exc._code}): "
-                             f"MASKFLOW_MINIO_ACCESS_KEY must be its root user") from None
-        except S3Error as exc:
-            if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
-                raise StackError(f"MinIO at {self.cfg.minio.endpoint} rejected the credentials "
-                                 f"({exc.code}): set MASKFLOW_MINIO_ACCESS_KEY and "
-                                 f"MASKFLOW_MINIO_SECRET_KEY to its root user") from None
-            raise StackError(f"MinIO bootstrap failed: {exc.code}: {exc.message}") from None
-        except ServerError as exc:
-            raise StackError(f"MinIO bootstrap failed: {exc}") from None
-        except Exception as exc:  # urllib3's SSLError hides under MaxRetryError
-            problem = tls_problem(exc, f"MinIO at {self.cfg.minio.endpoint}", "minio.ca_file",
-                                  self.cfg.minio.ca_file)
-            if problem is None:
-                raise
-            raise StackError(problem) from None
+            bootstrap_when_ready(self.cfg, minio_client(self.cfg), self.redis_client(), minio_admin(self.cfg),
+                                 users, reload_acl=not self.cfg.redis.sentinels)
+        except BootstrapError as exc:
+            raise StackError(str(exc)) from None
 
     def services(self) -> list[str]:
         if not self.run_dir.exists():
