@@ -1,23 +1,56 @@
-"""No Docker engine runs here: check docker-compose.yml agrees with the config and the notify file."""
+"""No Docker engine runs here: check docker-compose.yml agrees with the config and the notify file.
+
+The credentials are made as an operator makes them (`python -m maskflow.infra.ops.credentials`),
+in a folder of the test's, and each service's `secrets:` are resolved to those files.
+"""
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO
-from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
+from maskflow.infra.ops import roles
+from maskflow.infra.ops.bootstrap import load_rules, notify_env, read_users, redis_target_arn
 from maskflow.infra.ops.install import MC, MINIO
 from maskflow.infra.wiring.config import load_config
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+SECRETS = tempfile.mkdtemp(prefix="maskflow-compose-secrets-")
+atexit.register(shutil.rmtree, SECRETS, True)
+_made = subprocess.run([sys.executable, "-m", "maskflow.infra.ops.credentials", f"{SECRETS}/secrets"],
+                       env={k: v for k, v in os.environ.items() if not k.startswith("MASKFLOW_")},
+                       capture_output=True, text=True, check=True)
+
+
+def mounted(service: str) -> dict[str, Path]:
+    """What the service's `secrets:` put where: the path in the container -> the file made here."""
+    out = {}
+    for entry in SERVICES[service].get("secrets", []):
+        source, target = (entry, entry) if isinstance(entry, str) else (entry["source"], entry["target"])
+        target = target if target.startswith("/") else f"/run/secrets/{target}"
+        out[target] = Path(SECRETS) / COMPOSE["secrets"][source]["file"]
+    return out
+
+
+def service_env(service: str) -> dict[str, str]:
+    """The service's environment as its container sees it, files mounted where the paths say."""
+    files = mounted(service)
+    return {k: str(files.get(v, v)) for k, v in SERVICES[service]["environment"].items()}
 
 
 def app_env() -> dict[str, str]:
-    return SERVICES["api"]["environment"]
+    return service_env("api")
 
 
 def test_services_are_the_production_shape():
@@ -118,3 +151,43 @@ def test_cluster_override_is_four_erasure_coded_nodes_like_the_single_minio():
         events.add(volumes["/events"])  # the durable target's queue_dir, one per node
         assert "ports" not in node  # node 1 keeps docker-compose.yml's port
     assert len(data) == len(events) == 4
+
+
+# -- least privilege (infra/ops/roles.py) -------------------------------------------------------
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_the_api_and_workers_get_only_their_own_credentials(service):
+    cfg = load_config(env=service_env(service))
+    assert cfg.minio.access_key == roles.minio_user(service) and cfg.redis.username == service
+    credentials = roles.Credentials(Path(SECRETS) / "secrets")
+    assert cfg.minio.secret_key == credentials.minio_secret(service)
+    assert cfg.redis.password == credentials.redis_password(service)
+    text = yaml.safe_dump(SERVICES[service])
+    assert "MINIO_ROOT" not in text and "admin-" not in text
+    assert all(f"/secrets/{service}/" in str(f) for f in mounted(service).values())
+    assert cfg.api_tokens if service == "api" else not cfg.api_tokens  # the worker holds no token
+
+
+def test_only_minio_and_the_bootstrap_hold_the_root_user():
+    holders = {name for name, svc in SERVICES.items() if "MINIO_ROOT" in json.dumps(svc.get("environment", {}))}
+    assert holders == {"minio", "init"}
+    init = SERVICES["init"]
+    assert init["command"][-2:] == ["--credentials", "/run/secrets/users"]
+    users = read_users(Path(mounted("init")["/run/secrets/users/api/minio-secret-key"]).parents[1])
+    assert {role: key for role, (key, _) in users.items()} == {r: roles.minio_user(r) for r in roles.MINIO_ROLES}
+    env = {k: v for k, v in service_env("init").items() if not v.startswith("${")}
+    assert load_config(env=env).redis.username == "admin"
+
+
+def test_redis_and_minio_get_their_logins_from_files():
+    command = SERVICES["redis"]["command"]
+    acl = mounted("redis")[command[command.index("--aclfile") + 1]]
+    cfg = load_config(env=app_env())
+    credentials = roles.Credentials(Path(SECRETS) / "secrets")
+    assert acl.read_text() == roles.acl_file(cfg, {r: credentials.redis_password(r) for r in roles.REDIS_ROLES})
+    assert not any(credentials.redis_password(r) in acl.read_text() for r in roles.REDIS_ROLES)  # hashes only
+    notify = mounted("minio")[SERVICES["minio"]["environment"]["MINIO_CONFIG_ENV_FILE"]].read_text()
+    for target in (cfg.queue.target_id, cfg.queue.fast_target_id):
+        assert f"MINIO_NOTIFY_REDIS_USER_{target}=minio\n" in notify
+        assert f"MINIO_NOTIFY_REDIS_PASSWORD_{target}={credentials.redis_password('minio')}\n" in notify
+    assert "PASSWORD" not in json.dumps(SERVICES["minio"]["environment"]).replace("MINIO_ROOT_PASSWORD", "")
+    assert "NOAUTH" in SERVICES["redis"]["healthcheck"]["test"][-1]  # healthy without a credential
