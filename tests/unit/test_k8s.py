@@ -24,7 +24,7 @@ import yaml
 
 from conftest import REPO
 from maskflow.api.app import build_deps, create_app
-from maskflow.infra.ops import install
+from maskflow.infra.ops import install, roles
 from maskflow.infra.ops.bootstrap import load_rules, notify_env, redis_target_arn
 from maskflow.infra.ops.processes import free_port, wait_until
 from maskflow.infra.domain.catalog import names
@@ -37,7 +37,12 @@ SCHEMAS = K8S / "schemas"
 TARGETS = {"base": K8S / "base", "small": K8S / "overlays" / "small"}
 KINDS = {"ConfigMap", "Service", "Deployment", "Job", "ScaledObject"}
 # Config keys that are credentials: only ever from a Secret.
-SECRET_ENV = {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY", "MASKFLOW_API_TOKEN"}
+SECRET_ENV = {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY", "MASKFLOW_API_TOKEN",
+              "MASKFLOW_API_TOKENS", "MASKFLOW_REDIS_USERNAME", "MASKFLOW_REDIS_PASSWORD"}
+# The Secret of each workload: one per role (infra/ops/roles.py), created by the operator.
+ROLE_SECRETS = {"maskflow-api": "maskflow-api", "maskflow-worker": "maskflow-worker",
+                "maskflow-worker-heavy": "maskflow-worker", "maskflow-bootstrap": "maskflow-bootstrap"}
+PROBE_PASSWORDS = {"admin": "probe-admin-password", "worker": "probe-worker-password"}
 
 
 def _schema_pins():
@@ -193,6 +198,8 @@ def test_scaling_follows_the_configured_events_list(target, rendered):
     assert meta["hostFromEnv"] in names and meta["portFromEnv"] in names
     assert env[meta["hostFromEnv"]] == cfg.redis.host
     assert int(env[meta["portFromEnv"]]) == cfg.redis.port
+    # ... and logs in as the worker's Redis user (its Secret's), which may LLEN the list
+    assert (meta["usernameFromEnv"], meta["passwordFromEnv"]) == ("MASKFLOW_REDIS_USERNAME", "MASKFLOW_REDIS_PASSWORD")
     assert int(meta["databaseIndex"]) == cfg.redis.db
 
 
@@ -231,7 +238,7 @@ def test_bucket_targets_and_ports_agree_with_the_config(target, rendered):
     assert service["selector"].items() <= \
         one(docs, "Deployment", "maskflow-api")["spec"]["template"]["metadata"]["labels"].items()
     # every workload sees the same config (only the API needs its token; a pool has its models)
-    configs = [replace(load_config(env=environment(docs, c)), api={"token": ""}, worker={"models": ()},
+    configs = [replace(load_config(env=environment(docs, c)), api={"token": "", "tokens": ()}, worker={"models": ()},
                        model={"concurrent_runs": 1}) for _, c in workloads(docs)]
     assert all(other == configs[0] for other in configs)
 
@@ -253,6 +260,29 @@ def test_credentials_only_from_secrets(target, rendered):
         env = {v["name"] for v in container(docs, "Deployment" if name != "bootstrap" else "Job",
                                             f"maskflow-{name}").get("env", [])}
         assert {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY"} <= env
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_each_workload_reads_only_its_own_roles_secret(target, rendered):
+    docs = rendered[target]
+    for workload, c in workloads(docs):
+        refs = {var["valueFrom"]["secretKeyRef"]["name"] for var in c.get("env", [])
+                if "secretKeyRef" in var.get("valueFrom", {})}
+        assert refs == {ROLE_SECRETS[workload]}, workload
+        names = {var["name"] for var in c["env"]}
+        assert {"MASKFLOW_REDIS_USERNAME", "MASKFLOW_REDIS_PASSWORD"} <= names, workload
+        assert ("MASKFLOW_API_TOKENS" in names) == (workload == "maskflow-api"), workload
+    job = one(docs, "Job", "maskflow-bootstrap")["spec"]["template"]["spec"]
+    [boot] = job["containers"]
+    assert boot["args"] == ["--credentials", "/credentials"]
+    mounts = {m["name"]: m["mountPath"] for m in boot["volumeMounts"]}
+    for volume in job["volumes"]:  # the services' MinIO keys only: no Redis password, no token
+        role = volume["secret"]["secretName"].removeprefix("maskflow-")
+        assert mounts[volume["name"]] == f"/credentials/{role}"
+        assert [i["key"] for i in volume["secret"]["items"]] == ["minio-access-key", "minio-secret-key"]
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["metadata"]["passwordFromEnv"] == "MASKFLOW_REDIS_PASSWORD"
 
 
 # -- commands and probes are real -----------------------------------------------------------
@@ -306,18 +336,25 @@ def test_grace_period_covers_the_retry_budget(rendered):
 # -- the worker probe, run on a real Redis and a real worker ---------------------------------
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory):
-    port = free_port()
+    """A Redis with the roles' users, the default user off: the probe runs as the worker."""
+    port, folder = free_port(), tmp_path_factory.mktemp("redis")
+    (folder / "users.acl").write_text(roles.acl_file(load_config(env={}), PROBE_PASSWORDS))
     proc = subprocess.Popen([str(install.redis_server()), "--bind", "127.0.0.1", "--port", str(port),
-                             "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                             "--save", "", "--appendonly", "no", "--aclfile", str(folder / "users.acl"),
+                             "--dir", str(folder)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = redis.Redis(port=port)
+    r = redis.Redis(port=port, username="admin", password=PROBE_PASSWORDS["admin"])
     try:
         wait_until(r.ping, "redis-server", timeout=20, proc=proc)
         yield port, r
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def worker_login() -> dict[str, str]:
+    """What the worker's Secret gives its container, on the private Redis."""
+    return {"MASKFLOW_REDIS_USERNAME": "worker", "MASKFLOW_REDIS_PASSWORD": PROBE_PASSWORDS["worker"]}
 
 
 @pytest.fixture
@@ -339,7 +376,7 @@ def probe(rendered, tmp_path, private_redis):
     def run(mode: str, worker_id: str, port: int = private_redis[0]) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(environment(docs, worker), MASKFLOW_REDIS_HOST="127.0.0.1",
-                   MASKFLOW_REDIS_PORT=str(port), WORKER_ID=worker_id)
+                   MASKFLOW_REDIS_PORT=str(port), WORKER_ID=worker_id, **worker_login())
         return subprocess.run([sys.executable, str(script), *commands[mode][2:]], env=env,
                               capture_output=True, timeout=30).returncode
     return run
@@ -371,7 +408,7 @@ def test_worker_probe_follows_a_real_worker(rendered, probe, private_redis, tmp_
     argv = [sys.executable if a == "python" else a.replace("$(WORKER_ID)", pod) for a in worker["command"]]
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(environment(docs, worker), MASKFLOW_REDIS_HOST="127.0.0.1", MASKFLOW_REDIS_PORT=str(port),
-               MASKFLOW_WORKER_HEARTBEAT="1", MASKFLOW_WORKER_LEASE="3")
+               MASKFLOW_WORKER_HEARTBEAT="1", MASKFLOW_WORKER_LEASE="3", **worker_login())
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
