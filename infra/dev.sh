@@ -28,11 +28,14 @@ setup_python() {
   command -v python3 >/dev/null || { say "python3 (>= 3.11) is required"; exit 2; }
   python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { say "python3 >= 3.11 is required"; exit 2; }
   local stamp=.venv/.installed
-  if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    say "creating .venv and installing maskflow with its dev extra ..."
+  if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+     || [ requirements/dev.lock -nt "$stamp" ]; then
+    say "creating .venv and installing maskflow's locked dependencies (requirements/dev.lock) ..."
     python3 -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    # Every package pinned with its hashes (requirements/lock.sh refreshes them); then maskflow
+    # itself, which has no hash to check, without resolving anything more.
+    .venv/bin/python -m pip install -q --require-hashes -r requirements/dev.lock
+    .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
     touch "$stamp"
   fi
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import re
+import tomllib
 import zipfile
 
 from conftest import REPO
@@ -57,3 +59,39 @@ def test_worker_module_runs_by_its_installed_name(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "--config" in proc.stdout
+
+
+def _lock(name: str) -> dict[str, str]:
+    """A hashed lock's pins, name -> version; every pin must carry its hashes."""
+    text = (REPO / "requirements" / name).read_text()
+    pins = {}
+    for block in re.split(r"\n(?=[a-z0-9])", text.strip()):
+        first = block.splitlines()[0]
+        name_, _, version = first.split(" ")[0].partition("==")
+        assert version and "--hash=sha256:" in block, f"{name}: {first} is not pinned with hashes"
+        pins[canonical(name_)] = version
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().split("[")[0]
+
+
+def test_the_locks_pin_every_dependency_with_hashes_and_agree():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {"app.lock": project["dependencies"],
+              "worker.lock": project["dependencies"] + project["optional-dependencies"]["worker"],
+              "dev.lock": project["dependencies"] + project["optional-dependencies"]["worker"]
+              + [d for d in project["optional-dependencies"]["dev"] if not d.startswith("maskflow")]}
+    dev = _lock("dev.lock")
+    for lock, requirements in wanted.items():
+        pins = _lock(lock)
+        for requirement in requirements:
+            name = canonical(re.split(r"[<>=!~ ;\[]", requirement)[0])
+            assert name in pins, f"{lock} lacks {requirement}"
+        assert all(dev[name] == version for name, version in pins.items()), f"{lock} disagrees with dev.lock"
+    assert "setuptools" in dev  # dev.sh installs maskflow itself with --no-build-isolation
+    assert "--require-hashes -r requirements/dev.lock" in (REPO / "infra" / "dev.sh").read_text()
+    dockerfile = (REPO / "infra/ops/docker/app.Dockerfile").read_text()
+    assert "--require-hashes -r /requirements/app.lock" in dockerfile
+    assert "--require-hashes -r /requirements/worker.lock" in dockerfile

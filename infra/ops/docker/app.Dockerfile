@@ -12,6 +12,9 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 FROM python:3.11-slim-bookworm AS app
 WORKDIR /app
 COPY --from=wheel /wheels /wheels
+# The dependencies from the hashed lock (requirements/lock.sh): the wheel then finds them all.
+COPY requirements/app.lock requirements/worker.lock /requirements/
+RUN pip install --no-cache-dir --require-hashes -r /requirements/app.lock
 RUN pip install --no-cache-dir /wheels/maskflow-*.whl
 COPY minio-notify.json ./
 ENV PYTHONUNBUFFERED=1
@@ -19,6 +22,7 @@ CMD ["python", "-m", "maskflow.api"]
 
 # Workers: the same package plus ONNX Runtime, OpenCV, numpy and the models.
 FROM app AS worker
+RUN pip install --no-cache-dir --require-hashes -r /requirements/worker.lock
 RUN pip install --no-cache-dir "$(ls /wheels/maskflow-*.whl)[worker]"
 COPY models ./models
 CMD ["python", "-m", "maskflow.functions"]
