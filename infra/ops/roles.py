@@ -6,8 +6,9 @@ role       may
 =========  ==========================================================================================
 api        MinIO: put ``input/*`` (its uploads; presigned POST/PUT URLs it signs are bounded by the
            same policy), get and stat ``output/*`` and ``masks/*`` (the results it presigns), HEAD
-           the bucket (readiness).  Redis: the task records, batches, counters, change feed and
-           the heartbeats it reports on, under ``maskflow:``; never a pop from the events list.
+           the bucket (readiness).  Redis: reads under ``maskflow:`` (tasks, batches, counters,
+           queue depth, heartbeats for /metrics), writes only task records, their indexes,
+           counters and deadlines (`API_WRITES`), the change feed; never an events list.
 worker     MinIO: get ``input/*``; put, get and stat ``output/*`` and ``masks/*`` (conditional
            writes, and the metadata of the result it may replace).  Redis: the events list and
            its in-flight lists, task transitions, heartbeats, dead letters, under ``maskflow:``.
@@ -30,8 +31,9 @@ import secrets
 from pathlib import Path
 
 from maskflow.infra.domain.outputs import INPUT_PREFIX, RESULT_KINDS
-from maskflow.infra.stores.keys import NAMESPACE, task_channel
-from maskflow.infra.wiring.config import Config
+from maskflow.infra.stores.keys import (NAMESPACE, PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, batch_key,
+                                        index_key, task_channel, task_key)
+from maskflow.infra.wiring.config import SECRET_KEYS, Config, env_for, replace
 
 MINIO_ROLES = ("api", "worker")
 REDIS_ROLES = ("admin", "api", "worker", "minio")
@@ -61,6 +63,14 @@ SENTINEL_USERS = {
                 "+info +client|setname +client|kill +script|kill",
     "replica": "+psync +replconf +ping",
 }
+
+
+# What the api writes: the keys of the task scripts it runs (create_pending, fail_pending), and
+# the results stream (issue 28).  Not the events lists, in-flight lists, heartbeats or dead
+# letters: a compromised API cannot stall the queue or fake a live worker.  A key the API
+# comes to write goes here.
+API_WRITES = (task_key("*"), index_key("*"), batch_key("*"), STATS_KEY, PROCESSING_DEADLINES,
+              UPLOAD_DEADLINES, f"{NAMESPACE}:results*")
 
 
 def minio_user(role: str) -> str:
@@ -101,6 +111,9 @@ def redis_rules(role: str, cfg: Config) -> str:
         return f"resetchannels -@all ~{events} {_REDIS_COMMANDS[role]}"
     # the events list and the per-model lists beside it (<events_key>:<model>)
     keys = f"~{NAMESPACE}:*" + ("" if events.startswith(f"{NAMESPACE}:") else f" ~{events} ~{events}:*")
+    if role == "api":  # reads it all; writes only what its task scripts touch (one pattern
+        # must grant a key all it needs: read and write, not %R~ and %W~ from two)
+        keys = " ".join([f"%R{k}" for k in keys.split()] + [f"~{k}" for k in API_WRITES])
     return f"resetchannels -@all {keys} &{task_channel('*')} {_REDIS_COMMANDS[role]}"
 
 
@@ -200,7 +213,6 @@ def inherited_env() -> dict[str, str]:
 
 def service_config(cfg: Config, role: str, credentials: Credentials) -> Config:
     """`cfg` as the `role` process runs it: its own MinIO user and Redis user, nothing more."""
-    from maskflow.infra.wiring.config import replace
     return replace(cfg, minio={"access_key": minio_user(role), "secret_key": credentials.minio_secret(role)},
                    redis={"username": role, "password": credentials.redis_password(role)},
                    api={"token": "", "tokens": cfg.api_tokens if role == "api" else ()})
@@ -212,16 +224,16 @@ def service_env(cfg: Config, role: str, credentials: Credentials) -> dict[str, s
     The API's tokens are the file named by MASKFLOW_API_TOKENS_FILE when this process has one
     (rotating them is editing it), else the config's, in a file of the credentials directory.
     """
-    from maskflow.infra.wiring.config import env_for
     own = service_config(cfg, role, credentials)
     files = {"minio.secret_key": credentials.path(role, "minio-secret-key"),
              "redis.password": credentials.path(role, "redis-password")}
-    if role == "api":
-        given = os.environ.get("MASKFLOW_API_TOKENS_FILE")
-        if given:
-            files["api.tokens"] = given
-            if cfg.api.token:
-                files["api.token"] = credentials.write("api", "token", cfg.api.token)
-        elif own.api.tokens:  # none: no authentication, as configured
-            files["api.tokens"] = credentials.write("api", "tokens", "".join(t + "\n" for t in own.api.tokens))
+    if role == "api" and os.environ.get("MASKFLOW_API_TOKENS_FILE"):
+        files["api.tokens"] = os.environ["MASKFLOW_API_TOKENS_FILE"]
+        own = replace(own, api={"token": cfg.api.token, "tokens": ()})
+    for key in SECRET_KEYS:  # the others it has (the Sentinels' password, its tokens)
+        section, name = key.split(".")
+        value = getattr(getattr(own, section), name)
+        if key not in files and value:
+            text = "".join(v + "\n" for v in value) if isinstance(value, tuple) else value
+            files[key] = credentials.write(role, key, text)
     return {**inherited_env(), **env_for(own, files)}

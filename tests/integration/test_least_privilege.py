@@ -204,6 +204,9 @@ def test_api_redis_allowed_and_denied(setup, servers):
         lambda: api.get("elsewhere:key"),
         lambda: api.eval("return 1", 0),
         lambda: api.publish("another:channel", "x"),
+        lambda: api.set(events + ":nobody", "x"),                            # break a queue
+        lambda: api.hset(heartbeat_key("forged"), "ready", "1"),              # fake a live worker
+        lambda: api.hset("maskflow:inflight:w", "x", "y"),
     ]
     for call in denials:
         denied_redis(call)
