@@ -8,6 +8,11 @@
     worker-a/-b  one worker process each (2 consumers)
     (root)       this test: mc mirror, checks; it reaches the bridge through its .254 address
 
+Auth is on everywhere, as `maskflow up` has it: every Redis node loads the same aclfile (the
+default user off, a user per role, and the users Sentinel and the replicas log in as), the
+Sentinels require a password of their own, and every process runs with its role's credentials
+(infra/ops/roles.py), none of them in a command line.
+
 Every service finds the Redis master through the three Sentinels (`redis.sentinels`).  MinIO
 cannot: its Redis target takes one address.  It gets a floating address on an interface that
 Sentinel's client-reconfig-script moves into the new master's host on failover (see
@@ -43,7 +48,7 @@ import requests
 from checks import make_photos
 from conftest import REPO
 from maskflow.functions.events import PoisonEvent, parse_message
-from maskflow.infra.ops import install
+from maskflow.infra.ops import install, roles
 from maskflow.infra.ops.bootstrap import notify_env
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.ops.stack import Stack
@@ -51,7 +56,7 @@ from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat, inflight_key
 from maskflow.infra.stores.queue import dead_letter_count, unwrap
 from maskflow.infra.stores.tasks import TaskStore
 from maskflow.infra.stores.workers import worker_status
-from maskflow.infra.wiring.config import Config, env_for, load_config, replace
+from maskflow.infra.wiring.config import Config, load_config, replace
 from maskflow.infra.wiring.connections import minio_client, redis_client
 from multihost_lab import Host, Lab, LabError, Proc, netns_unavailable, sh, sweep_leftovers
 
@@ -142,11 +147,14 @@ class Cluster:
             *self.minio_argv, "--address", f"{host.ip}:9000", "--console-address", f"{host.ip}:9001"],
             env=self.minio_env)
 
+    def service_env(self, minio_node: str, role: str) -> dict[str, str]:
+        """A service's environment: its own users and their secrets as files (roles.py)."""
+        return roles.service_env(self.service_cfg(minio_node), role, roles.Credentials(self.cfg.secrets_dir))
+
     def start_worker(self, name: str, minio_node: str) -> None:
-        cfg = self.service_cfg(minio_node)
         self.procs[name] = self.lab.spawn(self.host(name), "worker",
                                           [sys.executable, "-m", "maskflow.functions", "--id", name],
-                                          env={**os.environ, **env_for(cfg)}, cwd=REPO)
+                                          env=self.service_env(minio_node, "worker"), cwd=REPO)
         proc = self.procs[name]
         wait_until(lambda: _alive(proc) and worker_status(self.redis(), name).get(Heartbeat.READY) == "1",
              f"worker {name} ready", 60, every=0.2)
@@ -163,8 +171,11 @@ def _alive(proc: Proc) -> bool:
     return True
 
 
-def _redis_at(host: Host, port: int = 6379) -> redis.Redis:
-    return redis.Redis(host.ip, port, socket_timeout=2, socket_connect_timeout=2, retry=None)
+def _redis_at(host: Host, cfg: Config, port: int = 6379) -> redis.Redis:
+    """One Redis node as the admin user, or one Sentinel with the Sentinels' password."""
+    auth = ({"password": cfg.redis.sentinel_password} if port == SENTINEL_PORT
+            else {"username": cfg.redis.username, "password": cfg.redis.password})
+    return redis.Redis(host.ip, port, socket_timeout=2, socket_connect_timeout=2, retry=None, **auth)
 
 
 # -- the cluster -----------------------------------------------------------------------------
@@ -198,10 +209,16 @@ def cluster(tmp_path_factory):
         secret = secrets.token_hex(12)
         base = load_config(env={})
         sentinel_hosts = [hosts["redis-a"], hosts["redis-b"], hosts["api"]]
+        # every role's password, kept where `maskflow up` keeps them (stack.secrets_dir)
+        credentials = roles.Credentials(workdir / "stack" / "secrets")
+        passwords = {user: credentials.redis_password(user) for user in (*roles.REDIS_ROLES, *roles.SENTINEL_USERS)}
         cfg = replace(
             base,
+            # the test's own view: Redis' admin user, and the Sentinels' password
             redis={"host": vip, "port": 6379, "master_name": MASTER_NAME,
-                   "sentinels": tuple(f"{h.ip}:{SENTINEL_PORT}" for h in sentinel_hosts)},
+                   "sentinels": tuple(f"{h.ip}:{SENTINEL_PORT}" for h in sentinel_hosts),
+                   "username": "admin", "password": passwords["admin"],
+                   "sentinel_password": credentials.secret("sentinel", "own-password")},
             minio={"endpoint": f"{hosts['m1'].ip}:9000", "access_key": "maskflow", "secret_key": secret,
                    "notify_file": str(REPO / "minio-notify.json")},
             model={"path": str(REPO / "models" / "segmentation.onnx")},
@@ -215,7 +232,12 @@ def cluster(tmp_path_factory):
             worker={"heartbeat": 1, "lease": 10},
         )
 
-        # Redis: a master and a replica, each also listening on the floating address
+        # Redis: a master and a replica, each also listening on the floating address; the same
+        # users on both (ACLs are not replicated), the replica logging in to the master as
+        # `replica`.  The secrets are in files: the config file and the aclfile (hashes).
+        acl = credentials.write("redis", "nodes.acl", roles.acl_file(cfg, passwords))
+        conf = credentials.write("redis", "redis.conf", f"aclfile {acl}\nmasteruser replica\n"
+                                                        f"masterauth {passwords['replica']}\n")
         common = ["--port", "6379", "--appendonly", "yes", "--appendfsync", "everysec",
                   "--maxmemory-policy", "noeviction", "--save", "", "--protected-mode", "no",
                   "--daemonize", "no"]
@@ -224,9 +246,9 @@ def cluster(tmp_path_factory):
             data = workdir / host.name
             data.mkdir()
             extra = [] if host.name == "redis-a" else ["--replicaof", hosts["redis-a"].ip, "6379"]
-            procs[host.name] = lab.spawn(host, "redis", [str(redis_server), "--bind", host.ip, vip,
+            procs[host.name] = lab.spawn(host, "redis", [str(redis_server), str(conf), "--bind", host.ip, vip,
                                                          "--dir", str(data), *common, *extra])
-        wait_until(lambda: _redis_at(hosts["redis-b"]).info("replication").get("master_link_status") == "up",
+        wait_until(lambda: _redis_at(hosts["redis-b"], cfg).info("replication").get("master_link_status") == "up",
              "replica in sync", 30)
 
         # three Sentinels, quorum 2; the leader of a failover moves the floating address
@@ -237,10 +259,17 @@ def cluster(tmp_path_factory):
         script.chmod(0o755)
         for host in sentinel_hosts:
             conf = workdir / f"sentinel-{host.name}.conf"
+            conf.touch(mode=0o600)
             conf.write_text("\n".join([
                 f"port {SENTINEL_PORT}", f"bind {host.ip}", "protected-mode no", "daemonize no",
                 f"dir {workdir}",
                 f"sentinel monitor {MASTER_NAME} {hosts['redis-a'].ip} 6379 2",
+                # Sentinel logs in to the Redis nodes as `sentinel`, and asks its clients and
+                # the other Sentinels for a password of its own
+                f"sentinel auth-user {MASTER_NAME} sentinel",
+                f"sentinel auth-pass {MASTER_NAME} {passwords['sentinel']}",
+                f"requirepass {cfg.redis.sentinel_password}",
+                f"sentinel sentinel-pass {cfg.redis.sentinel_password}",
                 f"sentinel down-after-milliseconds {MASTER_NAME} 1000",
                 f"sentinel failover-timeout {MASTER_NAME} 10000",
                 f"sentinel parallel-syncs {MASTER_NAME} 1",
@@ -249,7 +278,7 @@ def cluster(tmp_path_factory):
 
         def sentinels_agree() -> bool:
             for host in sentinel_hosts:
-                state = _redis_at(host, SENTINEL_PORT).sentinel_master(MASTER_NAME)
+                state = _redis_at(host, cfg, SENTINEL_PORT).sentinel_master(MASTER_NAME)
                 if state["num-other-sentinels"] != 2 or state["num-slaves"] != 1:
                     return False
             return True
@@ -260,10 +289,15 @@ def cluster(tmp_path_factory):
         (workdir / "drive").mkdir()
         (workdir / "queue").mkdir()
         drives = f"http://{lab.subnet}.{{{HOSTS['m1']}...{HOSTS['m4']}}}:9000{workdir}/drive"
-        minio_env = {**os.environ, "MINIO_ROOT_USER": cfg.minio.access_key,
-                     "MINIO_ROOT_PASSWORD": cfg.minio.secret_key, "MINIO_BROWSER": "off",
-                     "MINIO_UPDATE": "off", "MINIO_API_SYNC_EVENTS": "on", "MINIO_CI_CD": "on",
-                     **notify_env(cfg, str(workdir / "queue"))}
+        # MinIO reads its root user and its targets' Redis login (user `minio`) from files
+        credentials.generate(cfg)
+        minio_env = {**roles.inherited_env(),
+                     "MINIO_ROOT_USER_FILE": str(credentials.write("root", "minio-root-user", cfg.minio.access_key)),
+                     "MINIO_ROOT_PASSWORD_FILE": str(credentials.write("root", "minio-root-password",
+                                                                       cfg.minio.secret_key)),
+                     "MINIO_CONFIG_ENV_FILE": str(credentials.path("minio", "notify.env")),
+                     "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "MINIO_API_SYNC_EVENTS": "on",
+                     "MINIO_CI_CD": "on", **notify_env(cfg, str(workdir / "queue"))}
         photos = workdir / "photos"
         photos.mkdir()
         keys = make_photos(photos, PHOTOS, width=64)
@@ -276,9 +310,8 @@ def cluster(tmp_path_factory):
         Stack(cfg).bootstrap()
 
         # the API on its host, a worker on each worker host, each on a MinIO node of its own
-        api_cfg = c.service_cfg("m2")
         c.procs["api"] = lab.spawn(hosts["api"], "api", [sys.executable, "-m", "maskflow.api"],
-                                   env={**os.environ, **env_for(api_cfg)}, cwd=REPO)
+                                   env=c.service_env("m2", "api"), cwd=REPO)
         wait_until(lambda: _alive(c.procs["api"]) and requests.get(f"{cfg.api_url}/readyz", timeout=2).ok,
              "API ready", 60, every=0.2)
         c.start_worker("worker-a", "m1")
@@ -476,14 +509,14 @@ def test_redis_master_killed_mid_batch(cluster):
     scripts = [TaskStore(c.redis(), c.cfg)._begin.sha, TaskStore(c.redis(), c.cfg)._finish.sha]
     # The replica has no script cache: after the failover, EVALSHA meets NOSCRIPT and redis-py
     # loads the script again.  (Redis does not replicate SCRIPT LOAD.)
-    assert _redis_at(b).script_exists(*scripts) == [False, False]
+    assert _redis_at(b, c.cfg).script_exists(*scripts) == [False, False]
 
     def kill_master(c: Cluster, prefix: str) -> dict:
         wait_until(lambda: _batch_total(c, prefix) >= 40, "40 tasks seen", BATCH_TIMEOUT, every=0.05)
         at = _batch_total(c, prefix)
         killed_at, since = time.monotonic(), c.since_start()
         c.lab.kill_host(a)  # the master and the Sentinel on its host
-        sentinel = _redis_at(c.host("api"), SENTINEL_PORT)
+        sentinel = _redis_at(c.host("api"), c.cfg, SENTINEL_PORT)
         wait_until(lambda: sentinel.sentinel_get_master_addr_by_name(MASTER_NAME)[0] in (b.ip, b.ip.encode()),
              "Sentinel promoted redis-b", 60, every=0.05)
         promoted = time.monotonic() - killed_at
@@ -497,5 +530,5 @@ def test_redis_master_killed_mid_batch(cluster):
     result = run_batch(c, "redis-failover", kill_master)
     assert result["attempts"] == {"1": PHOTOS}
     assert sum(result["completions_by_live_worker"].values()) == PHOTOS
-    assert _redis_at(b).info("replication")["role"] == "master"
-    assert _redis_at(b).script_exists(*scripts) == [True, True]
+    assert _redis_at(b, c.cfg).info("replication")["role"] == "master"
+    assert _redis_at(b, c.cfg).script_exists(*scripts) == [True, True]
