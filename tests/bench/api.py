@@ -27,9 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import redis  # noqa: E402
 import requests  # noqa: E402
 
 from conftest import make_config  # noqa: E402
+from maskflow.infra.ops import install  # noqa: E402
 from maskflow.infra.ops.processes import free_port, wait_until  # noqa: E402
 from maskflow.infra.ops.stack import Stack  # noqa: E402
 from maskflow.infra.sdk.client import Client  # noqa: E402
@@ -55,13 +57,19 @@ def main() -> None:
         cfg = make_config(Path(tmp))
         stack = Stack(cfg, log=lambda _msg: None)
         stack.up(app=True)
-        peer = None
+        peer = peer_redis = None
         try:
             client = Client(cfg.api_url)
             task_id = client.submit(PHOTO)
             assert client.get(task_id, wait=30)["status"] == "completed"
-            peer_port = free_port()
-            peer = subprocess.Popen([sys.executable, str(PEER), str(peer_port), str(cfg.redis.port)])
+            # The peer logs in to no one: a Redis of its own, as bare as the peer (the stack's
+            # has no default user).
+            peer_port, peer_redis_port = free_port(), free_port()
+            peer_redis = subprocess.Popen([str(install.redis_server()), "--bind", "127.0.0.1", "--port",
+                                           str(peer_redis_port), "--save", "", "--appendonly", "no"],
+                                          cwd=tmp, stdout=subprocess.DEVNULL)
+            wait_until(lambda: redis.Redis(port=peer_redis_port).ping(), "the peer's Redis", 20)
+            peer = subprocess.Popen([sys.executable, str(PEER), str(peer_port), str(peer_redis_port)])
             peer_url = f"http://127.0.0.1:{peer_port}"
             wait_until(lambda: requests.get(f"{peer_url}/hello", timeout=1).ok,
                        "the peer", 20)
@@ -72,9 +80,10 @@ def main() -> None:
                 for name, url in urls.items():
                     rates[name].append(wrk(url, args.seconds))
         finally:
-            if peer is not None:
-                peer.terminate()
-                peer.wait()
+            for proc in (peer, peer_redis):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait()
             stack.down()
     bare = statistics.median(rates["bare"])
     print(f"wrk -t2 -c16 -d{args.seconds}s, {args.rounds} alternating rounds, median req/s")

@@ -495,9 +495,12 @@ class Bench:
         c = self.cfg
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "S3_ENDPOINT": c.minio.endpoint,
                "S3_ACCESS": c.minio.access_key, "S3_SECRET": c.minio.secret_key,
-               "REDIS_URL": f"redis://{c.redis.host}:{c.redis.port}/5", "MODEL": str(PERSON_MODEL),
-               "PYTHONPATH": str(PEERS)}
-        shown_env = " ".join(f"{k}={env[k]}" for k in ("S3_ENDPOINT", "REDIS_URL", "MODEL"))
+               # Redis' admin user (the stack's Redis has no default user)
+               "REDIS_URL": f"redis://admin:{self.stack.credentials.redis_password('admin')}@"
+                            f"{c.redis.host}:{c.redis.port}/5",
+               "MODEL": str(PERSON_MODEL), "PYTHONPATH": str(PEERS)}
+        shown = {**env, "REDIS_URL": f"redis://admin:***@{c.redis.host}:{c.redis.port}/5"}
+        shown_env = " ".join(f"{k}={shown[k]}" for k in ("S3_ENDPOINT", "REDIS_URL", "MODEL"))
         node = f"peer-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         celery = [str(python), "-m", "celery", "-A", "celery_peer"]
         worker_argv = [*celery, "worker", "-c", "2", "--prefetch-multiplier", "1", "-P", "prefork",
