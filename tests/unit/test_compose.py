@@ -1,4 +1,5 @@
-"""No Docker engine runs here: check docker-compose.yml agrees with the config and the notify file.
+"""docker-compose.yml and the Dockerfiles agree with the config and the notify file, and build from
+public base images by default (tests/containers builds and runs them under Docker).
 
 The credentials are made as an operator makes them (`python -m maskflow.infra.ops.credentials`),
 in a folder of the test's, and each service's `secrets:` are resolved to those files.
@@ -19,10 +20,12 @@ import pytest
 import yaml
 
 from conftest import REPO
+from maskflow.infra.domain.catalog import CATALOG
 from maskflow.infra.ops import roles
 from maskflow.infra.ops.bootstrap import load_rules, notify_env, read_users, redis_target_arn
 from maskflow.infra.ops.install import MC, MINIO
 from maskflow.infra.wiring.config import load_config
+from maskflow.infra.wiring.settings import StackConfig
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -39,7 +42,7 @@ def mounted(service: str) -> dict[str, Path]:
     for entry in SERVICES[service].get("secrets", []):
         source, target = (entry, entry) if isinstance(entry, str) else (entry["source"], entry["target"])
         target = target if target.startswith("/") else f"/run/secrets/{target}"
-        out[target] = Path(SECRETS) / COMPOSE["secrets"][source]["file"]
+        out[target] = Path(SECRETS) / with_defaults(COMPOSE["secrets"][source]["file"])
     return out
 
 
@@ -49,15 +52,49 @@ def service_env(service: str) -> dict[str, str]:
     return {k: str(files.get(v, v)) for k, v in SERVICES[service]["environment"].items()}
 
 
+DOCKER = REPO / "infra/ops/docker"
+
+
+def with_defaults(value: str) -> str:
+    """A compose value as it is with an empty .env: each ${VAR:-default} replaced by its default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def stages(dockerfile: str) -> dict[str, str]:
+    """Each named stage's text, from its FROM line on."""
+    parts = re.split(r"^(?=FROM )", (DOCKER / dockerfile).read_text(), flags=re.M)
+    return {part.split()[3] if len(part.split()) > 3 and part.split()[2] == "AS" else f"#{i}": part
+            for i, part in enumerate(parts) if part.startswith("FROM ")}
+
+
+def arg_defaults(dockerfile: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", (DOCKER / dockerfile).read_text(), flags=re.M))
+
+
 def app_env() -> dict[str, str]:
     return service_env("api")
 
 
+WORKERS = ("worker", "worker-heavy")
+POOL_KEYS = {"MASKFLOW_WORKER_MODELS", "MASKFLOW_MODEL_CONCURRENT_RUNS"}  # a pool's own settings
+
+
 def test_services_are_the_production_shape():
-    assert set(SERVICES) == {"redis", "minio", "init", "api", "worker"}
+    assert set(SERVICES) == {"redis", "minio", "init", "api", *WORKERS}
     assert SERVICES["init"]["restart"] == "no"
-    assert SERVICES["worker"]["environment"] == SERVICES["api"]["environment"]
-    assert "ports" not in SERVICES["worker"], "workers must scale: no fixed host port"
+    for name in WORKERS:
+        env = SERVICES[name]["environment"]
+        assert {k: v for k, v in env.items() if k not in POOL_KEYS} == SERVICES["api"]["environment"]
+        assert "ports" not in SERVICES[name], "workers must scale: no fixed host port"
+        assert SERVICES[name]["build"] == SERVICES["worker"]["build"]
+
+
+def test_each_model_has_one_pool_as_maskflow_up_runs_them():
+    pools = {name: load_config(env={k: v for k, v in service_env(name).items()
+                                    if not v.startswith("${")}).worker.models for name in WORKERS}
+    served = [model for models in pools.values() for model in models]
+    assert sorted(served) == sorted(CATALOG), pools  # every model, each in one pool
+    assert set(pools["worker-heavy"]) == set(StackConfig().heavy_models)
 
 
 def test_app_environment_is_valid_config_matching_minio_and_redis():
@@ -73,7 +110,9 @@ def test_app_environment_is_valid_config_matching_minio_and_redis():
     assert minio_env["MINIO_API_SYNC_EVENTS"] == "on"
     assert any(v.endswith(":/events") for v in SERVICES["minio"]["volumes"])
     assert cfg.minio.endpoint == "minio:9000"
-    assert SERVICES["api"]["ports"] == [f"127.0.0.1:{cfg.api.port}:{cfg.api.port}"]
+    assert [with_defaults(p) for p in SERVICES["api"]["ports"]] == [f"127.0.0.1:{cfg.api.port}:{cfg.api.port}"]
+    assert [with_defaults(p) for p in SERVICES["minio"]["ports"]] == ["127.0.0.1:9000:9000"]
+    assert "ports" not in SERVICES["redis"], "Redis is reached only inside the compose network"
     assert [rule.arn for rule in load_rules(cfg)] == [redis_target_arn(cfg.queue.target_id),
                                                       redis_target_arn(cfg.queue.fast_target_id)]
 
@@ -92,20 +131,94 @@ def test_redis_is_persistent_and_never_evicts():
 
 
 def test_only_the_worker_image_carries_the_model_runtime():
-    stages = re.split(r"^FROM ", (REPO / "infra/ops/docker/app.Dockerfile").read_text(), flags=re.M)
-    app, worker = (next(s for s in stages if s.split()[2:3] == [name]) for name in ("app", "worker"))
-    assert "pip install --no-cache-dir /wheels/maskflow-*.whl\n" in app and "[worker]" not in app
+    parts = re.split(r"^FROM ", (REPO / "infra/ops/docker/app.Dockerfile").read_text(), flags=re.M)
+    app, worker = (next(s for s in parts if s.split()[2:3] == [name]) for name in ("app", "worker"))
+    assert "pip install --no-cache-dir --no-deps /wheels/maskflow-*.whl\n" in app and "[worker]" not in app
     assert 'whl)[worker]"' in worker and "COPY models" in worker
+    # Nor does any stage the app image is built on.
+    named = stages("app.Dockerfile")
+    parent = named["app"].split()[1]
+    while parent in named:
+        assert "worker" not in named[parent], parent
+        parent = named[parent].split()[1]
     # Installed from the wheel only: no source folder for the working directory to shadow.
     assert not re.search(r"^COPY (api|functions|infra)\b", app + worker, flags=re.M)
-    targets = {name: SERVICES[name]["build"]["target"] for name in ("api", "init", "worker")}
-    assert targets == {"api": "app", "init": "app", "worker": "worker"}
+    targets = {name: SERVICES[name]["build"]["target"] for name in ("api", "init", "worker", "worker-heavy")}
+    assert targets == {"api": "app", "init": "app", "worker": "worker", "worker-heavy": "worker"}
 
 
 def test_minio_image_builds_the_pinned_source():
     dockerfile = (REPO / "infra/ops/docker/minio.Dockerfile").read_text()
     assert f"MINIO_VERSION={MINIO.version}" in dockerfile
     assert f"MC_VERSION={MC.version}" in dockerfile
+    # By default the binaries come from the stage that runs `go install`.
+    source = arg_defaults("minio.Dockerfile")["MINIO_BINARIES"]
+    assert "go install github.com/minio/minio@${MINIO_VERSION}" in stages("minio.Dockerfile")[source]
+    assert "COPY --from=binaries /out/minio /out/mc " in dockerfile
+
+
+def test_worker_image_carries_every_model_file():
+    named = stages("app.Dockerfile")
+    fetched = named[arg_defaults("app.Dockerfile")["MODELS"]]
+    assert "install_model(" in fetched and "MASKFLOW_MODELS_CACHE_DIR=/models " in fetched
+    worker = named["worker"]
+    assert "COPY --from=models /models /opt/maskflow/models" in worker
+    cache = re.search(r"^ENV (MASKFLOW_MODELS_CACHE_DIR)=(\S+)$", worker, flags=re.M)
+    assert load_config(env={cache[1]: cache[2]}).models_cache == Path("/opt/maskflow/models")
+    fetch = [entry.model_file for entry in CATALOG.values() if entry.fetch]
+    in_git = [entry.model_file for entry in CATALOG.values() if not entry.fetch]
+    assert fetch and all((REPO / "models" / f).is_file() for f in in_git)  # COPY models brings these
+
+
+PUBLIC_BASES = {"PYTHON_IMAGE": "python:3.11-slim-bookworm", "DEBIAN_IMAGE": "debian:bookworm-slim",
+                "GO_IMAGE": "golang:1.26-bookworm"}
+DOCKERFILES = ("app.Dockerfile", "minio.Dockerfile", "redis.Dockerfile")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_build_from_public_bases_that_a_build_argument_replaces(dockerfile):
+    defaults = arg_defaults(dockerfile)
+    named = stages(dockerfile)
+    for stage in named.values():
+        base = stage.split()[1]
+        if base in named:
+            continue
+        arg = re.fullmatch(r"\$\{(\w+)\}", base)
+        assert arg, f"{dockerfile}: FROM {base} is not a build argument"
+        default = defaults[arg[1]]
+        assert default == PUBLIC_BASES.get(arg[1]) or default in named, f"{dockerfile}: {arg[1]}={default}"
+
+
+def test_compose_passes_the_dockerfiles_own_defaults():
+    cluster = yaml.safe_load((DOCKER / "cluster.compose.yml").read_text())["services"]
+    services = {**SERVICES, **{f"cluster {name}": node for name, node in cluster.items()}}
+    for name, service in services.items():
+        build = service["build"]
+        dockerfile = Path(build["dockerfile"]).name
+        defaults = arg_defaults(dockerfile)
+        from_args = set(re.findall(r"^FROM \$\{(\w+)\}", (DOCKER / dockerfile).read_text(), flags=re.M))
+        args = {key: with_defaults(value) for key, value in build["args"].items()}
+        assert set(args) == from_args, name  # every base is replaceable from .env
+        assert args == {key: defaults[key] for key in args}, name
+
+
+@pytest.mark.parametrize("dockerfile,stage", [("app.Dockerfile", "app"), ("app.Dockerfile", "worker"),
+                                              ("minio.Dockerfile", None), ("redis.Dockerfile", None)])
+def test_images_run_as_an_unprivileged_user(dockerfile, stage):
+    named = stages(dockerfile)
+    text = named[stage] if stage else list(named.values())[-1]
+    users = re.findall(r"^USER (\S+)$", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), f"{dockerfile} {stage}: runs as root"
+    assert not re.search(r"^(ENV|ARG) \w*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", text, flags=re.M)
+
+
+def test_dockerignore_sends_only_what_the_images_use():
+    lines = [line for line in (REPO / ".dockerignore").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines[0] == "*", "an allow-list: everything else stays out of the build context"
+    allowed = {line[1:] for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "api", "functions", "infra", "models",
+                       "minio-notify.json"}
 
 
 def test_notify_file_filters_input_created_events_only():
@@ -117,12 +230,14 @@ def test_notify_file_filters_input_created_events_only():
         assert rule["arn"] in command and "--prefix input/" in command
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "init"])
+@pytest.mark.parametrize("name", ["api", "worker", "worker-heavy", "init"])
 def test_app_services_wait_for_bootstrap(name):
     if name == "init":
         assert SERVICES[name]["depends_on"]["minio"]["condition"] == "service_healthy"
     else:
         assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        # Compose stops a service before what it depends on: workers settle their events first.
+        assert {SERVICES[name]["depends_on"][s]["condition"] for s in ("redis", "minio")} == {"service_healthy"}
 
 
 def test_api_may_open_enough_files_for_its_connection_limit():
