@@ -218,7 +218,13 @@ def test_dockerignore_sends_only_what_the_images_use():
     assert lines[0] == "*", "an allow-list: everything else stays out of the build context"
     allowed = {line[1:] for line in lines if line.startswith("!")}
     assert allowed == {"pyproject.toml", "README.md", "api", "functions", "infra", "models",
-                       "minio-notify.json"}
+                       "minio-notify.json", "requirements/app.lock", "requirements/worker.lock"}
+    # and every file a Dockerfile copies from the context is in it
+    copied = {src for dockerfile in DOCKER.glob("*.Dockerfile")
+              for line in dockerfile.read_text().splitlines()
+              if line.startswith("COPY ") and "--from=" not in line
+              for src in line.split()[1:-1]}
+    assert copied and copied <= allowed, copied - allowed
 
 
 def test_notify_file_filters_input_created_events_only():
