@@ -103,7 +103,7 @@ class Worker:
             return None
         self.liveness.ready = True
         self.liveness.models = tuple(models)
-        self.source.serve(tuple(models))
+        self.source.serve(tuple(models), shared=self.cfg.worker.shared_queue)
         return steps.Parts(cfg=self.cfg, worker_id=self.worker_id, run_id=self.registry.run_id,
                            source=self.source, tasks=self.tasks, objects=self.objects,
                            models=models, stats=self.stats, writer=self._writer, held=self.held)

@@ -248,7 +248,9 @@ class Stack:
         light = self.cfg.worker.models or tuple(n for n in names() if n not in heavy)
         workers = [(f"worker-{i}", replace(self.cfg, worker={"models": light})) for i in range(stack.workers)]
         cores = os.cpu_count() or 1
-        heavy_cfg = replace(self.cfg, worker={"models": heavy, "concurrency": cores},
+        # The default pool takes every event and moves the heavy models' to their lists.
+        heavy_cfg = replace(self.cfg, worker={"models": heavy, "concurrency": cores,
+                                              "shared_queue": not stack.workers},
                             model={"concurrent_runs": cores})
         return workers + [(f"worker-heavy-{i}", heavy_cfg) for i in range(len(heavy) and stack.heavy_workers)]
 

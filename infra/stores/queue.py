@@ -115,6 +115,7 @@ class RedisListSource:
         self.inflight = inflight_key(worker_id)
         self.dead_letter_max = cfg.queue.dead_letter_max
         self.model_queues: list[str] = []
+        self.shared = True  # takes from the events list too, not only from the models' lists
         self._requeue = r.register_script(_REQUEUE)
         self._settle = r.register_script(_SETTLE)
 
@@ -124,13 +125,15 @@ class RedisListSource:
 
         The caller must check `attempt` against `worker.max_deliveries`: requeues count up.
         """
-        for queue in self.model_queues:  # moved here by workers of other pools
+        lists = self.model_queues if self.shared else self.model_queues[1:]
+        for queue in lists:  # moved here by workers of other pools
             item = self.r.lmove(queue, self.inflight, "LEFT", "RIGHT")
             if item is not None:
                 return unwrap(item)
-        # Blocking on the events list, a model's list waits its turn: at most ROUND seconds.
-        wait = min(timeout, MODEL_QUEUE_ROUND) if self.model_queues else timeout
-        item = self.r.blmove(self.events_key, self.inflight, wait, "LEFT", "RIGHT")
+        # Blocking on one list, the others wait their turn: at most ROUND seconds.
+        wait = min(timeout, MODEL_QUEUE_ROUND) if lists else timeout
+        blocking = self.events_key if self.shared else self.model_queues[0]
+        item = self.r.blmove(blocking, self.inflight, wait, "LEFT", "RIGHT")
         return None if item is None else unwrap(item)
 
     def ack(self, delivery: Delivery) -> None:
@@ -156,8 +159,11 @@ class RedisListSource:
                      args=[delivery.receipt, self.dead_letter_max, record])
 
     # -- pools -------------------------------------------------------------------------------
-    def serve(self, models: tuple[str, ...]) -> None:
+    def serve(self, models: tuple[str, ...], shared: bool = True) -> None:
+        if not (models or shared):
+            raise ValueError("a worker that takes nothing from the events list must serve a model")
         self.model_queues = [model_queue_key(self.events_key, m) for m in models]
+        self.shared = shared
 
     def route(self, delivery: Delivery, model: str) -> None:
         """Move a message for a model we do not serve onto that model's own list, as it came."""

@@ -37,8 +37,9 @@ class EventSource(Protocol):
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         """Set it aside for good, with the reason; `deliveries` defaults to its attempt."""
 
-    def serve(self, models: tuple[str, ...]) -> None:
-        """Take from these models' own lists too (they hold what other pools moved there)."""
+    def serve(self, models: tuple[str, ...], shared: bool = True) -> None:
+        """Take from these models' own lists too (they hold what other pools moved there);
+        with shared=False, only from them."""
 
     def route(self, delivery: Delivery, model: str) -> None:
         """Move it, as it came, onto `model`'s own list, for the workers that serve that model."""

@@ -148,6 +148,11 @@ class WorkerConfig:
     # The models this worker serves (its pool); empty: every installed one.  Events for the
     # others move to their own lists for the workers that serve them.
     models: tuple[str, ...] = ()
+    # Take events from the shared events list (queue.events_key); false: only from the own lists
+    # of `models`, which the workers that take the shared list fill.  `maskflow up` sets it false
+    # for the heavy pool: taking shared events only to move them on cost it 1.7-2.3 ms of CPU
+    # per image of a `person` drain (tests/bench/compare.py).
+    shared_queue: bool = True
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from checks import make_photos, start_worker, stop_worker
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key, model_queue_key, task_key
+from maskflow.infra.stores.queue import RedisListSource
 from maskflow.infra.stores.tasks import derive_task_id
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.wiring.config import replace
@@ -31,12 +34,14 @@ def drop(mc, servers, folder, prefix: str, model: str | None = None) -> None:
     mc("mirror", *attr, str(folder), f"local/{servers.cfg.minio.bucket}/{prefix}")
 
 
-def test_each_task_ends_on_the_pool_of_its_model(servers, clean_redis, mc, tasks, unique_prefix, tmp_path):
+@pytest.mark.parametrize("shared", [True, False], ids=["u2net-pool-takes-shared", "u2net-pool-own-list-only"])
+def test_each_task_ends_on_the_pool_of_its_model(servers, clean_redis, mc, tasks, unique_prefix, tmp_path,
+                                                 shared):
     r = clean_redis
     people, things = tmp_path / "people", tmp_path / "things"
     person_rels, u2net_rels = make_photos(people, 6), make_photos(things, 4)
     workers = {"person-pool": start_worker(pool(servers, "person"), "person-pool"),
-               "u2net-pool": start_worker(pool(servers, "u2net"), "u2net-pool")}
+               "u2net-pool": start_worker(pool(servers, "u2net", shared_queue=shared), "u2net-pool")}
     try:
         for name in workers:
             wait_until(lambda n=name: worker_status(r, n).get("ready") == "1", f"{name} ready", 120)
@@ -55,6 +60,22 @@ def test_each_task_ends_on_the_pool_of_its_model(servers, clean_redis, mc, tasks
             assert task.status == "completed" and task.model == model, task
             assert r.hget(task_key(task.task_id), "worker").decode() == worker, task
     assert not r.llen(DEAD_LETTER_KEY)
+
+
+def test_a_source_off_the_shared_list_takes_only_its_models_lists(servers, clean_redis):
+    r, events = clean_redis, servers.cfg.queue.events_key
+    source = RedisListSource(r, servers.cfg, "heavy-0")
+    source.serve(("u2net", "portrait"), shared=False)
+    r.rpush(events, b"for-anyone")
+    r.rpush(model_queue_key(events, "portrait"), b"for-portrait")
+    r.rpush(model_queue_key(events, "u2net"), b"for-u2net")
+    assert source.take(0.2).message == b"for-portrait"
+    assert source.take(0.2).message == b"for-u2net"
+    assert source.take(0.2) is None
+    assert r.lrange(events, 0, -1) == [b"for-anyone"]
+    assert r.lrange(inflight_key("heavy-0"), 0, -1) == [b"for-portrait", b"for-u2net"]
+    with pytest.raises(ValueError):
+        source.serve((), shared=False)
 
 
 def test_a_router_killed_mid_routing_loses_and_repeats_nothing(servers, clean_redis, mc, tasks,

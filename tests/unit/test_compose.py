@@ -76,7 +76,7 @@ def app_env() -> dict[str, str]:
 
 
 WORKERS = ("worker", "worker-heavy")
-POOL_KEYS = {"MASKFLOW_WORKER_MODELS", "MASKFLOW_MODEL_CONCURRENT_RUNS"}  # a pool's own settings
+POOL_KEYS = {"MASKFLOW_WORKER_MODELS", "MASKFLOW_MODEL_CONCURRENT_RUNS", "MASKFLOW_WORKER_SHARED_QUEUE"}  # a pool's own settings
 
 
 def test_services_are_the_production_shape():
@@ -95,6 +95,12 @@ def test_each_model_has_one_pool_as_maskflow_up_runs_them():
     served = [model for models in pools.values() for model in models]
     assert sorted(served) == sorted(CATALOG), pools  # every model, each in one pool
     assert set(pools["worker-heavy"]) == set(StackConfig().heavy_models)
+
+
+def test_only_the_light_pool_takes_the_shared_events_list():
+    shared = {name: load_config(env={k: v for k, v in service_env(name).items()
+                                     if not v.startswith("${")}).worker.shared_queue for name in WORKERS}
+    assert shared == {"worker": True, "worker-heavy": False}
 
 
 def test_app_environment_is_valid_config_matching_minio_and_redis():

@@ -386,14 +386,55 @@ def test_acceptance_bad_inputs_and_peak_memory(tmp_path):
 
 
 # ---------------------------------------------------------------- encoding
-def test_encode_mask_png_is_8bit_gray_and_lossless():
+@pytest.fixture(params=["isal", "opencv"])
+def mask_encoder(request, monkeypatch):
+    """encode_mask_png as served (ISA-L) and as its fallback (OpenCV) writes it."""
+    if request.param == "isal":
+        assert images.isal_zlib is not None, "the worker extra needs isal; it must be installed"
+    else:
+        monkeypatch.setattr(images, "isal_zlib", None)
+    return encode_mask_png
+
+
+def _gray_both_decoders(data: bytes) -> list[np.ndarray]:
+    """Gray pixels as libpng (OpenCV) and Pillow's own PNG decoder read them."""
+    with PIL.Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "L"
+        pil = np.asarray(im)
+    return [cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), pil]
+
+
+def test_encode_mask_png_is_8bit_gray_and_lossless(mask_encoder):
     mask = (pattern(50, 70)[:, :, 0]).copy()
-    data = encode_mask_png(mask)
+    data = mask_encoder(mask)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height, depth, ctype = struct.unpack(">IIBB", data[16:26])
     assert (width, height, depth, ctype) == (70, 50, 8, 0)  # colour type 0 = grayscale
-    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(back, mask)
+    for back in _gray_both_decoders(data):
+        assert np.array_equal(back, mask)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(height=st.integers(1, 80), width=st.integers(1, 80), seed=st.integers(0, 2**32 - 1),
+       flat=st.floats(0, 1))
+def test_mask_decodes_to_the_same_pixels_with_either_encoder(mask_encoder, height, width, seed, flat):
+    rng = np.random.default_rng(seed)
+    mask = rng.integers(0, 256, (height, width), np.uint8)
+    mask[rng.random((height, width)) < flat] = 255
+    for back in _gray_both_decoders(mask_encoder(mask)):
+        assert np.array_equal(back, mask)
+
+
+def test_mask_of_a_real_photo_is_the_same_with_either_encoder(mask_encoder):
+    """The model's mask of a photo, and a view of it (as a crop gives): pixels unchanged."""
+    from maskflow.infra.domain.segmenter import Segmenter
+
+    with open(os.path.join(PHOTOS, "coffee.jpg"), "rb") as f:
+        rgb = decode_image(f.read())
+    mask = Segmenter.load(os.path.join(ROOT, "models", "segmentation.onnx")).predict(rgb)
+    for view in (mask, mask[10:-20, 30:-5], mask[:, :1], mask[:1]):
+        for back in _gray_both_decoders(mask_encoder(view)):
+            assert np.array_equal(back, view)
 
 
 def test_encode_cutout_png_is_rgba_with_mask_alpha():

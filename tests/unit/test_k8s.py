@@ -217,6 +217,8 @@ def test_each_pool_scales_on_its_own_models_lists(target, rendered):
     assert sorted(t["metadata"]["listName"] for t in scaled["triggers"]) == sorted(
         model_queue_key(cfg.queue.events_key, model) for model in heavy)
     assert cfg.model.concurrent_runs == cfg.worker.concurrency >= 2, "one process, a run per core"
+    assert pools["maskflow-worker"].worker.shared_queue and not cfg.worker.shared_queue, \
+        "only the light pool takes the shared events list"
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
@@ -237,8 +239,10 @@ def test_bucket_targets_and_ports_agree_with_the_config(target, rendered):
     assert sport["targetPort"] == port["name"] and sport["port"] == cfg.api.port
     assert service["selector"].items() <= \
         one(docs, "Deployment", "maskflow-api")["spec"]["template"]["metadata"]["labels"].items()
-    # every workload sees the same config (only the API needs its token; a pool has its models)
-    configs = [replace(load_config(env=environment(docs, c)), api={"token": "", "tokens": ()}, worker={"models": ()},
+    # every workload sees the same config (only the API needs its token; a pool has its models
+    # and the lists it takes)
+    configs = [replace(load_config(env=environment(docs, c)), api={"token": "", "tokens": ()},
+                       worker={"models": (), "shared_queue": True},
                        model={"concurrent_runs": 1}) for _, c in workloads(docs)]
     assert all(other == configs[0] for other in configs)
 

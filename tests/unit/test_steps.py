@@ -56,7 +56,7 @@ class MemorySource:
     def dead_letter(self, delivery: Delivery, reason: str, deliveries: int | None = None) -> None:
         self.dead.append((self.taken.pop(delivery.receipt), reason))
 
-    def serve(self, models: tuple[str, ...]) -> None:
+    def serve(self, models: tuple[str, ...], shared: bool = True) -> None:
         pass  # one list for every model
 
     def route(self, delivery: Delivery, model: str) -> None:
