@@ -118,6 +118,13 @@ def _task_from(raw: dict[bytes, bytes]) -> Task | None:
                           "last_error": f.get("callback_error") or None} if "callback_status" in f else None)
 
 
+def task_from_fields(fields: dict[str, str]) -> Task:
+    """A task from a record's fields as text, e.g. a results stream entry's."""
+    task = _task_from({k.encode(): v.encode() for k, v in fields.items()})
+    assert task is not None, "a record without a status"
+    return task
+
+
 class TaskStore:
     def __init__(self, r: redis.Redis, cfg: Config):
         self.r = r
