@@ -288,6 +288,12 @@ class TaskStore:
         counts = {k.decode(): int(v) for k, v in raw.items()}
         return {s: counts.get(s, 0) for s in STATUSES}
 
+    def batch_counts(self, prefix: str) -> tuple[int, dict[str, int]]:
+        """A batch's total and counts by status, without its failures."""
+        counts = {k.decode(): int(v) for k, v in self.r.hgetall(batch_key(prefix)).items()}
+        total = counts.pop("total", 0)
+        return total, {s: counts.get(s, 0) for s in STATUSES}
+
     def batch(self, prefix: str, offset: int = 0, limit: int = 100) -> BatchSummary | None:
         raw = self.r.hgetall(batch_key(prefix))
         if not raw:
