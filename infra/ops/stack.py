@@ -243,10 +243,11 @@ class Stack:
                        fatal=self._redis_tls_problem)
 
     def webhooks_service(self) -> Service:
-        """The webhook dispatcher, as the webhooks role; ready once it reads the stream."""
+        """The webhook dispatcher, as the webhooks role; ready once its group exists (it makes it
+        on start; Redis lists a consumer only once it has read an entry)."""
         def reading() -> bool:
-            consumers = self.redis_client().xinfo_consumers(RESULTS_STREAM, "webhooks")
-            return any(c["name"] in ("webhooks", b"webhooks") for c in consumers)
+            groups = self.redis_client().xinfo_groups(RESULTS_STREAM)
+            return any(g["name"] in ("webhooks", b"webhooks") for g in groups)
         return Service("webhooks", [sys.executable, "-m", "maskflow.functions.webhooks", "--id", "webhooks"],
                        roles.service_env(self.cfg, "webhooks", self.credentials), reading,
                        fatal=self._redis_tls_problem)
