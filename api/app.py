@@ -17,6 +17,7 @@ from maskflow.api.metrics import MetricsMiddleware
 from maskflow.api.middleware import BearerAuth, BodyLimit
 from maskflow.api.openapi import document
 from maskflow.api.rembg import RembgResource
+from maskflow.api.results import ResultsResource
 from maskflow.api.tokens import TokenSet
 from maskflow.api.uploads import SubmitResource, UploadsResource
 from maskflow.api.web import StaticResource
@@ -53,6 +54,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(f"{API}/uploads", UploadsResource(deps))
     app.add_route(f"{API}/models", ModelsResource(deps))
     app.add_route(f"{API}/batches/{{prefix:path}}", BatchResource(deps))
+    app.add_route(f"{API}/results", ResultsResource(deps))
     app.add_route("/api/remove", RembgResource(deps))  # rembg's HTTP server's route
     return app
 

@@ -8,31 +8,11 @@ import falcon
 from maskflow.api.deps import Deps
 from maskflow.api.errors import bad_request, not_found
 from maskflow.infra.domain.catalog import CATALOG, DEFAULT, accepted_names
-from maskflow.infra.domain.outputs import RESULT_KINDS
-from maskflow.infra.stores.objects import ObjectStore
+from maskflow.infra.stores.task_view import task_body
 from maskflow.infra.stores.tasks import Task
 from maskflow.infra.stores.workers import served_models
 
 MAX_WAIT_S = 30
-
-
-def task_body(task: Task, objects: ObjectStore, expiry: int) -> dict:
-    """Exactly the original contract's shape (design section 4.2)."""
-    done = task.status == "completed" and all(kind.name in task.results for kind in RESULT_KINDS)
-    body = {
-        "task_id": task.task_id,
-        "status": task.status,
-        "result": {kind.api_field: objects.presigned_get(task.results[kind.name], expiry) if done else None
-                   for kind in RESULT_KINDS},
-        "error": task.error if task.status == "failed" else None,
-        "created_at": task.created_at,
-        "completed_at": task.completed_at if task.terminal else None,
-    }
-    if done and task.model:
-        body["model"] = task.model  # only for tasks that named a model: else the contract's shape
-    if done and task.options:
-        body["options"] = task.options  # likewise, only for tasks that asked for options
-    return body
 
 
 def _task_answer(deps: Deps, task: Task | None, missing: str) -> dict:

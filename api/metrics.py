@@ -25,6 +25,7 @@ from collections import defaultdict
 import falcon
 import redis
 
+from maskflow.infra.stores import results
 from maskflow.infra.stores.keys import WORKERS_KEY, Heartbeat
 from maskflow.infra.stores.queue import dead_letter_count
 from maskflow.infra.stores.tasks import TaskStore
@@ -176,6 +177,28 @@ def pipeline_lines(r: redis.Redis, tasks: TaskStore, events_key: str) -> list[st
         lines.append(f"maskflow_processing_seconds_bucket{_labels(le=_num(bound))} {_num(hist[bound])}")
     lines += [f"maskflow_processing_seconds_sum {_num(hist_sum)}",
               f"maskflow_processing_seconds_count {_num(hist_count)}"]
+    return lines + result_lines(r)
+
+
+def result_lines(r: redis.Redis) -> list[str]:
+    """The results stream's length, and the webhook dispatchers' counters (kept in Redis)."""
+    stats = results.delivery_stats(r)
+    lines = ["# HELP maskflow_results_stream_length Entries kept in the results stream.",
+             "# TYPE maskflow_results_stream_length gauge", f"maskflow_results_stream_length {results.length(r)}",
+             "# HELP maskflow_webhook_deliveries_total Webhook attempts by outcome (retry: failed, tried again).",
+             "# TYPE maskflow_webhook_deliveries_total counter"]
+    for name, value in sorted(stats.items()):
+        if name.startswith("outcome:"):
+            lines.append(f"maskflow_webhook_deliveries_total{_labels(outcome=name[8:])} {_num(value)}")
+    lines += ["# HELP maskflow_webhook_delivery_seconds From a task's transition to its receiver's 2xx.",
+              "# TYPE maskflow_webhook_delivery_seconds histogram"]
+    for bound in results.LATENCY_BUCKETS:
+        lines.append(f"maskflow_webhook_delivery_seconds_bucket{_labels(le=_num(bound))} "
+                     f"{_num(stats.get(f'latency_bucket:{bound}', 0))}")
+    count = stats.get("latency_count", 0)
+    lines += [f"maskflow_webhook_delivery_seconds_bucket{_labels(le='+Inf')} {_num(count)}",
+              f"maskflow_webhook_delivery_seconds_sum {_num(stats.get('latency_sum', 0))}",
+              f"maskflow_webhook_delivery_seconds_count {_num(count)}"]
     return lines
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from maskflow.api.middleware import DEFAULT_MAX_BODY
 from maskflow.api.rembg import DEFAULT_MODEL as REMBG_DEFAULT, MODELS as REMBG_MODELS
 from maskflow.api.uploads import MULTIPART_SLACK, UPLOAD_TYPES
+from maskflow.infra.wiring.outbound import MAX_URL_BYTES
 from maskflow.infra.domain import options
 from maskflow.infra.domain.catalog import DEFAULT, accepted_names, names
 from maskflow.infra.domain.outputs import RESULT_KINDS
@@ -31,6 +32,12 @@ def _options() -> dict:
             "allOf": [{"if": {"required": [name]},
                        "then": {"required": [other], "properties": {other: {"const": value}}}}
                       for name, (other, value) in options.NEEDS.items()]}
+
+
+def _callback() -> dict:
+    return {"type": "string", "format": "uri", "maxLength": MAX_URL_BYTES,
+            "description": "https URL (http where webhook.allow_insecure) that gets the task, signed "
+                           "(Maskflow-Signature), once it is completed or failed; not a private address"}
 
 
 def _error(description: str) -> dict:
@@ -92,7 +99,23 @@ def document(cfg: Config) -> dict:
                                          f"{DEFAULT} model, and the original contract's shape)"},
                 "options": {"type": "object", "additionalProperties": {"type": "string"},
                             "description": "Once completed, the options the task asked for beyond "
-                                           "the defaults (absent when none: the contract's shape)"}}},
+                                           "the defaults (absent when none: the contract's shape)"},
+                "callback": {"type": "object", "required": ["status", "attempts", "last_error"],
+                             "properties": {"status": {"type": "string",
+                                                       "enum": ["pending", "retrying", "delivered", "failed"]},
+                                            "attempts": {"type": "integer"}, "last_error": _NULLABLE_STR},
+                             "description": "The webhook's delivery, for tasks with a callback_url"}}},
+        "ResultEntry": {
+            "type": "object", "required": ["id", "task_id", "status", "input_key"],
+            "description": "One terminal transition: the record's fields as text, result keys not URLs",
+            "properties": {"id": {"type": "string"}, "task_id": {"type": "string"}, "status": _STATUS,
+                           "input_key": {"type": "string"}, "error": {"type": "string"},
+                           "options": {"type": "object"}, "attempts": {"type": "integer"}}},
+        "Results": {
+            "type": "object", "required": ["entries", "next"],
+            "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/ResultEntry"}},
+                           "next": {"type": "string", "description": "pass as `after` for the next page"},
+                           "batch": {"type": "object", "description": "with prefix: the batch's counts"}}},
         "UploadRequest": {
             "type": "object", "required": ["filename", "content_type"],
             "properties": {
@@ -110,7 +133,9 @@ def document(cfg: Config) -> dict:
                           "upload, which must carry it as x-amz-meta-model"},
                 "options": {"type": "object", "additionalProperties": False, **_options(),
                             "description": "Signed into the upload, which must carry each as "
-                                           "x-amz-meta-<name> (crop_margin as crop-margin)"}},
+                                           "x-amz-meta-<name> (crop_margin as crop-margin)"},
+                "callback_url": {**_callback(), "description": _callback()["description"]
+                                 + "; signed into the upload as x-amz-meta-callback-url"}},
             "if": {"required": ["method"], "properties": {"method": {"const": "PUT"}}},
             "then": {"required": ["size"]}},
         "Upload": {
@@ -198,7 +223,8 @@ def document(cfg: Config) -> dict:
                                "properties": {"file": {"type": "string", "minLength": 1,
                                                        "contentMediaType": "application/octet-stream",
                                                        "description": f"JPEG, PNG, WebP, BMP, TIFF or GIF; at most {limit} bytes"},
-                                              "model": _model(), **options.SCHEMAS}}}}},
+                                              "model": _model(), "callback_url": _callback(),
+                                              **options.SCHEMAS}}}}},
                 "responses": {
                     "202": _json("Accepted; processing starts from the storage event", "Submitted",
                                  _LOCATION),
@@ -236,6 +262,26 @@ def document(cfg: Config) -> dict:
                               "413": _error(f"Request body over {DEFAULT_MAX_BODY} bytes"),
                               "415": _error("content_type is not one of the supported types"),
                               "422": _error(f"size over {limit} bytes"), **_COMMON}}},
+            "/api/v1/results": {"get": {
+                "operationId": "getResults",
+                "summary": "The results stream: entries after an id (JSON), or server-sent events "
+                           "with Accept: text/event-stream (resume with Last-Event-ID)",
+                "parameters": [
+                    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "a stream id, 0 for every entry kept; default: only new ones"},
+                    {"name": "prefix", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "only tasks under this input/ prefix, with the batch's counts"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "wait", "in": "query", "required": False,
+                     "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                     "description": "hold the request up to this many seconds for the first entry"}],
+                "responses": {"200": {**_json("Entries and the id to continue after", "Results"),
+                                      "content": {**_json("", "Results")["content"],
+                                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                              "400": _error("Bad after, prefix, limit or wait"),
+                              "503": _error("Too many open streams, or Redis unavailable"),
+                              "401": _COMMON["401"]}}},
             "/api/v1/batches/{prefix}": {"get": {
                 "operationId": "getBatch",
                 "description": "Summary of all tasks under a prefix such as input/b1/ "

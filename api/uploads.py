@@ -24,6 +24,7 @@ from maskflow.infra.domain.formats import (CONTENT_TYPES, EXTENSIONS, SUPPORTED_
                                            UnsupportedFormat, check_header)
 from maskflow.infra.domain.outputs import INPUT_PREFIX
 from maskflow.infra.stores.tasks import Task, new_task_id
+from maskflow.infra.wiring.outbound import CALLBACK_METADATA_KEY, MAX_URL_BYTES, BadCallback, check_url
 
 log = logging.getLogger("maskflow.api")
 
@@ -65,7 +66,8 @@ def read_form(req: falcon.Request, limit: int, fields: tuple[str, ...]) -> tuple
     data, texts, unknown = None, {}, []
     for part in req.get_media():
         if part.name in fields:
-            texts[part.name] = part.stream.read(MAX_FIELD_BYTES + 1).decode("utf-8", "replace")
+            cap = MAX_URL_BYTES if part.name == "callback_url" else MAX_FIELD_BYTES
+            texts[part.name] = part.stream.read(cap + 1).decode("utf-8", "replace")
             continue
         if part.name != "file":
             unknown.append(part.name)  # its bytes are skipped by the parser, not buffered
@@ -101,6 +103,17 @@ def upload_metadata(model: str, texts: dict[str, str]) -> dict[str, str]:
     return {**({METADATA_KEY: model} if model else {}), **options.metadata(given)}
 
 
+def callback_metadata(deps: Deps, url: Any) -> dict[str, str]:
+    """A requested callback_url as the upload's metadata (the worker reads it from the event)."""
+    if url is None:
+        return {}
+    try:
+        check_url(url, deps.cfg.webhook)
+    except BadCallback as exc:
+        raise bad_request(str(exc), code="bad_callback_url") from None
+    return {CALLBACK_METADATA_KEY: url}
+
+
 def image_format(data: bytes, max_pixels: int) -> str:
     """The upload's format from its headers and container; decoding the pixels is the worker's job."""
     try:
@@ -116,7 +129,7 @@ def store(deps: Deps, data: bytes, fmt: str, metadata: dict[str, str]) -> Task:
     task_id = new_task_id()
     key = f"{INPUT_PREFIX}{task_id}.{EXTENSIONS[fmt]}"
     # Record first: the worker maps key -> task through this index when the event arrives.
-    task = deps.tasks.create_pending(task_id, key)
+    task = deps.tasks.create_pending(task_id, key, callback_url=metadata.get(CALLBACK_METADATA_KEY, ""))
     try:
         deps.objects.put(key, data, CONTENT_TYPES[fmt], metadata or None)
     except Exception as exc:  # noqa: BLE001 - any storage failure means no event will come
@@ -131,7 +144,7 @@ class SubmitResource:
     """POST /api/v1/tasks/segmentation: multipart form, field `file`, optional fields `model`
     and the options (infra/domain/options.py)."""
 
-    FIELDS = ("model", *options.NAMES)
+    FIELDS = ("model", "callback_url", *options.NAMES)
 
     def __init__(self, deps: Deps):
         self.deps = deps
@@ -141,7 +154,8 @@ class SubmitResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data, texts = read_form(req, self.limit, self.FIELDS)
         model = _model_name(texts.pop("model")) if "model" in texts else ""
-        metadata = upload_metadata(model, texts)
+        callback = callback_metadata(self.deps, texts.pop("callback_url", None))
+        metadata = {**upload_metadata(model, texts), **callback}
         task = store(self.deps, data, image_format(data, self.deps.cfg.task.max_pixels), metadata)
         resp.status = falcon.HTTP_202
         resp.location = f"{API}/tasks/{task.task_id}"
@@ -171,7 +185,8 @@ class UploadsResource:
         given = doc.get("options", {})
         if not isinstance(given, dict) or not all(isinstance(v, (str, bool, int)) for v in given.values()):
             raise bad_request("options must be an object of option names and values", code="bad_options")
-        metadata = upload_metadata(model, {name: _as_text(value) for name, value in given.items()})
+        metadata = {**upload_metadata(model, {name: _as_text(value) for name, value in given.items()}),
+                    **callback_metadata(self.deps, doc.get("callback_url"))}
         if not isinstance(filename, str) or not FILENAME_RE.fullmatch(filename):
             raise bad_request("filename must be 1 to 255 characters, without control characters")
         if not isinstance(content_type, str) or not content_type:
@@ -200,8 +215,8 @@ class UploadsResource:
         key = f"{INPUT_PREFIX}{task_id}.{ext}"
         expiry = cfg.api.presign_expiry
         expires = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=expiry)
-        self.deps.tasks.create_pending(task_id, key,
-                                       upload_deadline=expires.timestamp() + UPLOAD_GRACE_S)
+        self.deps.tasks.create_pending(task_id, key, upload_deadline=expires.timestamp() + UPLOAD_GRACE_S,
+                                       callback_url=metadata.get(CALLBACK_METADATA_KEY, ""))
         out: dict[str, Any] = {"task_id": task_id, "method": method, "object_key": key,
                                "expires_at": utc_iso(expires.timestamp())}
         if method == "POST":

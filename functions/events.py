@@ -19,6 +19,7 @@ from typing import Any
 
 from maskflow.infra.domain import options
 from maskflow.infra.domain.catalog import METADATA_KEY
+from maskflow.infra.wiring.outbound import CALLBACK_METADATA_KEY
 
 CREATED_PREFIX = "s3:ObjectCreated:"
 # A real message is about 1-2 KiB (keys are at most 1024 bytes, 3x when escaped); the bound
@@ -43,6 +44,7 @@ class ObjectCreated:
     event_name: str
     model: str = ""  # the object's x-amz-meta-model, if any; checked against the catalogue later
     options: dict = field(default_factory=dict)  # its x-amz-meta-<option> texts; checked later
+    callback_url: str = ""  # its x-amz-meta-callback-url, if any; checked at claim
     record: dict = field(default_factory=dict, compare=False, repr=False)  # as MinIO wrote it
 
     def as_message(self) -> bytes:
@@ -66,7 +68,9 @@ class ObjectCreated:
                    size=_size(obj.get("size", 0), f"{at}.size"),
                    sequencer=_sequencer(_required(obj, "sequencer", at), f"{at}.sequencer"),
                    event_name=name,
-                   model=_requested_model(obj.get("userMetadata", {}), f"{at}.userMetadata"),
+                   model=_requested_meta(obj.get("userMetadata", {}), f"{at}.userMetadata", METADATA_KEY),
+                   callback_url=_requested_meta(obj.get("userMetadata", {}), f"{at}.userMetadata",
+                                                CALLBACK_METADATA_KEY),
                    options=_requested_options(obj.get("userMetadata", {}), f"{at}.userMetadata"),
                    record=record)
 
@@ -148,10 +152,10 @@ def _sequencer(value: Any, where: str) -> str:
     return value
 
 
-def _requested_model(value: Any, where: str) -> str:
+def _requested_meta(value: Any, where: str, key: str) -> str:
     # MinIO keeps the header's spelling (X-Amz-Meta-Model); S3 metadata names are case-blind.
     metadata = _object(value, where)
-    wanted = f"x-amz-meta-{METADATA_KEY}"
+    wanted = f"x-amz-meta-{key}"
     for name, text in metadata.items():
         if name.lower() == wanted:
             return _text(text, f"{where}.{name}")

@@ -47,6 +47,7 @@ from maskflow.infra.stores.objects import ObjectChanged, ObjectMissing, ObjectSt
 from maskflow.infra.stores.source import Delivery, EventSource
 from maskflow.infra.stores.tasks import Decision, TaskStore
 from maskflow.infra.wiring.config import Config
+from maskflow.infra.wiring.outbound import BadCallback, callback_for
 from maskflow.infra.wiring.retries import is_transient
 
 log = logging.getLogger("maskflow.worker")
@@ -267,6 +268,12 @@ def claim(event: ObjectCreated, parts: Parts) -> Claim | Outcome:
         if decision is Decision.EXHAUSTED:
             return Outcome(Fate.DEAD, f"task {task_id} gave up after repeated worker deaths")
         return Outcome(Fate.SKIPPED, decision.value)
+    try:
+        callback = callback_for(event.callback_url, event.key, parts.cfg.webhook)
+    except BadCallback as exc:
+        return Claim(task_id, event, "", str(exc))  # failed with its reason, never silently dropped
+    if callback:  # first: a task refused below reports to it too
+        parts.tasks.set_callback(task_id, callback)
     limit = parts.cfg.task.max_upload_bytes
     if event.size > limit:
         # decided from the event alone: an oversized object is never downloaded

@@ -12,6 +12,10 @@ api        MinIO: put ``input/*`` (its uploads; presigned POST/PUT URLs it signs
 worker     MinIO: get ``input/*``; put, get and stat ``output/*`` and ``masks/*`` (conditional
            writes, and the metadata of the result it may replace).  Redis: the events list and
            its in-flight lists, task transitions, heartbeats, dead letters, under ``maskflow:``.
+webhooks   MinIO: get ``output/*`` and ``masks/*`` (the results it presigns into the body it sends).
+           Redis: its consumer group on the results stream, its schedule and counters
+           (``maskflow:webhooks:*``), and a task's callback outcome (the CALLBACK script);
+           no events list, no heartbeat, no change feed.
 minio      Redis only (MinIO's notification targets): RPUSH to the events list, TYPE of it,
            and the connection commands MinIO's target sends (PING, CLIENT SETNAME).
 admin      Redis: everything; the stack's own probes, the bootstrap, an operator.  MinIO's
@@ -31,12 +35,12 @@ import secrets
 from pathlib import Path
 
 from maskflow.infra.domain.outputs import INPUT_PREFIX, RESULT_KINDS
-from maskflow.infra.stores.keys import (NAMESPACE, PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, batch_key,
-                                        index_key, task_channel, task_key)
+from maskflow.infra.stores.keys import (NAMESPACE, PROCESSING_DEADLINES, RESULTS_STREAM, STATS_KEY, UPLOAD_DEADLINES,
+                                        batch_key, index_key, task_channel, task_key)
 from maskflow.infra.wiring.config import SECRET_KEYS, Config, env_for, replace
 
-MINIO_ROLES = ("api", "worker")
-REDIS_ROLES = ("admin", "api", "worker", "minio")
+MINIO_ROLES = ("api", "worker", "webhooks")
+REDIS_ROLES = ("admin", "api", "worker", "minio", "webhooks")
 
 _CONNECTION = "+ping +select"
 _SCRIPTS = "+evalsha +script|load"
@@ -54,6 +58,11 @@ _REDIS_COMMANDS = {
         "+sadd +srem +smembers +zadd +zrem +zscore +zrangebyscore +publish",
         "+multi +exec +discard",                                                   # heartbeats
         "+@stream"]),
+    "webhooks": " ".join([
+        _CONNECTION, _SCRIPTS,
+        "+xreadgroup +xack +xautoclaim +xclaim +xgroup|create +xrevrange +xlen",    # its group
+        "+zadd +zrem +zrange +zrangebyscore +hincrby +hincrbyfloat +hdel",         # schedule, counters
+        "+hget +hset"]),                                                           # CALLBACK script
     "minio": "+ping +rpush +type +client|setname",
     "admin": "+@all",
 }
@@ -91,6 +100,8 @@ def minio_policy(role: str, bucket: str) -> dict:
             {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": _objects(bucket, *results)},
             {"Effect": "Allow", "Action": ["s3:HeadBucket"], "Resource": [f"arn:aws:s3:::{bucket}"]},
         ]
+    elif role == "webhooks":
+        statements = [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": _objects(bucket, *results)}]
     elif role == "worker":
         statements = [
             {"Effect": "Allow", "Action": ["s3:GetObject"],
@@ -109,6 +120,9 @@ def redis_rules(role: str, cfg: Config) -> str:
     events = cfg.queue.events_key
     if role == "minio":
         return f"resetchannels -@all ~{events} {_REDIS_COMMANDS[role]}"
+    if role == "webhooks":
+        keys = f"~{RESULTS_STREAM} ~{NAMESPACE}:webhooks:* ~{task_key('*')}"
+        return f"resetchannels -@all {keys} {_REDIS_COMMANDS[role]}"
     # the events list and the per-model lists beside it (<events_key>:<model>)
     keys = f"~{NAMESPACE}:*" + ("" if events.startswith(f"{NAMESPACE}:") else f" ~{events} ~{events}:*")
     if role == "api":  # reads it all; writes only what its task scripts touch (one pattern
@@ -141,7 +155,7 @@ class Credentials:
     """Each process' credentials, as files in a directory of its own: ``<dir>/<role>/<name>``
     (mode 0700 directories, files 0600 or `mode`), named like the keys of a Kubernetes Secret:
 
-    ``api/`` and ``worker/``: minio-access-key, minio-secret-key, redis-username, redis-password
+    ``api/``, ``worker/`` and ``webhooks/``: minio-access-key, minio-secret-key, redis-username, redis-password
     (and ``api/tokens``, the bearer tokens); ``admin/`` and ``minio/``: redis-username, redis-password;
     ``redis/users.acl`` (hashes only) and ``minio/notify.env`` are made from them.
 
@@ -215,7 +229,14 @@ def service_config(cfg: Config, role: str, credentials: Credentials) -> Config:
     """`cfg` as the `role` process runs it: its own MinIO user and Redis user, nothing more."""
     return replace(cfg, minio={"access_key": minio_user(role), "secret_key": credentials.minio_secret(role)},
                    redis={"username": role, "password": credentials.redis_password(role)},
-                   api={"token": "", "tokens": cfg.api_tokens if role == "api" else ()})
+                   api={"token": "", "tokens": cfg.api_tokens if role == "api" else ()},
+                   webhook={"secret": webhook_secret(cfg, credentials) if role == "webhooks" else ""})
+
+
+def webhook_secret(cfg: Config, credentials: Credentials) -> str:
+    """`webhook.secret`, else one made once in the credentials (webhooks/webhook-secret), for
+    receivers to verify with."""
+    return cfg.webhook.secret or credentials.secret("webhooks", "webhook-secret")
 
 
 def service_env(cfg: Config, role: str, credentials: Credentials) -> dict[str, str]:

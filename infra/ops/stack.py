@@ -32,7 +32,7 @@ from maskflow.infra.ops import install, roles
 from maskflow.infra.ops.bootstrap import BootstrapError, bootstrap_when_ready, notify_env
 from maskflow.infra.ops.console import say
 from maskflow.infra.ops.processes import StackError, alive, free_port, port_is_free, wait_until
-from maskflow.infra.stores.keys import Heartbeat
+from maskflow.infra.stores.keys import RESULTS_STREAM, Heartbeat
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.domain.catalog import names
 from maskflow.infra.wiring.config import Config, replace, split_address
@@ -242,6 +242,16 @@ class Stack:
                        lambda: worker_status(self.redis_client(), name).get(Heartbeat.READY) == "1",
                        fatal=self._redis_tls_problem)
 
+    def webhooks_service(self) -> Service:
+        """The webhook dispatcher, as the webhooks role; ready once its group exists (it makes it
+        on start; Redis lists a consumer only once it has read an entry)."""
+        def reading() -> bool:
+            groups = self.redis_client().xinfo_groups(RESULTS_STREAM)
+            return any(g["name"] in ("webhooks", b"webhooks") for g in groups)
+        return Service("webhooks", [sys.executable, "-m", "maskflow.functions.webhooks", "--id", "webhooks"],
+                       roles.service_env(self.cfg, "webhooks", self.credentials), reading,
+                       fatal=self._redis_tls_problem)
+
     def pools(self) -> list[tuple[str, Config]]:
         """(name, config) of every worker `up` starts: the default pool, then the heavy one."""
         stack, heavy = self.cfg.stack, self.cfg.stack.heavy_models if self.cfg.stack.heavy_workers else ()
@@ -270,7 +280,7 @@ class Stack:
             services.insert(0, self.redis_service)
         if app:
             _require_loopback("api.host", self.cfg.api.host)
-            services.append(self.api_service)
+            services += [self.api_service, self.webhooks_service]
             pools = self.pools()
             for _name, pool in pools:  # fetch what the pools need before starting anything
                 for model, file in pool.model_files.items():

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
@@ -34,6 +34,7 @@ from maskflow.infra.domain.outputs import RESULT_KINDS
 
 API = "/api/v1"
 MAX_SERVER_WAIT = 30  # the API's upper bound for ?wait=
+FOLLOW_READ_TIMEOUT = urllib3.Timeout(connect=10, read=60)  # the stream says something every 15 s
 # Statuses that mean "this file was refused", as opposed to the service being unusable.
 REJECTED_STATUSES = (400, 413, 415, 422)
 
@@ -234,6 +235,40 @@ class Client:
                 return None
             raise
 
+    def results(self, after: str | None = None, prefix: str = "", limit: int = 100) -> dict | None:
+        """A page of the results stream (GET /api/v1/results); None from a server without it."""
+        params = {"limit": limit, **({"after": after} if after else {}), **({"prefix": prefix} if prefix else {})}
+        try:
+            return self._request("GET", f"{API}/results", params=params)
+        except ClientError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+
+    def follow(self, prefix: str = "", after: str | None = None) -> Iterator[tuple[str, dict | None]]:
+        """The results stream as server-sent events, one request for as long as it lasts:
+        ("result", entry) and ("batch", counts) events, and ("idle", None) at each keep-alive
+        (every 15 s without news).  Reconnects after the last id when the server ends it."""
+        params = {**({"prefix": prefix} if prefix else {})}
+        while True:
+            headers = {**self.auth, "Accept": "text/event-stream", **({"Last-Event-ID": after} if after else {})}
+            url = f"{self.api_url}{API}/results" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+            try:
+                resp = self._send("GET", url, FOLLOW_READ_TIMEOUT, headers=headers, preload_content=False)
+            except HTTPError as exc:
+                raise self._unreachable(type(exc).__name__) from None
+            if resp.status != 200:
+                resp.data  # noqa: B018 - read, to raise the API's own error
+                raise ClientError(f"GET {url} answered HTTP {resp.status}", resp.status)
+            try:
+                for kind, data, event_id in _server_events(resp):
+                    after = event_id or after
+                    yield kind, data
+            except HTTPError as exc:
+                raise ClientError(f"the results stream from {self.api_url} broke off: {type(exc).__name__}") from None
+            finally:
+                resp.release_conn()
+
     def wait(self, task_id: str, poll_interval: float = 2, max_polls: int = 150,
              on_status: Callable[[dict], None] | None = None, long_poll: bool = True) -> dict:
         """Poll until completed (returned) or failed (TaskFailed); TimeoutError after max_polls.
@@ -283,6 +318,25 @@ class Client:
                 resp.release_conn()
         except HTTPError as exc:
             raise ClientError(f"downloading {path.name} failed ({type(exc).__name__})") from None
+
+
+def _server_events(resp) -> Iterator[tuple[str, dict | None, str]]:
+    """(event, data, id) of a text/event-stream body as its chunks arrive; ("idle", None, "")
+    for a comment line (the keep-alive)."""
+    buffer = b""
+    chunks = resp.read_chunked() if resp.chunked else resp.stream(1024)
+    for chunk in chunks:
+        buffer += chunk
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            fields: dict[str, str] = {}
+            for line in block.decode("utf-8", "replace").split("\n"):
+                name, _, value = line.partition(":")
+                fields.setdefault(name, value.removeprefix(" "))
+            if "data" in fields:
+                yield fields.get("event", "message"), json.loads(fields["data"]), fields.get("id", "")
+            else:
+                yield "idle", None, ""
 
 
 def _s3_code(xml: bytes) -> str:

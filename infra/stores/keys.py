@@ -23,6 +23,13 @@ Keys, with the code that writes them:
 ``maskflow:deadline:upload``           sorted set: task id -> when a pending task is late (its
                                        announced upload, or a worker for the model it waits for)
 ``maskflow:changed:<task_id>``         pub/sub channel: the task's new status (tasks.py)
+``maskflow:results``                   stream: one entry per terminal transition, written by the
+                                       transition's own script (task_scripts.py); read by
+                                       consumer groups (docs/results.md)
+``maskflow:webhooks:due``              sorted set: stream entry id -> when its next delivery
+                                       attempt is due (infra/stores/results.py)
+``maskflow:webhooks:attempts``         hash: stream entry id -> delivery attempts made so far
+``maskflow:webhooks:stats``            hash: deliveries by outcome, latency histogram (/metrics)
 =====================================  ===========================================================
 
 Keys that are used together, and slots.  Every Lua script receives all the keys it touches
@@ -35,7 +42,8 @@ its keys too, so Redis Cluster could route them.  What they touch together:
 * a heartbeat and a clean exit: the workers set and that worker's heartbeat hash;
 * every task transition (create, begin, finish): the task hash, its key index, its batch
   counters, the global status counts and both deadline sets, and ``begin`` also the heartbeat
-  of the worker that claimed the task (to tell a live claim from an orphaned one).
+  of the worker that claimed the task (to tell a live claim from an orphaned one); ``begin``
+  and ``finish`` also the results stream, which a terminal transition appends to.
 
 The task transitions are one script each so that a record, its counters and its deadline
 never disagree, and they necessarily touch global keys (``stats``, the deadline sets) and
@@ -57,6 +65,10 @@ DEAD_LETTER_KEY = f"{NAMESPACE}:dead"
 STATS_KEY = f"{NAMESPACE}:stats"
 PROCESSING_DEADLINES = f"{NAMESPACE}:deadline:processing"
 UPLOAD_DEADLINES = f"{NAMESPACE}:deadline:upload"
+RESULTS_STREAM = f"{NAMESPACE}:results"
+WEBHOOKS_DUE = f"{NAMESPACE}:webhooks:due"
+WEBHOOK_ATTEMPTS = f"{NAMESPACE}:webhooks:attempts"
+WEBHOOK_STATS = f"{NAMESPACE}:webhooks:stats"
 
 
 def _keyed(kind: str) -> Callable[[str], str]:

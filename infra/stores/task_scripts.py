@@ -6,8 +6,17 @@ script touches comes in KEYS[] (none is built inside a script; see infra/stores/
 """
 from __future__ import annotations
 
+from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, Heartbeat,
                                         batch_failed_key, batch_key, index_key, task_key)
+
+# What a results stream entry holds: the record's fields that describe the outcome (not the
+# claim's bookkeeping: worker, run, claim, batches).
+STREAM_FIELDS = ("task_id", "status", "input_key", "etag", "sequencer", "error", "model", "options",
+                 "created_at", "started_at", "completed_at", "attempts", "callback_url",
+                 *(kind.task_field for kind in RESULT_KINDS))
+# Cleared when a new version of a task starts, with its results: the last version's callback.
+CALLBACK_FIELDS = ("callback_url", "callback_status", "callback_attempts", "callback_error")
 
 
 def batch_prefixes(input_key: str) -> list[str]:
@@ -27,7 +36,7 @@ def script_keys(task_id: str, input_key: str, *extra: str) -> list[str]:
 
 # KEYS of every task script: 1 the task hash, 2 its key index, 3 the status counts, 4 the
 # processing deadlines, 5 the upload deadlines, (6 in `begin`: the heartbeat of the worker that
-# claimed the task), then from FIRST_BATCH on, for each batch prefix of the input key, its
+# claimed the task, 7 the results stream; 6 in `finish`: the results stream), then from FIRST_BATCH on, for each batch prefix of the input key, its
 # counts hash and its failed-keys set.  Python computes them from the input key it read; a
 # script refuses to run (`keyed_by`) if the record turns out to belong to another key.
 # The record keeps its prefixes in 'batches' as well, for workers that still read them there.
@@ -55,6 +64,18 @@ local function touch(ttl)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
+-- One stream entry for a terminal transition, in the same script, so that a task that
+-- finished has its entry and a refused (duplicate, late) transition adds none.
+local STREAM_FIELDS = {""" + ", ".join(f"'{name}'" for name in STREAM_FIELDS) + """}
+local function emit(stream, maxlen)
+  if maxlen <= 0 then return end
+  local values = redis.call('HMGET', KEYS[1], unpack(STREAM_FIELDS))
+  local entry = {}
+  for i, name in ipairs(STREAM_FIELDS) do
+    if values[i] then entry[#entry + 1] = name; entry[#entry + 1] = values[i] end
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+end
 local function keyed_by(input_key)
   local stored = redis.call('HGET', KEYS[1], 'input_key')
   return not stored or stored == input_key
@@ -66,7 +87,7 @@ def _script(first_batch: int, body: str) -> str:
     return f"local FIRST_BATCH = {first_batch}\n" + _LIB + body
 
 
-# ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none)
+# ARGV: id, input_key, batches, now_iso, now, ttl, upload_deadline (0 = none), callback_url ('' = none)
 # Returns the record (HGETALL), new or not.
 CREATE = _script(6, """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -74,6 +95,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'status', 'pending')
   move(ARGV[2], '', 'pending', tonumber(ARGV[5]), tonumber(ARGV[6]))
   if tonumber(ARGV[7]) > 0 then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1]) end
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'callback_url', ARGV[8]) end
   touch(tonumber(ARGV[6]))
 end
 return redis.call('HGETALL', KEYS[1])
@@ -81,10 +103,10 @@ return redis.call('HGETALL', KEYS[1])
 
 # ARGV: id, input_key, batches, now_iso, now, ttl, etag, sequencer, worker, processing_deadline,
 #       max_attempts, run (the claiming process' run id), claimant (the worker whose heartbeat
-#       is KEYS[6]), channel, claim (the caller's id for this one claim, '' for none), then the
-#       record's result fields, cleared when a new version starts
+#       is KEYS[6]), channel, claim (the caller's id for this one claim, '' for none), the results
+#       stream's maxlen, then the record's result and callback fields, cleared when a new version starts
 # Returns {decision, attempts}, or {'retry', 0} when the record changed since KEYS were computed.
-BEGIN = _script(7, """
+BEGIN = _script(8, """
 local task = KEYS[1]
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local seq, worker = ARGV[8], ARGV[9]
@@ -115,7 +137,7 @@ if known ~= '' and seq == known then
   attempts = attempts + 1
 else
   attempts = 1
-  redis.call('HDEL', task, 'error', 'model', 'options', 'completed_at', unpack(ARGV, 16))
+  redis.call('HDEL', task, 'error', 'model', 'options', 'completed_at', unpack(ARGV, 17))
 end
 redis.call('HDEL', task, 'awaiting')
 redis.call('HSET', task, 'etag', ARGV[7], 'sequencer', seq, 'worker', worker, 'run', ARGV[12],
@@ -126,6 +148,7 @@ if attempts > tonumber(ARGV[11]) then
   move(ARGV[2], status, 'failed', now, ttl)
   redis.call('ZREM', KEYS[4], ARGV[1])
   touch(ttl)
+  emit(KEYS[7], tonumber(ARGV[16]))
   redis.call('PUBLISH', ARGV[14], 'failed')
   return {'exhausted', attempts}
 end
@@ -139,16 +162,16 @@ return {'start', attempts}
 """)
 
 # ARGV: id, sequencer ('*' = any version), new_status, now_iso, now, ttl, required_status,
-#       input_key, channel, then field/value pairs
+#       input_key, channel, the results stream's maxlen, then field/value pairs
 # Returns 1 done, 0 refused, -1 when the record changed since KEYS were computed.
-FINISH = _script(6, """
+FINISH = _script(7, """
 local task = KEYS[1]
 local status = redis.call('HGET', task, 'status')
 if not status or status ~= ARGV[7] then return 0 end
 if not keyed_by(ARGV[8]) then return -1 end
 if ARGV[2] ~= '*' and (redis.call('HGET', task, 'sequencer') or '') ~= ARGV[2] then return 0 end
 local new, now, ttl = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6])
-for i = 10, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+for i = 11, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', task, 'status', new)
 if new == 'completed' or new == 'failed' then redis.call('HSET', task, 'completed_at', ARGV[4]) end
 if new == 'completed' then redis.call('HDEL', task, 'error') end
@@ -156,6 +179,7 @@ move(ARGV[8], status, new, now, ttl)
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 touch(ttl)
+if new == 'completed' or new == 'failed' then emit(KEYS[6], tonumber(ARGV[10])) end
 redis.call('PUBLISH', ARGV[9], new)
 return 1
 """)
@@ -188,3 +212,12 @@ end
 touch(ttl)
 return 'waiting'
 """)
+
+# The webhook dispatcher's record of a delivery, on the version it delivered only (a newer
+# version has its own callback).  KEYS: the task hash.  ARGV: sequencer, status, attempts, error.
+CALLBACK = """
+if (redis.call('HGET', KEYS[1], 'sequencer') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'callback_status', ARGV[2], 'callback_attempts', ARGV[3],
+           'callback_error', ARGV[4])
+return 1
+"""

@@ -30,12 +30,14 @@ from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.stores import task_scripts
 from maskflow.infra.stores.changes import ChangeFeed
-from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, batch_failed_key,
-                                        batch_key, heartbeat_key, index_key, task_channel, task_key)
-from maskflow.infra.stores.task_scripts import batch_prefixes, script_keys
+from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, RESULTS_STREAM, STATS_KEY, UPLOAD_DEADLINES,
+                                        batch_failed_key, batch_key, heartbeat_key, index_key, task_channel,
+                                        task_key)
+from maskflow.infra.stores.task_scripts import CALLBACK_FIELDS, batch_prefixes, script_keys
 from maskflow.infra.wiring.config import Config
 
 RESULT_FIELDS = tuple(kind.task_field for kind in RESULT_KINDS)
+CLEARED_FIELDS = (*RESULT_FIELDS, *CALLBACK_FIELDS)  # a new version of a task starts without them
 
 STATUSES = ("pending", "processing", "completed", "failed")
 TERMINAL = ("completed", "failed")
@@ -79,6 +81,8 @@ class Task:
     completed_at: str | None = None
     model: str | None = None  # the model that made the result, when the task named one
     options: dict[str, str] = field(default_factory=dict)  # the options it asked for, once completed
+    callback_url: str = ""
+    callback: dict | None = None  # the webhook's outcome once tried: status, attempts, last_error
 
     @property
     def terminal(self) -> bool:
@@ -108,7 +112,17 @@ def _task_from(raw: dict[bytes, bytes]) -> Task | None:
                 results={kind.name: f[kind.task_field] for kind in RESULT_KINDS if kind.task_field in f},
                 error=f.get("error"), started_at=f.get("started_at"),
                 completed_at=f.get("completed_at"), model=f.get("model"),
-                options=json.loads(f["options"]) if "options" in f else {})
+                options=json.loads(f["options"]) if "options" in f else {},
+                callback_url=f.get("callback_url", ""),
+                callback={"status": f["callback_status"], "attempts": int(f.get("callback_attempts") or 0),
+                          "last_error": f.get("callback_error") or None} if "callback_status" in f else None)
+
+
+def task_from_fields(fields: dict[str, str]) -> Task:
+    """A task from a record's fields as text, e.g. a results stream entry's."""
+    task = _task_from({k.encode(): v.encode() for k, v in fields.items()})
+    assert task is not None, "a record without a status"
+    return task
 
 
 class TaskStore:
@@ -117,19 +131,23 @@ class TaskStore:
         self.ttl = cfg.task.retention
         self.timeout = cfg.task.timeout
         self.max_attempts = cfg.task.max_attempts
+        self.stream_maxlen = cfg.results.stream_maxlen
         self._create = r.register_script(task_scripts.CREATE)
         self._begin = r.register_script(task_scripts.BEGIN)
         self._finish = r.register_script(task_scripts.FINISH)
         self._await = r.register_script(task_scripts.AWAIT)
+        self._callback = r.register_script(task_scripts.CALLBACK)
         self.changes = ChangeFeed(r)
 
     # -- creating and reading ------------------------------------------------------------------
-    def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0) -> Task:
-        """A task the API announces before its object arrives (multipart or presigned upload)."""
+    def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0,
+                       callback_url: str = "") -> Task:
+        """A task the API announces before its object arrives (multipart or presigned upload);
+        its callback_url, so that an upload that never arrives is reported too."""
         now = time.time()
         flat = self._create(keys=script_keys(task_id, input_key),
                             args=[task_id, input_key, "\n".join(batch_prefixes(input_key)), utc_iso(now),
-                                  now, self.ttl, upload_deadline])
+                                  now, self.ttl, upload_deadline, callback_url])
         task = _task_from(dict(zip(flat[::2], flat[1::2])))
         assert task is not None
         return task
@@ -168,10 +186,10 @@ class TaskStore:
         while True:
             now = time.time()
             decision, attempts = self._begin(
-                keys=script_keys(task_id, key, heartbeat_key(claimant_id)),
+                keys=script_keys(task_id, key, heartbeat_key(claimant_id), RESULTS_STREAM),
                 args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now, self.ttl,
                       etag, sequencer, worker_id, now + self.timeout, self.max_attempts, run_id,
-                      claimant_id, task_channel(task_id), claim, *RESULT_FIELDS])
+                      claimant_id, task_channel(task_id), claim, self.stream_maxlen, *CLEARED_FIELDS])
             if decision != b"retry":
                 return Decision(decision.decode()), int(attempts)
             stored_key, claimant = self.r.hmget(task_key(task_id), "input_key", "worker")
@@ -187,7 +205,7 @@ class TaskStore:
             now = time.time()
             answer = self._await(keys=script_keys(task_id, key),
                                  args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now,
-                                       self.ttl, sequencer, model, now + self.timeout, *RESULT_FIELDS])
+                                       self.ttl, sequencer, model, now + self.timeout, *CLEARED_FIELDS])
             if answer != b"retry":
                 return answer == b"waiting"
             stored = self.r.hget(task_key(task_id), "input_key")
@@ -206,9 +224,9 @@ class TaskStore:
                     return False
                 key = stored_key.decode()
             now = time.time()
-            done = int(self._finish(keys=script_keys(task_id, key),
+            done = int(self._finish(keys=script_keys(task_id, key, RESULTS_STREAM),
                                     args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
-                                          required, key, task_channel(task_id), *pairs]))
+                                          required, key, task_channel(task_id), self.stream_maxlen, *pairs]))
             if done >= 0:
                 return bool(done)
             key = ""  # changed since we read it, or a wrong guess: read it again
@@ -232,6 +250,14 @@ class TaskStore:
     def fail_pending(self, task_id: str, error: str) -> bool:
         """An announced task whose upload failed before any event could exist."""
         return self._transition(task_id, "*", "pending", "failed", error=error)
+
+    def set_callback(self, task_id: str, url: str) -> None:
+        """The claimed version's callback_url (begin cleared the last version's)."""
+        self.r.hset(task_key(task_id), "callback_url", url)
+
+    def record_callback(self, task_id: str, sequencer: str, status: str, attempts: int, error: str) -> bool:
+        """The webhook's outcome for that version of the task; False when a newer one exists."""
+        return bool(self._callback(keys=[task_key(task_id)], args=[sequencer, status, attempts, error]))
 
     def expire_overdue(self, now: float | None = None) -> list[str]:
         """Fail tasks processing past task.timeout, announced uploads that never arrived, and
@@ -261,6 +287,12 @@ class TaskStore:
         raw = self.r.hgetall(STATS_KEY)
         counts = {k.decode(): int(v) for k, v in raw.items()}
         return {s: counts.get(s, 0) for s in STATUSES}
+
+    def batch_counts(self, prefix: str) -> tuple[int, dict[str, int]]:
+        """A batch's total and counts by status, without its failures."""
+        counts = {k.decode(): int(v) for k, v in self.r.hgetall(batch_key(prefix)).items()}
+        total = counts.pop("total", 0)
+        return total, {s: counts.get(s, 0) for s in STATUSES}
 
     def batch(self, prefix: str, offset: int = 0, limit: int = 100) -> BatchSummary | None:
         raw = self.r.hgetall(batch_key(prefix))

@@ -20,8 +20,8 @@ from pathlib import Path
 from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, check_name
 from maskflow.infra.domain import options
 from maskflow.infra.wiring.settings import (ApiConfig, Config, MinioConfig, ModelConfig, ModelFile, ModelsConfig,
-                                            OutputsConfig, QueueConfig, RedisConfig, StackConfig, TaskConfig,
-                                            WorkerConfig)
+                                            OutputsConfig, QueueConfig, RedisConfig, ResultsConfig, StackConfig,
+                                            TaskConfig, WebhookConfig, WorkerConfig)
 from maskflow.infra.wiring import sources
 from maskflow.infra.wiring.sources import CONFIG_FILE_ENV, ENV_PREFIX
 from maskflow.infra.wiring.values import ConfigError, split_address
@@ -108,6 +108,20 @@ def _validate(cfg: Config) -> None:
     _check_by_prefix("outputs.by_prefix", cfg.outputs.by_prefix,
                      lambda query: options.parse(options.parse_query(query)))
     _check_by_prefix("models.by_prefix", cfg.models.by_prefix, check_name)
+    _check_webhooks(cfg)
+
+
+def _check_webhooks(cfg: Config) -> None:
+    from maskflow.infra.wiring.outbound import check_url  # it needs the settings, not the loader
+    hook = cfg.webhook
+    for key in ("max_attempts", "max_age", "timeout", "max_response_bytes", "concurrency", "backoff"):
+        if getattr(hook, key) <= 0:
+            raise ConfigError(f"config key webhook.{key}: must be > 0, got {getattr(hook, key)}")
+    if hook.backoff_max < hook.backoff:
+        raise ConfigError("config key webhook.backoff_max: must be at least webhook.backoff")
+    if cfg.results.stream_maxlen < 0:
+        raise ConfigError(f"config key results.stream_maxlen: must be >= 0, got {cfg.results.stream_maxlen}")
+    _check_by_prefix("webhook.by_prefix", hook.by_prefix, lambda url: check_url(url, hook))
 
 
 def _check_by_prefix(key: str, by_prefix: dict[str, str], check) -> None:
@@ -152,4 +166,4 @@ def replace(cfg: Config, **sections: dict[str, typing.Any]) -> Config:
 # The sections are declared in settings.py; callers import them from here, with the loader.
 __all__ = ["Config", "ConfigError", "load_config", "env_for", "replace", "split_address", "SECRET_KEYS",
            "RedisConfig", "MinioConfig", "ModelConfig", "ModelsConfig", "ModelFile", "OutputsConfig", "TaskConfig",
-           "QueueConfig", "WorkerConfig", "ApiConfig", "StackConfig"]
+           "QueueConfig", "WorkerConfig", "ApiConfig", "StackConfig", "ResultsConfig", "WebhookConfig"]

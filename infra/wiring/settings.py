@@ -196,6 +196,32 @@ class StackConfig:
 
 
 @dataclass(frozen=True)
+class ResultsConfig:
+    # Entries kept in the results stream (XADD MAXLEN ~, so a few more); 0: no stream.
+    stream_maxlen: int = 100_000
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Signed POSTs of a finished task to its callback_url (functions/webhooks.py)."""
+    secret: str = _secret()  # HMAC-SHA256 key of Maskflow-Signature; empty: no webhooks sent
+    # Attempts per delivery, and how long after the task finished it may still be tried.
+    max_attempts: int = 8
+    max_age: int = 24 * 3600
+    # Seconds: the first retry's wait (doubling, with jitter, up to backoff_max).
+    backoff: float = 2.0
+    backoff_max: float = 600.0
+    timeout: float = 10.0             # seconds for connecting and for each read of the answer
+    max_response_bytes: int = 64 * 1024  # of the receiver's answer read, the rest dropped
+    concurrency: int = 8              # deliveries in flight per dispatcher
+    # Hosts (names or addresses) that may be private/loopback; http:// only with allow_insecure.
+    allow_hosts: tuple[str, ...] = ()
+    allow_insecure: bool = False
+    # Key prefix -> callback URL, for drops that cannot set x-amz-meta-callback-url (mc mirror).
+    by_prefix: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     minio: MinioConfig = field(default_factory=MinioConfig)
@@ -207,6 +233,8 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     stack: StackConfig = field(default_factory=StackConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -25,6 +25,13 @@ def coerce(key: str, kind: typing.Any, raw: typing.Any) -> typing.Any:
             if isinstance(raw, bool):
                 raise ValueError("expected an integer")
             return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("expected a finite number")
+            return value
         if kind is str:
             if not isinstance(raw, (str, int, float)):
                 raise ValueError("expected a string")

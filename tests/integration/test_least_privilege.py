@@ -59,7 +59,8 @@ def setup(servers):
     for key in [*keys.values(), f"x-{tag}"]:
         admin.put_object(servers.cfg.minio.bucket, key, io.BytesIO(b"seed"), 4)
     admin.put_object(OTHER_BUCKET, f"x-{tag}", io.BytesIO(b"seed"), 4)
-    yield {"keys": keys, "tag": tag, "api": Role(servers, "api"), "worker": Role(servers, "worker")}
+    yield {"keys": keys, "tag": tag, "api": Role(servers, "api"), "worker": Role(servers, "worker"),
+           "webhooks": Role(servers, "webhooks")}
     # The uploads here gave events no test is waiting for: take them out once MinIO sent them.
     r, events = servers.redis(), servers.cfg.queue.events_key
     wait_until(lambda: not any(p.is_file() for p in servers.stack.event_store.rglob("*")),
@@ -171,6 +172,50 @@ def test_worker_minio_denied(setup, servers):
     with pytest.raises(MinioAdminException, match="AccessDenied"):
         minio_admin(worker.cfg).user_add("intruder", "intruder-secret")
     assert len(denials) >= 10
+
+
+def test_webhooks_minio_reads_results_only(setup, servers):
+    hooks, keys, tag = setup["webhooks"], setup["keys"], setup["tag"]
+    assert hooks.get(keys["output/"]) == b"seed" and hooks.get(keys["masks/"]) == b"seed"
+    url = ObjectStore(hooks.cfg).presigned_get(keys["masks/"], 60)           # what it sends
+    assert requests.get(url, timeout=10).content == b"seed"
+    for call in [lambda: hooks.get(keys["input/"]), lambda: hooks.put(f"output/lp-{tag}-forged.png"),
+                 lambda: hooks.put(f"input/lp-{tag}-forged.jpg"), lambda: hooks.get(f"x-{tag}"),
+                 lambda: hooks.s3.remove_object(hooks.bucket, keys["output/"]),
+                 lambda: list(hooks.s3.list_objects(hooks.bucket, prefix="output/"))]:
+        denied_s3(call)
+
+
+def test_webhooks_redis_allowed_and_denied(setup, servers):
+    from maskflow.functions.webhooks import GROUP
+    from maskflow.infra.stores.keys import RESULTS_STREAM, WEBHOOKS_DUE
+    from maskflow.infra.stores.results import Group, Schedule, count_delivery
+    hooks, r_admin, cfg = setup["webhooks"].r, servers.redis(), setup["webhooks"].cfg
+    task = uuid.uuid4().hex
+    r_admin.hset(task_key(task), mapping={"status": "completed", "sequencer": "01"})
+    group = Group(hooks, f"lp-{setup['tag']}", "c1", start="$")              # XGROUP CREATE MKSTREAM
+    entry = r_admin.xadd(RESULTS_STREAM, {"task_id": task, "status": "completed"}).decode()
+    assert [e.id for e in group.read(10)] == [entry]
+    assert [e.id for e in group.reclaim(0, 10)] == [entry]
+    group.ack(entry)
+    Schedule(hooks).add(entry, 1.0), Schedule(hooks).due(2.0, 10), Schedule(hooks).attempt(entry)
+    Schedule(hooks).forget(entry), count_delivery(hooks, "test", 0.1)
+    assert TaskStore(hooks, cfg).record_callback(task, "01", "delivered", 1, "")
+    assert r_admin.hget(task_key(task), "callback_status") == b"delivered"
+    denials = [
+        lambda: hooks.xadd(RESULTS_STREAM, {"task_id": "forged"}),           # forge a result
+        lambda: hooks.xtrim(RESULTS_STREAM, 0), lambda: hooks.delete(RESULTS_STREAM),
+        lambda: hooks.delete(task_key(task)), lambda: hooks.lpop(cfg.queue.events_key),
+        lambda: hooks.get(f"maskflow:key:input/lp-{setup['tag']}.jpg"),
+        lambda: hooks.hset(heartbeat_key("forged"), "ready", "1"),
+        lambda: hooks.publish("maskflow:changed:x", "completed"), lambda: hooks.flushall(),
+        lambda: hooks.keys("*"), lambda: hooks.config_get("*"), lambda: hooks.eval("return 1", 0),
+        lambda: hooks.xgroup_destroy(RESULTS_STREAM, GROUP),
+    ]
+    for call in denials:
+        denied_redis(call)
+    r_admin.delete(task_key(task)), r_admin.xgroup_destroy(RESULTS_STREAM, f"lp-{setup['tag']}")
+    r_admin.xdel(RESULTS_STREAM, entry), r_admin.delete(WEBHOOKS_DUE)
 
 
 def test_users_are_recreated_idempotently(servers):

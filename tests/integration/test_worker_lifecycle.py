@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from checks import PHOTOS, check_result, make_photos, queued_events, start_worker, stop_worker
 from maskflow.infra.domain.outputs import result_keys
 from maskflow.infra.ops.processes import wait_until
+from maskflow.infra.stores import results
 from maskflow.infra.stores.keys import inflight_key
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.wiring.config import replace
@@ -97,6 +99,9 @@ def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean
     for i in range(200):
         out, mask = result_keys(f"input/{unique_prefix}/b1/img-{i:03d}.jpg").values()
         assert objects.exists(out) and objects.exists(mask), i
+    # every task has exactly one results stream entry, however often its workers were killed
+    per_key = Counter(e.input_key for e in results.read_after(r, "0", 10_000))
+    assert per_key == {f"input/{unique_prefix}/b1/img-{i:03d}.jpg": 1 for i in range(200)}
 
 
 def test_redis_restart_and_minio_outage_mid_batch(servers, clean_redis, mc, objects, tasks,

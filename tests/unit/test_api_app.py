@@ -108,7 +108,7 @@ def test_document_covers_every_route(client):
     assert set(doc["paths"]) == {
         "/api/v1/tasks/segmentation", "/api/v1/tasks/{task_id}", "/api/v1/tasks",
         "/api/v1/uploads", "/api/v1/models", "/api/v1/batches/{prefix}", "/api/v1/openapi.json",
-        "/api/remove", "/healthz", "/readyz", "/metrics"}
+        "/api/remove", "/healthz", "/readyz", "/metrics", "/api/v1/results"}
     served = client.simulate_get("/api/v1/openapi.json").json
     assert served["paths"].keys() == doc["paths"].keys()
     # limits in the document come from the running config

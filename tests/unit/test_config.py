@@ -94,7 +94,7 @@ def test_sentinels_in_file_must_be_strings(tmp_path):
 def test_every_secret_can_come_from_a_file(tmp_path):
     from maskflow.infra.wiring.config import SECRET_KEYS
     assert set(SECRET_KEYS) == {"redis.password", "redis.sentinel_password", "minio.secret_key",
-                                "api.token", "api.tokens"}
+                                "api.token", "api.tokens", "webhook.secret"}
     env = {}
     for key in SECRET_KEYS:
         (tmp_path / key).write_text(f"  {key.replace('.', '-')}-value\n")  # whitespace around: stripped

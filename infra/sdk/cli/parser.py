@@ -5,7 +5,7 @@ import argparse
 
 from maskflow.infra.domain.catalog import DEFAULT, accepted_names
 from maskflow.infra.domain.outputs import RESULT_KINDS
-from maskflow.infra.sdk.cli import batch, recipe, serve, status, submit
+from maskflow.infra.sdk.cli import batch, recipe, serve, status, submit, watch
 
 DESCRIPTION = "`maskflow`: one entry point for running the stack and using it."
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(commands, api_options)
     _add_status(commands, api_options)
     _add_batch(commands, api_options)
+    watch.add_parser(commands, api_options)
     return parser
 
 

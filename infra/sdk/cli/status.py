@@ -23,7 +23,7 @@ def status(args, cfg: Config) -> int:
         if task is None:
             raise UsageError(f"no task for object key {args.key!r} (not uploaded, or not picked up yet)")
         return _print_task(task, args.json)
-    return _print_batch(client, _batch_prefix(args.batch), args.json)
+    return _print_batch(client, batch_prefix(args.batch), args.json)
 
 
 def _print_task(task: dict, as_json: bool) -> int:
@@ -42,7 +42,7 @@ def _print_task(task: dict, as_json: bool) -> int:
     return EXIT_FAILED if task.get("status") == "failed" else EXIT_OK
 
 
-def _batch_prefix(text: str) -> str:
+def batch_prefix(text: str) -> str:
     text = text.strip("/")
     return (text if text.startswith("input/") else f"input/{text}") + "/"
 

@@ -1,0 +1,122 @@
+"""GET /api/v1/results: the results stream, for clients that must not poll.
+
+* JSON (the default): ``?after=<id>&prefix=input/b/&limit=N&wait=S`` answers the entries after
+  `after` (default: only new ones), waiting up to `wait` seconds (XREAD BLOCK) for the first,
+  and `next`, the id to ask after next time.
+* Server-sent events (``Accept: text/event-stream``): one request that stays open; each entry
+  is an ``event: result`` with its id (a client resumes with ``Last-Event-ID``), a comment
+  line every HEARTBEAT_S keeps proxies from closing it, and it ends after MAX_STREAM_S.
+  With `prefix`, each event also carries the batch's counts, so a progress bar needs no
+  other request.
+
+An entry holds the task's id, input key and version, status, result keys, error, model,
+options and timings; not its callback URL (which may carry the receiver's own token).
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import falcon
+
+from maskflow.api.deps import Deps
+from maskflow.api.errors import ApiError, bad_request
+from maskflow.infra.stores import results
+from maskflow.infra.stores.results import Entry
+
+MAX_WAIT_S = 30
+BLOCK_MS = 3000  # one XREAD BLOCK: under the API's Redis socket timeout (5 s)
+HEARTBEAT_S = 15
+MAX_STREAM_S = 3600
+_ID = re.compile(r"\d{1,20}(-\d{1,20})?|0|\$")
+HIDDEN = ("callback_url",)
+
+
+def shown(entry: Entry) -> dict:
+    return {k: v for k, v in entry.as_json().items() if k not in HIDDEN}
+
+
+class ResultsResource:
+    def __init__(self, deps: Deps):
+        self.deps = deps
+        # A stream holds a waitress thread for its whole life: at most a quarter of them.
+        self.streams = threading.BoundedSemaphore(max(1, deps.cfg.api.threads // 4))
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        prefix = req.get_param("prefix") or ""
+        if prefix and not prefix.startswith("input/"):
+            raise bad_request("prefix must be under input/, e.g. input/holiday/")
+        after = req.get_header("Last-Event-ID") or req.get_param("after") or "$"
+        if not _ID.fullmatch(after):
+            raise bad_request(f"after must be a stream id such as 1700000000000-0, got {after[:40]!r}")
+        if after == "$":
+            after = results.last_id(self.deps.redis)  # "only new ones", as an id the answer can carry
+        if "text/event-stream" in (req.accept or ""):
+            self._stream(resp, after, prefix)
+            return
+        limit = int(_number(req, "limit", 100, 1, 1000))
+        wait = _number(req, "wait", 0, 0, MAX_WAIT_S)
+        entries, last = self._read(after, prefix, limit, int(wait * 1000))
+        resp.media = {"entries": [shown(e) for e in entries], "next": last,
+                      **({"batch": self._batch(prefix)} if prefix else {})}
+
+    def _read(self, after: str, prefix: str, limit: int, block_ms: int) -> tuple[list[Entry], str]:
+        """Entries after `after` under `prefix`, and the id the reader got to (past filtered ones)."""
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            left = int(1000 * (deadline - time.monotonic()))
+            got = results.read_after(self.deps.redis, after, limit, min(BLOCK_MS, left) if left > 0 else None)
+            if got:
+                after = got[-1].id
+            matching = [e for e in got if e.input_key.startswith(prefix)]
+            if matching or left <= 0 or (got and len(got) == limit):
+                return matching, after
+
+    def _batch(self, prefix: str) -> dict:
+        total, counts = self.deps.tasks.batch_counts(prefix)
+        return {"prefix": prefix, "total": total, "done": counts.get("completed", 0) + counts.get("failed", 0),
+                "counts": counts}
+
+    def _stream(self, resp: falcon.Response, after: str, prefix: str) -> None:
+        if not self.streams.acquire(blocking=False):
+            raise ApiError(503, "too_many_streams", "too many result streams are open; retry shortly",
+                           headers={"Retry-After": "5"})
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")
+        resp.stream = self._events(after, prefix)
+
+    def _events(self, after: str, prefix: str) -> Iterator[bytes]:
+        try:
+            yield b": maskflow results\n\n"
+            if prefix:  # where the batch stands, before any entry
+                yield f"event: batch\ndata: {json.dumps(self._batch(prefix))}\n\n".encode()
+            started = quiet_since = time.monotonic()
+            while time.monotonic() - started < MAX_STREAM_S:
+                entries, after = self._read(after, prefix, 500, BLOCK_MS)
+                for entry in entries:
+                    data = {**shown(entry), **({"batch": self._batch(prefix)} if prefix else {})}
+                    yield f"id: {entry.id}\nevent: result\ndata: {json.dumps(data)}\n\n".encode()
+                if entries:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= HEARTBEAT_S:
+                    yield b": keep-alive\n\n"  # also how a closed connection is noticed
+                    quiet_since = time.monotonic()
+        finally:
+            self.streams.release()
+
+
+def _number(req: falcon.Request, name: str, default: float, lo: float, hi: float) -> float:
+    raw = req.get_param(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"query parameter {name} must be a number, got {raw[:40]!r}") from None
+    if not lo <= value <= hi:  # also refuses nan
+        raise bad_request(f"query parameter {name} must be between {lo:g} and {hi:g}, got {value:g}")
+    return value

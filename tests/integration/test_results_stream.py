@@ -1,0 +1,109 @@
+"""The results stream against the real Redis: one entry per terminal transition, written by the
+transition's own script; consumer groups read each once and reclaim a dead consumer's."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from maskflow.infra.stores import results
+from maskflow.infra.stores.keys import RESULTS_STREAM, heartbeat_key
+from maskflow.infra.stores.results import Group
+from maskflow.infra.stores.tasks import Decision, TaskStore, derive_task_id
+from maskflow.infra.wiring.config import replace
+
+OUT = {"output": "output/s/a.jpg.png", "mask": "masks/s/a.jpg.png"}
+
+
+@pytest.fixture
+def task_store(servers, clean_redis):
+    return TaskStore(clean_redis, servers.cfg)
+
+
+def entries_by_task(r) -> Counter:
+    return Counter(results.Entry(i.decode(), {k.decode(): v.decode() for k, v in f.items()}).task_id
+                   for i, f in r.xrange(RESULTS_STREAM))
+
+
+def test_each_terminal_transition_appends_one_entry_and_refused_ones_none(task_store, clean_redis):
+    done, failed = derive_task_id("b", "input/s/a.jpg"), derive_task_id("b", "input/s/b.jpg")
+    assert task_store.begin(done, "input/s/a.jpg", "e1", "0A", "w1", "r1")[0] is Decision.START
+    assert clean_redis.xlen(RESULTS_STREAM) == 0  # processing is not terminal
+    assert task_store.complete(done, "0A", OUT, model="general", input_key="input/s/a.jpg",
+                               options={"format": "webp"})
+    # a retried completion, a duplicate event and a late failure of the same version: refused, no entry
+    assert not task_store.complete(done, "0A", OUT)
+    assert task_store.begin(done, "input/s/a.jpg", "e1", "0A", "w2", "r2")[0] is Decision.DUPLICATE
+    assert not task_store.fail(done, "0A", "late")
+    task_store.begin(failed, "input/s/b.jpg", "e", "01", "w1", "r1")
+    assert task_store.fail(failed, "01", "not an image")
+    assert not task_store.fail(failed, "01", "not an image")
+    assert entries_by_task(clean_redis) == {done: 1, failed: 1}
+    entry = results.read_after(clean_redis, "0", 10)[0]
+    assert entry.fields["status"] == "completed" and entry.input_key == "input/s/a.jpg"
+    assert entry.fields["output_key"] == OUT["output"] and entry.fields["mask_key"] == OUT["mask"]
+    assert entry.fields["model"] == "general" and entry.as_json()["options"] == {"format": "webp"}
+    assert entry.fields["sequencer"] == "0A".rjust(32, "0").lower() and entry.fields["etag"] == "e1"
+    assert {"created_at", "started_at", "completed_at"} <= set(entry.fields)
+    assert not {"worker", "run", "claim", "batches"} & set(entry.fields)
+    # a new version is a new transition: its own entry
+    assert task_store.begin(done, "input/s/a.jpg", "e2", "0B", "w1", "r1")[0] is Decision.START
+    assert task_store.complete(done, "0B", OUT)
+    assert entries_by_task(clean_redis) == {done: 2, failed: 1}
+
+
+def test_timeouts_and_exhausted_tasks_have_their_entry(servers, clean_redis):
+    store = TaskStore(clean_redis, replace(servers.cfg, task={"max_attempts": 1, "timeout": 1}))
+    late = derive_task_id("b", "input/s/late.jpg")
+    store.begin(late, "input/s/late.jpg", "e", "01", "w1", "r1")
+    store.create_pending("announced", "input/s/never.jpg", upload_deadline=1)
+    assert set(store.expire_overdue(now=10**10)) == {late, "announced"}
+    assert store.expire_overdue(now=10**10) == []
+    dying = derive_task_id("b", "input/s/dying.jpg")
+    store.begin(dying, "input/s/dying.jpg", "e", "01", "w1", "r1")
+    clean_redis.delete(heartbeat_key("w1"))  # its worker died: the next claim is one too many
+    assert store.begin(dying, "input/s/dying.jpg", "e", "01", "w2", "r2")[0] is Decision.EXHAUSTED
+    assert entries_by_task(clean_redis) == {late: 1, "announced": 1, dying: 1}
+    assert {e.status for e in results.read_after(clean_redis, "0", 10)} == {"failed"}
+
+
+def test_the_stream_is_capped_and_can_be_off(servers, clean_redis):
+    capped = TaskStore(clean_redis, replace(servers.cfg, results={"stream_maxlen": 10}))
+    for i in range(300):
+        tid = f"cap{i}"
+        capped.begin(tid, f"input/s/{i}.jpg", "e", "01", "w", "r")
+        capped.complete(tid, "01", OUT)
+    assert 10 <= clean_redis.xlen(RESULTS_STREAM) < 300  # MAXLEN ~ trims by whole nodes
+    clean_redis.delete(RESULTS_STREAM)
+    off = TaskStore(clean_redis, replace(servers.cfg, results={"stream_maxlen": 0}))
+    off.begin("off", "input/s/off.jpg", "e", "01", "w", "r")
+    assert off.complete("off", "01", OUT)
+    assert clean_redis.xlen(RESULTS_STREAM) == 0
+
+
+def test_a_group_reads_every_entry_once_and_reclaims_a_dead_consumers(task_store, clean_redis):
+    for i in range(20):
+        task_store.begin(f"g{i}", f"input/g/{i}.jpg", "e", "01", "w", "r")
+        task_store.complete(f"g{i}", "01", OUT)
+    a, b = Group(clean_redis, "readers", "a"), Group(clean_redis, "readers", "b")
+    Group(clean_redis, "readers", "a")  # joining again is harmless (BUSYGROUP)
+    by_a, by_b = [], []
+    while True:
+        got_a, got_b = a.read(3), b.read(4)
+        if not got_a and not got_b:
+            break
+        by_a, by_b = by_a + got_a, by_b + got_b
+    seen = by_a + by_b
+    assert sorted(e.task_id for e in seen) == sorted(f"g{i}" for i in range(20))
+    assert len({e.id for e in seen}) == 20 and by_a and by_b
+    # a acknowledges its entries; b dies holding its own: they stay pending until c claims them
+    a.ack(*[e.id for e in by_a])
+    assert clean_redis.xpending(RESULTS_STREAM, "readers")["pending"] == len(by_b)
+    c = Group(clean_redis, "readers", "c")
+    assert c.reclaim(min_idle_ms=60_000, count=100) == []  # b might still be working on them
+    claimed = c.reclaim(min_idle_ms=0, count=100)
+    assert [e.id for e in claimed] == [e.id for e in by_b]
+    assert claimed[0].fields == by_b[0].fields
+    c.ack(*[e.id for e in claimed])
+    assert clean_redis.xpending(RESULTS_STREAM, "readers")["pending"] == 0
+    assert a.read(10) == [] and c.read(10) == []  # nothing is read twice
