@@ -267,9 +267,11 @@ def document(cfg: Config) -> dict:
                 "summary": "The results stream: entries after an id (JSON), or server-sent events "
                            "with Accept: text/event-stream (resume with Last-Event-ID)",
                 "parameters": [
-                    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+                    {"name": "after", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": r"^(\d{1,20}(-\d{1,20})?|\$)$"},
                      "description": "a stream id, 0 for every entry kept; default: only new ones"},
-                    {"name": "prefix", "in": "query", "required": False, "schema": {"type": "string"},
+                    {"name": "prefix", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^input/"},
                      "description": "only tasks under this input/ prefix, with the batch's counts"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},

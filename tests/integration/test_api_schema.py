@@ -42,6 +42,11 @@ def test_api_conforms_to_its_openapi_document(api):
             @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
             def run(case):
+                wait = (case.query or {}).get("wait")
+                if operation.label == "GET /api/v1/results" and isinstance(wait, (int, float)) and wait > 0.2:
+                    # the route holds a request up to `wait` s for a first entry: check the
+                    # answer, not the waiting
+                    case.query["wait"] = 0.2
                 case.call_and_validate(base_url=api.url)  # every check schemathesis has
 
             try:
