@@ -68,7 +68,7 @@ def secrets_of(cfg) -> dict[str, str]:
     for path in cfg.secrets_dir.rglob("*"):
         if path.is_file() and path.name in ("redis-password", "minio-secret-key"):
             found[f"{path.parent.name}/{path.name}"] = path.read_text().strip()
-    assert len(found) == 2 + 4 + 2  # redis: admin api worker minio; minio: api worker
+    assert len(found) == 2 + 5 + 3  # redis: admin api worker minio webhooks; minio: api worker webhooks
     return found
 
 
@@ -80,8 +80,9 @@ def test_every_path_works_and_nothing_runs_as_root(up):
     assert "NOAUTH" in no_auth.stdout + no_auth.stderr
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=cfg.redis.port).ping()
-    # the API and the worker: their own users, no root credential in their environment or config
-    for name, role in (("api", "api"), ("worker-0", "worker")):
+    # the API, the worker and the webhook dispatcher: their own users, no root credential in
+    # their environment or config
+    for name, role in (("api", "api"), ("worker-0", "worker"), ("webhooks", "webhooks")):
         env = environ_of(stack.running(name))
         text = "\n".join(f"{k}={v}" for k, v in env.items())
         assert cfg.minio.secret_key not in text and cfg.minio.access_key not in text, name
@@ -129,7 +130,7 @@ def test_no_secret_leaks(up):
     records = [str(r.hgetall(k)) for k in r.scan_iter(task_key("*"))] + [str(r.lrange("maskflow:dead", 0, -1))]
     assert len(records) >= 5
     logs = {p.name: p.read_text(errors="replace") for p in (cfg.data_dir / "logs").glob("*.log")}
-    assert {"redis.log", "minio.log", "api.log", "worker-0.log"} <= set(logs)
+    assert {"redis.log", "minio.log", "api.log", "worker-0.log", "webhooks.log"} <= set(logs)
     places = {"every command line": every_cmdline(), "maskflow up's output": started.stdout + started.stderr,
               **{f"log {name}": text for name, text in logs.items()},
               **{f"answer {a.request.method} {a.request.path_url}": a.text for a in answers},
