@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = credentials.path("api", "tokens")
     if not tokens.exists():  # the API asks for a token from the start
         credentials.write("api", "tokens", secrets.token_urlsafe(32) + "\n")
+    credentials.secret("webhooks", "webhook-secret")  # the HMAC key of every webhook it signs
     if not credentials.path("worker", "tokens").exists():  # compose mounts it where the API's is
         credentials.write("worker", "tokens", "")
     print(f"credentials ready in {args.directory}; the API's bearer token is in {tokens}")

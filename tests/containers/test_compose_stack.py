@@ -177,10 +177,11 @@ def split(photos: Path, workdir: Path) -> tuple[Path, Path]:
 
 # -- the single-node stack -------------------------------------------------------------------
 def test_services_run_as_their_own_users(stack, engine):
-    for service in ("redis", "minio", "api", "worker", "worker-heavy"):
+    for service in ("redis", "minio", "api", "worker", "worker-heavy", "webhooks"):
         for cid in stack.containers(service):
             assert engine("exec", cid, "id", "-u").stdout.strip() != "0", service
     assert len(stack.containers("worker")) == 2 and len(stack.containers("worker-heavy")) == 1
+    assert len(stack.containers("webhooks")) == 1
 
 
 def test_original_client_code(stack):

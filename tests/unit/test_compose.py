@@ -80,7 +80,7 @@ POOL_KEYS = {"MASKFLOW_WORKER_MODELS", "MASKFLOW_MODEL_CONCURRENT_RUNS", "MASKFL
 
 
 def test_services_are_the_production_shape():
-    assert set(SERVICES) == {"redis", "minio", "init", "api", *WORKERS}
+    assert set(SERVICES) == {"redis", "minio", "init", "api", "webhooks", *WORKERS}
     assert SERVICES["init"]["restart"] == "no"
     for name in WORKERS:
         env = SERVICES[name]["environment"]
@@ -242,14 +242,16 @@ def test_notify_file_filters_input_created_events_only():
         assert rule["arn"] in command and "--prefix input/" in command
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "worker-heavy", "init"])
+@pytest.mark.parametrize("name", ["api", "worker", "worker-heavy", "webhooks", "init"])
 def test_app_services_wait_for_bootstrap(name):
     if name == "init":
         assert SERVICES[name]["depends_on"]["minio"]["condition"] == "service_healthy"
     else:
         assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         # Compose stops a service before what it depends on: workers settle their events first.
-        assert {SERVICES[name]["depends_on"][s]["condition"] for s in ("redis", "minio")} == {"service_healthy"}
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        if name != "webhooks":  # it reaches MinIO only to presign, which needs no connection
+            assert SERVICES[name]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
 def test_api_may_open_enough_files_for_its_connection_limit():
@@ -281,7 +283,7 @@ def test_cluster_override_is_four_erasure_coded_nodes_like_the_single_minio():
 
 
 # -- least privilege (infra/ops/roles.py) -------------------------------------------------------
-@pytest.mark.parametrize("service", ["api", "worker"])
+@pytest.mark.parametrize("service", ["api", "worker", "webhooks"])
 def test_the_api_and_workers_get_only_their_own_credentials(service):
     cfg = load_config(env=service_env(service))
     assert cfg.minio.access_key == roles.minio_user(service) and cfg.redis.username == service
@@ -292,6 +294,8 @@ def test_the_api_and_workers_get_only_their_own_credentials(service):
     assert "MINIO_ROOT" not in text and "admin-" not in text
     assert all(f"/secrets/{service}/" in str(f) for f in mounted(service).values())
     assert cfg.api_tokens if service == "api" else not cfg.api_tokens  # the worker holds no token
+    # only the dispatcher signs webhooks
+    assert cfg.webhook.secret == (credentials.secret("webhooks", "webhook-secret") if service == "webhooks" else "")
 
 
 def test_only_minio_and_the_bootstrap_hold_the_root_user():
