@@ -5,7 +5,7 @@ Built as a dict (not a static file) so limits from the config appear in it.
 from __future__ import annotations
 
 from maskflow.api.middleware import DEFAULT_MAX_BODY
-from maskflow.api.rembg import DEFAULT_MODEL as REMBG_DEFAULT, MODELS as REMBG_MODELS
+from maskflow.api import rembg
 from maskflow.api.uploads import MULTIPART_SLACK, UPLOAD_TYPES
 from maskflow.infra.wiring.outbound import MAX_URL_BYTES
 from maskflow.infra.domain import options
@@ -16,7 +16,6 @@ from maskflow.infra.wiring.config import Config
 _NULLABLE_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-_BYTE = "(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})"
 _STATUS = {"type": "string", "enum": ["pending", "processing", "completed", "failed"]}
 
 
@@ -56,6 +55,13 @@ def _json(description: str, ref: str, headers: dict | None = None) -> dict:
 _COMMON = {"401": _error("Bearer token required (only when api.token is set)"),
            "503": _error("Redis or MinIO unavailable")}
 _LOCATION = {"Location": {"description": "URL of the task", "schema": {"type": "string"}}}
+_LIMIT = {"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+
+
+def _wait(what: str) -> dict:
+    return {"name": "wait", "in": "query", "required": False, "description": f"Hold the request up to this many "
+            f"seconds {what}", "schema": {"type": "number", "minimum": 0, "maximum": 30}}
 
 
 def document(cfg: Config) -> dict:
@@ -237,9 +243,7 @@ def document(cfg: Config) -> dict:
             "/api/v1/tasks/{task_id}": {"get": {
                 "operationId": "getTask",
                 "parameters": [task_id_param,
-                               {"name": "wait", "in": "query", "required": False,
-                                "description": "Hold the request up to this many seconds until the task is completed or failed",
-                                "schema": {"type": "number", "minimum": 0, "maximum": 30}}],
+                               _wait("until the task is completed or failed")],
                 "responses": {"200": _json("The task", "Task"),
                               "400": _error("Bad wait value"),
                               "404": _error("No such task"), **_COMMON}}},
@@ -273,11 +277,7 @@ def document(cfg: Config) -> dict:
                     {"name": "prefix", "in": "query", "required": False,
                      "schema": {"type": "string", "pattern": "^input/"},
                      "description": "only tasks under this input/ prefix, with the batch's counts"},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "wait", "in": "query", "required": False,
-                     "schema": {"type": "number", "minimum": 0, "maximum": 30},
-                     "description": "hold the request up to this many seconds for the first entry"}],
+                    _LIMIT, _wait("for the first entry")],
                 "responses": {"200": {**_json("Entries and the id to continue after", "Results"),
                                       "content": {**_json("", "Results")["content"],
                                                   "text/event-stream": {"schema": {"type": "string"}}}},
@@ -292,41 +292,11 @@ def document(cfg: Config) -> dict:
                                 "schema": {"type": "string"}},
                                {"name": "offset", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 0, "maximum": 10000000}},
-                               {"name": "limit", "in": "query", "required": False,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                               _LIMIT],
                 "responses": {"200": _json("Batch summary", "Batch"),
                               "400": _error("Bad offset or limit"),
                               "404": _error("No tasks under that prefix"), **_COMMON}}},
-            "/api/remove": {"post": {
-                "operationId": "rembgRemove",
-                "summary": "rembg's `POST /api/remove` (rembg s), on this pipeline: the result's bytes",
-                "parameters": [{"name": "bgc", "in": "query", "required": False,
-                                "schema": {"type": "string", "pattern": rf"^({_BYTE},){{3}}255$"},
-                                "description": "Background R,G,B,A (A = 255), where rembg reads it"}],
-                "requestBody": {"required": True, "content": {"multipart/form-data": {
-                    "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
-                               "properties": {
-                                   "file": {"type": "string", "minLength": 1,
-                                            "contentMediaType": "application/octet-stream"},
-                                   "model": {"type": "string", "enum": sorted(REMBG_MODELS),
-                                             "description": f"rembg's name; {REMBG_DEFAULT} when absent"},
-                                   **{flag: {"type": "string", "enum": ["true", "false"]}
-                                      for flag in ("a", "om", "ppm", "dc")},
-                                   "af": options.SCHEMAS["matting_foreground"],
-                                   "ab": options.SCHEMAS["matting_background"],
-                                   "ae": options.SCHEMAS["matting_erode"]}}}}},
-                "responses": {
-                    "200": {"description": "The cut-out (with om, the mask) as PNG",
-                            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-                    **{code: {"description": what, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/RembgError"}}}}
-                       for code, what in (("400", "A field or model not supported here, or a bad value"),
-                                          ("413", f"File larger than {limit} bytes"),
-                                          ("415", "Not a supported image format"),
-                                          ("422", "A supported format, but empty, corrupt or too large"),
-                                          ("500", "The task failed"), ("503", "Every slot busy"),
-                                          ("504", "Not done within task.timeout"))},
-                    "401": _error("Bearer token required (only when api.token is set)")}}},
+            "/api/remove": {"post": rembg.openapi_operation(limit, _error("Bearer token required (only when api.token is set)"))},
             "/api/v1/models": {"get": {
                 "operationId": "listModels",
                 "summary": "The models a task may name, with what each is good at",

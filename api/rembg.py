@@ -21,6 +21,7 @@ import falcon
 from maskflow.api.deps import Deps
 from maskflow.api.errors import ApiError, bad_request
 from maskflow.api.uploads import MULTIPART_SLACK, image_format, read_form, store, upload_metadata
+from maskflow.infra.domain import options
 
 # rembg's model names -> the catalogue's, where maskflow serves the same model
 MODELS = {"u2net": "u2net", "u2netp": "general"}
@@ -114,3 +115,36 @@ class RembgResource:
             raise ApiError(500, "failed", f"task {task.task_id} failed: {done.error}")
         resp.content_type = "image/png"
         resp.data = self.deps.objects.get(done.results["mask" if only_mask else "output"]).data
+
+
+_BYTE = "(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})"
+_ERRORS = (("400", "A field or model not supported here, or a bad value"),
+           ("415", "Not a supported image format"),
+           ("422", "A supported format, but empty, corrupt or too large"),
+           ("500", "The task failed"), ("503", "Every slot busy"), ("504", "Not done within task.timeout"))
+
+
+def openapi_operation(limit: int, unauthorized: dict) -> dict:
+    """This route in the OpenAPI document (api/openapi.py): rembg's fields and error shape."""
+    flags = {flag: {"type": "string", "enum": ["true", "false"]} for flag in ("a", "om", "ppm", "dc")}
+    fields = {"file": {"type": "string", "minLength": 1, "contentMediaType": "application/octet-stream"},
+              "model": {"type": "string", "enum": sorted(MODELS),
+                        "description": f"rembg's name; {DEFAULT_MODEL} when absent"},
+              **flags, "af": options.SCHEMAS["matting_foreground"],
+              "ab": options.SCHEMAS["matting_background"], "ae": options.SCHEMAS["matting_erode"]}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/RembgError"}}}
+    return {
+        "operationId": "rembgRemove",
+        "summary": "rembg's `POST /api/remove` (rembg s), on this pipeline: the result's bytes",
+        "parameters": [{"name": "bgc", "in": "query", "required": False,
+                        "schema": {"type": "string", "pattern": rf"^({_BYTE},){{3}}255$"},
+                        "description": "Background R,G,B,A (A = 255), where rembg reads it"}],
+        "requestBody": {"required": True, "content": {"multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
+                       "properties": fields}}}},
+        "responses": {
+            "200": {"description": "The cut-out (with om, the mask) as PNG",
+                    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            **{code: {"description": what, "content": error}
+               for code, what in (*_ERRORS, ("413", f"File larger than {limit} bytes"))},
+            "401": unauthorized}}

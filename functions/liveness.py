@@ -25,16 +25,40 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 
 import redis
 
-from maskflow.functions.steps import HISTOGRAM_BUCKETS, Stats
 from maskflow.infra.stores.keys import Heartbeat
 from maskflow.infra.stores.source import Leases
 from maskflow.infra.stores.tasks import TaskStore
 from maskflow.infra.stores.workers import WorkerRegistry
 
 log = logging.getLogger("maskflow.worker")
+
+HISTOGRAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+@dataclass
+class Stats:
+    """What the steps count: tasks finished and their durations (liveness publishes them)."""
+    processed: int = 0
+    failed: int = 0
+    seconds_sum: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM_BUCKETS))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, seconds: float, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.processed += 1
+            else:
+                self.failed += 1
+            self.seconds_sum += seconds
+            for i, bound in enumerate(HISTOGRAM_BUCKETS):
+                if seconds <= bound:
+                    self.buckets[i] += 1
+
 
 class Liveness:
     """The maintenance of one worker process; `held` names what its consumers work on now."""

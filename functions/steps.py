@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from maskflow.functions.events import PARSERS, ObjectCreated, PoisonEvent
 from maskflow.functions.handlers import Context, Model, handle_object_created
+from maskflow.functions.liveness import Stats
 from maskflow.infra.domain.catalog import DEFAULT, UnknownModel, named_model
 from maskflow.infra.domain.formats import ImageRejected
 from maskflow.infra.domain.options import DEFAULTS, BadOptions, Options, for_task
@@ -51,30 +52,6 @@ from maskflow.infra.wiring.outbound import BadCallback, callback_for
 from maskflow.infra.wiring.retries import is_transient
 
 log = logging.getLogger("maskflow.worker")
-
-HISTOGRAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-
-
-@dataclass
-class Stats:
-    """What the steps count: tasks finished and their durations (liveness publishes them)."""
-    processed: int = 0
-    failed: int = 0
-    seconds_sum: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM_BUCKETS))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def observe(self, seconds: float, ok: bool) -> None:
-        with self.lock:
-            if ok:
-                self.processed += 1
-            else:
-                self.failed += 1
-            self.seconds_sum += seconds
-            for i, bound in enumerate(HISTOGRAM_BUCKETS):
-                if seconds <= bound:
-                    self.buckets[i] += 1
-
 
 class Holding:
     """The deliveries the consumers are working on right now, by receipt."""

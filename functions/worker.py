@@ -21,8 +21,7 @@ import redis
 
 from maskflow.functions import steps
 from maskflow.functions.handlers import Model
-from maskflow.functions.liveness import Liveness
-from maskflow.functions.steps import Stats
+from maskflow.functions.liveness import Liveness, Stats
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.domain.catalog import DEFAULT, check_name
 from maskflow.infra.domain.segmenter import ModelError, Segmenter
