@@ -5,6 +5,7 @@ The layout is roles.Credentials': ``DIR/<role>/<key>``, one folder per Secret::
 
     kubectl create secret generic maskflow-api -n maskflow --from-file=DIR/api
     kubectl create secret generic maskflow-worker -n maskflow --from-file=DIR/worker
+    kubectl create secret generic maskflow-webhooks -n maskflow --from-file=DIR/webhooks
 
 docker-compose.yml mounts each file into the one service that needs it.  The folders are
 mode 0700; the files 0644, because a compose secret keeps its host file's mode and the Redis

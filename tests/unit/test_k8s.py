@@ -38,10 +38,12 @@ TARGETS = {"base": K8S / "base", "small": K8S / "overlays" / "small"}
 KINDS = {"ConfigMap", "Service", "Deployment", "Job", "ScaledObject"}
 # Config keys that are credentials: only ever from a Secret.
 SECRET_ENV = {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY", "MASKFLOW_API_TOKEN",
-              "MASKFLOW_API_TOKENS", "MASKFLOW_REDIS_USERNAME", "MASKFLOW_REDIS_PASSWORD"}
+              "MASKFLOW_API_TOKENS", "MASKFLOW_REDIS_USERNAME", "MASKFLOW_REDIS_PASSWORD",
+              "MASKFLOW_WEBHOOK_SECRET"}
 # The Secret of each workload: one per role (infra/ops/roles.py), created by the operator.
 ROLE_SECRETS = {"maskflow-api": "maskflow-api", "maskflow-worker": "maskflow-worker",
-                "maskflow-worker-heavy": "maskflow-worker", "maskflow-bootstrap": "maskflow-bootstrap"}
+                "maskflow-worker-heavy": "maskflow-worker", "maskflow-webhooks": "maskflow-webhooks",
+                "maskflow-bootstrap": "maskflow-bootstrap"}
 PROBE_PASSWORDS = {"admin": "probe-admin-password", "worker": "probe-worker-password"}
 
 
@@ -131,7 +133,7 @@ def test_manifests_validate_strictly_against_the_vendored_schemas(target, render
     statuses = {(r["kind"], r["name"]): r["status"] for r in report["resources"]}
     assert code == 0, report
     assert set(statuses.values()) == {"statusValid"}, statuses
-    assert report["summary"]["skipped"] == 0 and len(statuses) == len(docs) == 9
+    assert report["summary"]["skipped"] == 0 and len(statuses) == len(docs) == 10
     assert {kind for kind, _ in statuses} == KINDS
 
 
@@ -239,10 +241,10 @@ def test_bucket_targets_and_ports_agree_with_the_config(target, rendered):
     assert sport["targetPort"] == port["name"] and sport["port"] == cfg.api.port
     assert service["selector"].items() <= \
         one(docs, "Deployment", "maskflow-api")["spec"]["template"]["metadata"]["labels"].items()
-    # every workload sees the same config (only the API needs its token; a pool has its models
-    # and the lists it takes)
+    # every workload sees the same config (only the API needs its token and the dispatcher its
+    # HMAC key; a pool has its models and the lists it takes)
     configs = [replace(load_config(env=environment(docs, c)), api={"token": "", "tokens": ()},
-                       worker={"models": (), "shared_queue": True},
+                       worker={"models": (), "shared_queue": True}, webhook={"secret": ""},
                        model={"concurrent_runs": 1}) for _, c in workloads(docs)]
     assert all(other == configs[0] for other in configs)
 
@@ -260,7 +262,7 @@ def test_credentials_only_from_secrets(target, rendered):
             assert not set(data) & SECRET_ENV
     text = "\n".join(p.read_text() for p in K8S.rglob("*") if p.suffix in (".yaml", ".md", ".py"))
     assert "minioadmin" not in text
-    for name in ("api", "worker", "bootstrap"):
+    for name in ("api", "worker", "webhooks", "bootstrap"):
         env = {v["name"] for v in container(docs, "Deployment" if name != "bootstrap" else "Job",
                                             f"maskflow-{name}").get("env", [])}
         assert {"MASKFLOW_MINIO_ACCESS_KEY", "MASKFLOW_MINIO_SECRET_KEY"} <= env
@@ -276,6 +278,17 @@ def test_each_workload_reads_only_its_own_roles_secret(target, rendered):
         names = {var["name"] for var in c["env"]}
         assert {"MASKFLOW_REDIS_USERNAME", "MASKFLOW_REDIS_PASSWORD"} <= names, workload
         assert ("MASKFLOW_API_TOKENS" in names) == (workload == "maskflow-api"), workload
+        assert ("MASKFLOW_WEBHOOK_SECRET" in names) == (workload == "maskflow-webhooks"), workload
+    # the dispatcher mounts no Secret but its own, in env or in a volume
+    hooks = one(docs, "Deployment", "maskflow-webhooks")["spec"]["template"]["spec"]
+    [hook] = hooks["containers"]
+    mounted = {v["secret"]["secretName"] for v in hooks.get("volumes", []) if "secret" in v}
+    mounted |= {s["secret"]["name"] for v in hooks.get("volumes", []) if "projected" in v
+                for s in v["projected"]["sources"] if "secret" in s}
+    mounted |= {var["valueFrom"]["secretKeyRef"]["name"] for var in hook.get("env", [])
+                if "secretKeyRef" in var.get("valueFrom", {})}
+    mounted |= {s["secretRef"]["name"] for s in hook.get("envFrom", []) if "secretRef" in s}
+    assert mounted == {"maskflow-webhooks"}
     job = one(docs, "Job", "maskflow-bootstrap")["spec"]["template"]["spec"]
     [boot] = job["containers"]
     assert boot["args"] == ["--credentials", "/credentials"]
@@ -284,6 +297,9 @@ def test_each_workload_reads_only_its_own_roles_secret(target, rendered):
         role = volume["secret"]["secretName"].removeprefix("maskflow-")
         assert mounts[volume["name"]] == f"/credentials/{role}"
         assert [i["key"] for i in volume["secret"]["items"]] == ["minio-access-key", "minio-secret-key"]
+    # every role the bootstrap makes a MinIO user for (bootstrap.read_users reads them all)
+    assert sorted(v["secret"]["secretName"] for v in job["volumes"]) == \
+        sorted(f"maskflow-{role}" for role in roles.MINIO_ROLES)
     for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
         for trigger in scaled["spec"]["triggers"]:
             assert trigger["metadata"]["passwordFromEnv"] == "MASKFLOW_REDIS_PASSWORD"
@@ -300,20 +316,25 @@ def test_commands_are_the_packages_modules_in_the_right_images(rendered):
                 "maskflow-worker": (["python", "-m", "maskflow.functions", "--id", "$(WORKER_ID)"],
                                     "maskflow-worker"),
                 "maskflow-worker-heavy": (["python", "-m", "maskflow.functions", "--id", "$(WORKER_ID)"],
-                                          "maskflow-worker")}
+                                          "maskflow-worker"),
+                "maskflow-webhooks": (["python", "-m", "maskflow.functions.webhooks", "--id", "$(POD_NAME)"],
+                                      "maskflow-app")}
+    assert {workload for workload, _ in workloads(docs)} == set(expected)
     for workload, c in workloads(docs):
         command, image = expected[workload]
         assert c["command"] == command and c["image"].split(":")[0] == image
         assert c["workingDir"] == "/app"
         module = command[2]
-        assert importlib.util.find_spec(f"{module}.__main__" if module != "maskflow.infra.ops.bootstrap" else module)
-    # $(WORKER_ID) is expanded by the kubelet from the pod's name
-    worker = container(docs, "Deployment", "maskflow-worker")
-    [var] = [v for v in worker["env"] if v["name"] == "WORKER_ID"]
-    assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    helped = subprocess.run([sys.executable, "-m", "maskflow.functions", "--help"],
-                            capture_output=True, text=True, cwd=REPO)
-    assert helped.returncode == 0 and "--id" in helped.stdout
+        plain = ("maskflow.infra.ops.bootstrap", "maskflow.functions.webhooks")  # modules, not packages
+        assert importlib.util.find_spec(f"{module}.__main__" if module not in plain else module)
+    # $(WORKER_ID) and $(POD_NAME) are expanded by the kubelet from the pod's name: unique per pod
+    for workload, name in (("maskflow-worker", "WORKER_ID"), ("maskflow-webhooks", "POD_NAME")):
+        [var] = [v for v in container(docs, "Deployment", workload)["env"] if v["name"] == name]
+        assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    for module in ("maskflow.functions", "maskflow.functions.webhooks"):
+        helped = subprocess.run([sys.executable, "-m", module, "--help"],
+                                capture_output=True, text=True, cwd=REPO)
+        assert helped.returncode == 0 and "--id" in helped.stdout, module
 
 
 def test_api_probes_are_real_routes(rendered):
