@@ -272,7 +272,7 @@ def document(cfg: Config) -> dict:
                            "with Accept: text/event-stream (resume with Last-Event-ID)",
                 "parameters": [
                     {"name": "after", "in": "query", "required": False,
-                     "schema": {"type": "string", "pattern": r"^(\d{1,20}(-\d{1,20})?|\$)$"},
+                     "schema": {"type": "string", "pattern": r"^(\d{1,19}(-\d{1,19})?|\$)$"},
                      "description": "a stream id, 0 for every entry kept; default: only new ones"},
                     {"name": "prefix", "in": "query", "required": False,
                      "schema": {"type": "string", "pattern": "^input/"},

@@ -31,7 +31,8 @@ MAX_WAIT_S = 30
 BLOCK_MS = 3000  # one XREAD BLOCK: under the API's Redis socket timeout (5 s)
 HEARTBEAT_S = 15
 MAX_STREAM_S = 3600
-_ID = re.compile(r"\d{1,20}(-\d{1,20})?|0|\$")
+# Redis' stream ids are two 64-bit numbers: 19 digits always fit (13 are today's milliseconds)
+_ID = re.compile(r"\d{1,19}(-\d{1,19})?|\$")
 HIDDEN = ("callback_url",)
 
 
@@ -46,10 +47,13 @@ class ResultsResource:
         self.streams = threading.BoundedSemaphore(max(1, deps.cfg.api.threads // 4))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        prefix = req.get_param("prefix") or ""
-        if prefix and not prefix.startswith("input/"):
+        given = falcon.uri.parse_query_string(req.query_string, keep_blank=True)
+        prefix = given.get("prefix", "")
+        if "prefix" in given and not (isinstance(prefix, str) and prefix.startswith("input/")):
             raise bad_request("prefix must be under input/, e.g. input/holiday/")
-        after = req.get_header("Last-Event-ID") or req.get_param("after") or "$"
+        after = req.get_header("Last-Event-ID") or given.get("after", "$")
+        if not isinstance(after, str):
+            raise bad_request("after must be given once")
         if not _ID.fullmatch(after):
             raise bad_request(f"after must be a stream id such as 1700000000000-0, got {after[:40]!r}")
         if after == "$":

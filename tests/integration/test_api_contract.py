@@ -434,3 +434,15 @@ def _long_polls(url: str) -> int:
     """The long-polls holding an API thread right now, as /metrics reports them."""
     metrics = requests.get(f"{url}/metrics", timeout=2).text
     return int(re.search(r"^maskflow_long_polls (\d+)$", metrics, re.M).group(1))
+
+
+@pytest.mark.parametrize("query", ["after=", "prefix=", "after=&prefix=", "after=18446744073709551616",
+                                   "after=abc", "prefix=output/", "after=0&after=1"])
+def test_results_refuse_a_blank_or_impossible_query_with_a_400(api, query):
+    """A blank value is not the default, and an id past Redis' 64 bits is not Redis' 500."""
+    assert_error(requests.get(f"{api.url}/api/v1/results?{query}", timeout=10), 400)
+
+
+def test_results_page_from_the_start(api):
+    page = requests.get(f"{api.url}/api/v1/results", params={"after": "0", "limit": 5}, timeout=10)
+    assert page.status_code == 200 and set(page.json()) == {"entries", "next"}, page.text
