@@ -88,9 +88,9 @@ class RembgResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             self._remove(req, resp)
-        except ApiError as exc:  # rembg's own error shape, for the scripts that parse it
-            resp.status = exc.status
-            resp.media = {"detail": exc.description}
+        except falcon.HTTPError as exc:  # ours or Falcon's (a malformed form): rembg's own
+            resp.status = exc.status      # error shape, for the scripts that parse it
+            resp.media = {"detail": exc.description or exc.title}
             resp.set_headers(exc.headers or {})
 
     def _remove(self, req: falcon.Request, resp: falcon.Response) -> None:

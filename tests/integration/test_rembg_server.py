@@ -80,6 +80,13 @@ def test_what_is_not_served_here_is_a_400_in_rembgs_shape(app, fields, query, sa
     assert says in r.json()["detail"]
 
 
+def test_a_malformed_form_is_a_400_in_rembgs_shape(app):
+    boundary = "b0undary"
+    r = requests.post(f"{app.url}/api/remove", data=f"--{boundary}\r\n[True]--{boundary}--\r\n",
+                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=30)
+    assert r.status_code == 400 and set(r.json()) == {"detail"}, r.text
+
+
 def completed(app) -> int:
     metrics = requests.get(f"{app.url}/metrics", timeout=5).text
     return int(next(line for line in metrics.splitlines()
