@@ -34,6 +34,7 @@ from maskflow.infra.ops import install
 from maskflow.infra.ops.console import say
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key
+from maskflow.infra.wiring.settings import QueueConfig
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 
@@ -152,7 +153,7 @@ def assert_results_in_bucket(project: Project, source: Path, name: str) -> None:
 
 def assert_nothing_left_behind(project: Project, engine: Engine) -> None:
     """No event queued, in flight, dead-lettered, or still in a running MinIO's queue_dir."""
-    assert project.redis_cli("LLEN", "maskflow:events") == "0"
+    assert project.redis_cli("LLEN", QueueConfig().events_key) == "0"  # docker-compose.yml's, the default
     assert project.redis_cli("LLEN", DEAD_LETTER_KEY) == "0"
     inflight = project.redis_cli("--scan", "--pattern", inflight_key("*")).split()
     assert all(project.redis_cli("LLEN", key) == "0" for key in inflight), inflight

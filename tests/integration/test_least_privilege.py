@@ -19,7 +19,8 @@ from minio.notificationconfig import NotificationConfig
 
 from maskflow.infra.ops import roles
 from maskflow.infra.ops.processes import wait_until
-from maskflow.infra.stores.keys import DEAD_LETTER_KEY, WORKERS_KEY, heartbeat_key, inflight_key, task_key
+from maskflow.infra.stores.keys import (DEAD_LETTER_KEY, RESULTS_STREAM, WORKERS_KEY, heartbeat_key, index_key,
+                                        inflight_key, task_channel, task_key)
 from maskflow.infra.stores.objects import ObjectStore
 from maskflow.infra.stores.tasks import TaskStore
 from maskflow.infra.wiring.connections import minio_admin, minio_client, redis_client
@@ -188,7 +189,7 @@ def test_webhooks_minio_reads_results_only(setup, servers):
 
 def test_webhooks_redis_allowed_and_denied(setup, servers):
     from maskflow.functions.webhooks import GROUP
-    from maskflow.infra.stores.keys import RESULTS_STREAM, WEBHOOKS_DUE
+    from maskflow.infra.stores.keys import WEBHOOKS_DUE
     from maskflow.infra.stores.results import Group, Schedule, count_delivery
     hooks, r_admin, cfg = setup["webhooks"].r, servers.redis(), setup["webhooks"].cfg
     task = uuid.uuid4().hex
@@ -206,9 +207,9 @@ def test_webhooks_redis_allowed_and_denied(setup, servers):
         lambda: hooks.xadd(RESULTS_STREAM, {"task_id": "forged"}),           # forge a result
         lambda: hooks.xtrim(RESULTS_STREAM, 0), lambda: hooks.delete(RESULTS_STREAM),
         lambda: hooks.delete(task_key(task)), lambda: hooks.lpop(cfg.queue.events_key),
-        lambda: hooks.get(f"maskflow:key:input/lp-{setup['tag']}.jpg"),
+        lambda: hooks.get(index_key(f"input/lp-{setup['tag']}.jpg")),
         lambda: hooks.hset(heartbeat_key("forged"), "ready", "1"),
-        lambda: hooks.publish("maskflow:changed:x", "completed"), lambda: hooks.flushall(),
+        lambda: hooks.publish(task_channel("x"), "completed"), lambda: hooks.flushall(),
         lambda: hooks.keys("*"), lambda: hooks.config_get("*"), lambda: hooks.eval("return 1", 0),
         lambda: hooks.xgroup_destroy(RESULTS_STREAM, GROUP),
     ]
@@ -236,7 +237,7 @@ def test_api_redis_allowed_and_denied(setup, servers):
     assert tasks.fail_pending(task.task_id, "test")
     api.llen(events), api.llen(DEAD_LETTER_KEY), api.smembers(WORKERS_KEY), api.ping()
     pubsub = api.pubsub()
-    pubsub.psubscribe("maskflow:changed:*")
+    pubsub.psubscribe(task_channel("*"))
     assert pubsub.get_message(timeout=2)["type"] == "psubscribe"
     pubsub.close()
     r_admin.rpush(events, b"not for the api")
@@ -251,7 +252,7 @@ def test_api_redis_allowed_and_denied(setup, servers):
         lambda: api.publish("another:channel", "x"),
         lambda: api.set(events + ":nobody", "x"),                            # break a queue
         lambda: api.hset(heartbeat_key("forged"), "ready", "1"),              # fake a live worker
-        lambda: api.hset("maskflow:inflight:w", "x", "y"),
+        lambda: api.hset(inflight_key("w"), "x", "y"),
     ]
     for call in denials:
         denied_redis(call)
@@ -275,7 +276,7 @@ def test_worker_redis_allowed_and_denied(setup, servers):
         p.sadd(WORKERS_KEY, "lp-w").hset(heartbeat_key("lp-w"), "ready", "0").expire(heartbeat_key("lp-w"), 5)
         p.execute()
     worker.srem(WORKERS_KEY, "lp-w")
-    worker.xadd("maskflow:results-lp", {"task": "x"}), worker.delete("maskflow:results-lp")  # issue 28's stream
+    worker.xadd(f"{RESULTS_STREAM}-lp", {"task": "x"}), worker.delete(f"{RESULTS_STREAM}-lp")  # issue 28's stream
     denials = [
         lambda: worker.flushall(), lambda: worker.flushdb(), lambda: worker.config_get("*"),
         lambda: worker.config_set("maxmemory", "1"), lambda: worker.keys("*"),
@@ -286,7 +287,7 @@ def test_worker_redis_allowed_and_denied(setup, servers):
     ]
     for call in denials:
         denied_redis(call)
-    denied_redis(lambda: _subscribe(worker, "maskflow:changed:*"))
+    denied_redis(lambda: _subscribe(worker, task_channel("*")))
     assert "no permissions" in r_admin.acl_dryrun("worker", "DEBUG", "SLEEP", "0").decode()
 
 
@@ -307,9 +308,9 @@ def test_minio_target_redis_allowed_and_denied(setup, servers):
     denials = [
         lambda: target.hgetall(task_key(task)), lambda: target.lpop(events),
         lambda: target.lrange(events, 0, -1), lambda: target.delete(events),
-        lambda: target.rpush(task_key(task), "x"), lambda: target.get("maskflow:key:input/x"),
+        lambda: target.rpush(task_key(task), "x"), lambda: target.get(index_key("input/x")),
         lambda: target.flushall(), lambda: target.config_get("*"), lambda: target.keys("*"),
-        lambda: target.publish("maskflow:changed:x", "completed"), lambda: target.acl_list(),
+        lambda: target.publish(task_channel("x"), "completed"), lambda: target.acl_list(),
         lambda: target.eval("return 1", 0), lambda: target.shutdown(nosave=True),
     ]
     for call in denials:

@@ -19,7 +19,7 @@ from conftest import REPO, make_config, wait_for_task
 from maskflow.infra.ops import install
 from maskflow.infra.ops.stack import Stack
 from maskflow.infra.sdk.client import Client
-from maskflow.infra.stores.keys import task_key
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, task_key
 from maskflow.infra.stores.tasks import TaskStore, derive_task_id
 from maskflow.infra.wiring.config import env_for, load_config
 from maskflow.infra.wiring.connections import minio_client
@@ -127,7 +127,7 @@ def test_no_secret_leaks(up):
     failed = wait_for_task(tasks, derive_task_id(cfg.minio.bucket, key))
     assert failed.status == "failed"
     r = stack.redis_client()
-    records = [str(r.hgetall(k)) for k in r.scan_iter(task_key("*"))] + [str(r.lrange("maskflow:dead", 0, -1))]
+    records = [str(r.hgetall(k)) for k in r.scan_iter(task_key("*"))] + [str(r.lrange(DEAD_LETTER_KEY, 0, -1))]
     assert len(records) >= 5
     logs = {p.name: p.read_text(errors="replace") for p in (cfg.data_dir / "logs").glob("*.log")}
     assert {"redis.log", "minio.log", "api.log", "worker-0.log", "webhooks.log"} <= set(logs)
