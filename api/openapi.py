@@ -296,7 +296,7 @@ def document(cfg: Config) -> dict:
                 "responses": {"200": _json("Batch summary", "Batch"),
                               "400": _error("Bad offset or limit"),
                               "404": _error("No tasks under that prefix"), **_COMMON}}},
-            "/api/remove": {"post": rembg.openapi_operation(limit, _error("Bearer token required (only when api.token is set)"))},
+            "/api/remove": {"post": rembg.openapi_operation(limit, _COMMON["401"])},
             "/api/v1/models": {"get": {
                 "operationId": "listModels",
                 "summary": "The models a task may name, with what each is good at",
