@@ -66,9 +66,10 @@ def secrets_of(cfg) -> dict[str, str]:
     """Every secret the stack holds: the operator's, and each role's (from the credentials files)."""
     found = {"minio root secret": cfg.minio.secret_key, "api token": cfg.api.tokens[0]}
     for path in cfg.secrets_dir.rglob("*"):
-        if path.is_file() and path.name in ("redis-password", "minio-secret-key"):
+        if path.is_file() and path.name in ("redis-password", "minio-secret-key", "webhook-secret"):
             found[f"{path.parent.name}/{path.name}"] = path.read_text().strip()
-    assert len(found) == 2 + 5 + 3  # redis: admin api worker minio webhooks; minio: api worker webhooks
+    # redis: admin api worker minio webhooks; minio: api worker webhooks; the webhooks' HMAC key
+    assert len(found) == 2 + 5 + 3 + 1
     return found
 
 
