@@ -92,7 +92,9 @@ def build_deps(cfg: Config, config_path: str | None = None) -> Deps:
             raise LookupError(f"bucket {bucket} does not exist")
         return True
 
-    return Deps(cfg=cfg, tasks=TaskStore(r, cfg), objects=objects, redis=r,
+    tasks = TaskStore(r, cfg)
+    tasks.keep_finished()
+    return Deps(cfg=cfg, tasks=tasks, objects=objects, redis=r,
                 readiness={"redis": probe_redis.ping, "minio": minio_bucket},
                 tokens=TokenSet.from_config(cfg, config_path))
 

@@ -62,7 +62,7 @@ _REDIS_COMMANDS = {
         _CONNECTION, _SCRIPTS,
         "+xreadgroup +xack +xautoclaim +xclaim +xgroup|create +xrevrange +xlen",    # its group
         "+zadd +zrem +zrange +zrangebyscore +hincrby +hincrbyfloat +hdel",         # schedule, counters
-        "+hget +hset"]),                                                           # CALLBACK script
+        "+hget +hset +publish"]),                                                  # CALLBACK script
     "minio": "+ping +rpush +type +client|setname",
     "admin": "+@all",
 }
@@ -122,7 +122,7 @@ def redis_rules(role: str, cfg: Config) -> str:
         return f"resetchannels -@all ~{events} {_REDIS_COMMANDS[role]}"
     if role == "webhooks":
         keys = f"~{RESULTS_STREAM} ~{NAMESPACE}:webhooks:* ~{task_key('*')}"
-        return f"resetchannels -@all {keys} {_REDIS_COMMANDS[role]}"
+        return f"resetchannels -@all {keys} &{task_channel('*')} {_REDIS_COMMANDS[role]}"
     # the events list and the per-model lists beside it (<events_key>:<model>)
     keys = f"~{NAMESPACE}:*" + ("" if events.startswith(f"{NAMESPACE}:") else f" ~{events} ~{events}:*")
     if role == "api":  # reads it all; writes only what its task scripts touch (one pattern

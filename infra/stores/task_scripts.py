@@ -188,8 +188,8 @@ return 1
 # that model's pool claims it or the deadline passes (then expire_overdue fails it, naming the
 # model).  A finished task of the same or a newer version is a duplicate and is not touched; a
 # newer version of a finished one waits anew.
-# ARGV: id, input_key, batches, now_iso, now, ttl, sequencer, model, deadline, then the record's
-#       result fields
+# ARGV: id, input_key, batches, now_iso, now, ttl, sequencer, model, deadline, channel, then the
+#       record's result fields
 # Returns 'duplicate', or 'waiting'.
 AWAIT = _script(6, """
 local task = KEYS[1]
@@ -202,22 +202,25 @@ local status = redis.call('HGET', task, 'status')
 local known = redis.call('HGET', task, 'sequencer') or ''
 if (status == 'completed' or status == 'failed') then
   if known ~= '' and ARGV[7] <= known then return 'duplicate' end
-  redis.call('HDEL', task, 'error', 'model', 'options', 'completed_at', unpack(ARGV, 10))
+  redis.call('HDEL', task, 'error', 'model', 'options', 'completed_at', unpack(ARGV, 11))
 end
 if status ~= 'processing' then
   redis.call('HSET', task, 'status', 'pending', 'awaiting', ARGV[8])
   move(ARGV[2], status, 'pending', now, ttl)
   redis.call('ZADD', KEYS[5], 'LT', ARGV[9], ARGV[1])  -- the earliest deadline stands
+  redis.call('PUBLISH', ARGV[10], 'pending')
 end
 touch(ttl)
 return 'waiting'
 """)
 
 # The webhook dispatcher's record of a delivery, on the version it delivered only (a newer
-# version has its own callback).  KEYS: the task hash.  ARGV: sequencer, status, attempts, error.
+# version has its own callback).  KEYS: the task hash.  ARGV: sequencer, status, attempts, error,
+# channel.
 CALLBACK = """
 if (redis.call('HGET', KEYS[1], 'sequencer') or '') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'callback_status', ARGV[2], 'callback_attempts', ARGV[3],
            'callback_error', ARGV[4])
+redis.call('PUBLISH', ARGV[5], 'callback')
 return 1
 """

@@ -29,7 +29,7 @@ import redis
 from maskflow.infra.domain.clock import utc_iso
 from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.stores import task_scripts
-from maskflow.infra.stores.changes import ChangeFeed
+from maskflow.infra.stores.changes import FINISHED_MAX_AGE_S, ChangeFeed, FinishedTasks
 from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, RESULTS_STREAM, STATS_KEY, UPLOAD_DEADLINES,
                                         batch_failed_key, batch_key, heartbeat_key, index_key, task_channel,
                                         task_key)
@@ -138,6 +138,7 @@ class TaskStore:
         self._await = r.register_script(task_scripts.AWAIT)
         self._callback = r.register_script(task_scripts.CALLBACK)
         self.changes = ChangeFeed(r)
+        self.finished: FinishedTasks | None = None  # see keep_finished
 
     # -- creating and reading ------------------------------------------------------------------
     def create_pending(self, task_id: str, input_key: str, upload_deadline: float = 0,
@@ -152,8 +153,17 @@ class TaskStore:
         assert task is not None
         return task
 
+    def keep_finished(self, max_age: float = FINISHED_MAX_AGE_S) -> None:
+        """Serve finished records from memory until they change (changes.FinishedTasks): an
+        API process answers repeated lookups of a finished task without a round trip."""
+        self.finished = FinishedTasks(self.changes, self._read, max_age)
+
     def get(self, task_id: str) -> Task | None:
+        return self.finished.get(task_id) if self.finished is not None else self._read(task_id)
+
+    def _read(self, task_id: str) -> Task | None:
         return _task_from(self.r.hgetall(task_key(task_id)))
+
     def task_id_for_key(self, input_key: str) -> str | None:
         value = self.r.get(index_key(input_key))
         return value.decode() if value else None
@@ -205,7 +215,8 @@ class TaskStore:
             now = time.time()
             answer = self._await(keys=script_keys(task_id, key),
                                  args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now,
-                                       self.ttl, sequencer, model, now + self.timeout, *CLEARED_FIELDS])
+                                       self.ttl, sequencer, model, now + self.timeout, task_channel(task_id),
+                                       *CLEARED_FIELDS])
             if answer != b"retry":
                 return answer == b"waiting"
             stored = self.r.hget(task_key(task_id), "input_key")
@@ -257,7 +268,8 @@ class TaskStore:
 
     def record_callback(self, task_id: str, sequencer: str, status: str, attempts: int, error: str) -> bool:
         """The webhook's outcome for that version of the task; False when a newer one exists."""
-        return bool(self._callback(keys=[task_key(task_id)], args=[sequencer, status, attempts, error]))
+        return bool(self._callback(keys=[task_key(task_id)],
+                                   args=[sequencer, status, attempts, error, task_channel(task_id)]))
 
     def expire_overdue(self, now: float | None = None) -> list[str]:
         """Fail tasks processing past task.timeout, announced uploads that never arrived, and

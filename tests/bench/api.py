@@ -7,7 +7,9 @@ against three routes in turn, alternating, in the same run:
     naive     ../shared/peers/falcon_hello.py  GET /task/<id> (one HGETALL)
     maskflow  GET /api/v1/tasks/{task_id} (completed: the record plus two presigned URLs)
 
-and prints requests/s and maskflow / bare.  Needs wrk (apt-get install wrk).
+and prints requests/s and maskflow / bare.  maskflow runs as deployed: a bearer token (handed
+to wrk in a script, not on its command line), metrics and body limits on.  Needs wrk
+(apt-get install wrk).
 
     .venv/bin/python tests/bench/api.py --seconds 6 --rounds 3
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -40,9 +43,12 @@ PEER = ROOT.parent / "shared" / "peers" / "falcon_hello.py"
 PHOTO = ROOT / "tests" / "fixtures" / "photos" / "astronaut.jpg"
 
 
-def wrk(url: str, seconds: int) -> float:
-    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", url], capture_output=True,
-                         text=True, check=True).stdout
+def wrk(url: str, seconds: int, script: Path | None = None) -> float:
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", *(["-s", str(script)] if script else []), url],
+                         capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{url}: {errors.group(1)} answers were not 2xx")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
@@ -54,12 +60,15 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(Path(tmp))
+        token = secrets.token_urlsafe(24)
+        cfg = make_config(Path(tmp), api={"token": token})
+        authorised = Path(tmp) / "auth.lua"
+        authorised.write_text(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
         stack = Stack(cfg, log=lambda _msg: None)
         stack.up(app=True)
         peer = peer_redis = None
         try:
-            client = Client(cfg.api_url)
+            client = Client(cfg.api_url, token=token)
             task_id = client.submit(PHOTO)
             assert client.get(task_id, wait=30)["status"] == "completed"
             # The peer logs in to no one: a Redis of its own, as bare as the peer (the stack's
@@ -78,7 +87,7 @@ def main() -> None:
             rates: dict[str, list[float]] = {name: [] for name in urls}
             for _ in range(args.rounds):
                 for name, url in urls.items():
-                    rates[name].append(wrk(url, args.seconds))
+                    rates[name].append(wrk(url, args.seconds, authorised if name == "maskflow" else None))
         finally:
             for proc in (peer, peer_redis):
                 if proc is not None:
@@ -91,6 +100,9 @@ def main() -> None:
         median = statistics.median(samples)
         print(f"{name:9s} {median:8.0f} req/s  ({', '.join(f'{s:.0f}' for s in samples)})  "
               f"{median / bare:5.2f}x bare")
+    per_round = [m / b for m, b in zip(rates["maskflow"], rates["bare"])]
+    print(f"maskflow / bare per round: {', '.join(f'{r:.2f}' for r in per_round)} "
+          f"(spread {min(per_round):.2f}-{max(per_round):.2f})")
 
 
 if __name__ == "__main__":
