@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import struct
 import subprocess
 import sys
 import urllib.parse
@@ -46,6 +47,18 @@ def make_photo(i: int = 0, width: int = 64, height: int | None = None, *, source
     ok, buf = cv2.imencode(ext, img, [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else [])
     assert ok
     return buf.tobytes()
+
+
+def exif_tiff(orientation: int) -> bytes:
+    """A TIFF block holding only EXIF's Orientation tag (274)."""
+    return (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+            + struct.pack(">HHIHH", 274, 3, 1, orientation, 0) + struct.pack(">I", 0))
+
+
+def jpeg_with_orientation(data: bytes, orientation: int) -> bytes:
+    """The JPEG `data` with an APP1 EXIF segment saying how it was stored (1..8)."""
+    payload = b"Exif\x00\x00" + exif_tiff(orientation)
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
 
 
 def make_photos(root: Path, count: int, width: int = 64, *, nested: bool = False,

@@ -1,6 +1,6 @@
 """maskflow beside what a user would run instead, in one go, on the same photos (issue 11).
 
-Generates N photos (deterministic, from the fixture photos; `--size`) into one temporary
+Generates N photos (deterministic, from the fixture photos; `--size`, `--mix`) into one temporary
 folder, then runs, one after the other on this machine:
 
     bare     the naive in-process loop: /work/shared/peers/bare_loop.py, 2 processes, for
@@ -69,7 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from checks import iou, make_photo, pipeline_idle, png  # noqa: E402
+from checks import iou, jpeg_with_orientation, make_photo, pipeline_idle, png  # noqa: E402
 from conftest import make_config  # noqa: E402
 from maskflow.infra.domain.catalog import GENERAL  # noqa: E402
 from maskflow.infra.ops import install  # noqa: E402
@@ -607,15 +607,33 @@ def mask_agreement(rembg: Run, ours: dict[str, bytes]) -> str:
 
 # -- photos and the table --------------------------------------------------------------------------
 
-def write_photos(folder: Path, count: int, sizes: list[tuple[int, int]]) -> int:
+# --mix: widths from 256 to 2,400 px; a third PNG, a quarter of the JPEGs stored sideways with
+# EXIF orientation 6 (as a phone held upright writes them).
+MIX_SIZES = "256x192,640x480,1024x768,1600x1200,2400x1800"
+
+
+def write_photos(folder: Path, count: int, sizes: list[tuple[int, int]], mix: bool = False) -> int:
     folder.mkdir(parents=True)
     total = 0
     for i in range(count):
         width, height = sizes[i % len(sizes)]
-        data = make_photo(i, width, height, quality=90)
-        (folder / f"img-{i:05d}.jpg").write_bytes(data)
+        if mix and i % 3 == 2:
+            name, data = f"img-{i:05d}.png", make_photo(i, width, height, ext=".png")
+        elif mix and i % 4 == 1:  # upright width x height, stored rotated 90° clockwise
+            sideways = make_photo(i, height, width, quality=90)
+            name, data = f"img-{i:05d}.jpg", jpeg_with_orientation(sideways, 6)
+        else:
+            name, data = f"img-{i:05d}.jpg", make_photo(i, width, height, quality=90)
+        (folder / name).write_bytes(data)
         total += len(data)
     return total
+
+
+def describe_photos(args: argparse.Namespace) -> str:
+    if args.mix:
+        return (f"{args.photos} photos of {args.size} in turn (a third PNG, a quarter of the JPEGs "
+                f"with EXIF orientation 6; from tests/checks.py make_photo)")
+    return f"{args.photos} photos of {args.size} (JPEG q90, from tests/checks.py make_photo)"
 
 
 def cells(run: Run) -> tuple[str, str]:
@@ -670,6 +688,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20, help="how long the bare loop runs")
     ap.add_argument("--size", default="1024x768",
                     help="WxH, or a comma-separated mix used in turn (e.g. 1024x768,768x1024,1600x1200)")
+    ap.add_argument("--mix", action="store_true",
+                    help=f"JPEG and PNG, some with EXIF rotation, of --size {MIX_SIZES} unless given")
     ap.add_argument("--skip", default="", help=f"comma-separated, of {','.join(CONTESTANTS)}")
     ap.add_argument("--wait-quiet", type=float, default=180, metavar="S",
                     help="before each run, wait up to S s until other users' processes take "
@@ -679,6 +699,8 @@ def main() -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if skip - set(CONTESTANTS):
         ap.error(f"--skip: unknown {','.join(sorted(skip - set(CONTESTANTS)))}; valid: {','.join(CONTESTANTS)}")
+    if args.mix and args.size == ap.get_default("size"):
+        args.size = MIX_SIZES
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.size.split(",")]
     m = min(args.u2netp_photos, args.photos)
     k = min(args.u2net_photos, args.photos)
@@ -711,12 +733,12 @@ def main() -> int:
 
     try:
         photos, few, some = tmp / "photos", tmp / "photos-u2netp", tmp / "photos-u2net"
-        size = write_photos(photos, args.photos, sizes)
+        size = write_photos(photos, args.photos, sizes, args.mix)
         for folder, first in ((few, m), (some, k)):
             folder.mkdir()
             for path in sorted(photos.iterdir())[:first]:
                 shutil.copyfile(path, folder / path.name)
-        log(f"{args.photos} photos of {args.size}, {size / args.photos / 1024:.0f} KB each on average, in {photos}")
+        log(f"{describe_photos(args)}, {size / args.photos / 1024:.0f} KB each on average, in {photos}")
         if "bare" not in skip:
             attempt("bare", "naive loop, 2 processes (`bare_loop.py`)",
                     lambda: run_bare(photos, args.seconds, tmp, commands))
@@ -768,8 +790,7 @@ def main() -> int:
     print(f"`{command}`")
     print()
     few_note = f"{m} of them for U²-Netp; " if "rembg" not in skip else ""
-    print(f"{header}; {args.photos} photos of {args.size} (JPEG q90, from tests/checks.py "
-          f"make_photo), {few_note}{time.strftime('%Y-%m-%d')}")
+    print(f"{header}; {describe_photos(args)}, {few_note}{time.strftime('%Y-%m-%d')}")
     print()
     print("\n".join(table(runs)))
     print()

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from checks import exif_tiff, jpeg_with_orientation
 from maskflow.infra.domain import images
 from maskflow.infra.domain.formats import (CorruptImage, EmptyImage, ImageRejected, TooManyPixels,
                                            TruncatedImage, UnsupportedFormat, image_info, sniff_format)
@@ -46,16 +47,6 @@ def enc(ext: str, rgb_or_gray: np.ndarray, params=()) -> bytes:
 
 def png_chunk(ctype: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
-
-
-def exif_tiff(orientation: int) -> bytes:
-    return (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
-            + struct.pack(">HHIHH", 274, 3, 1, orientation, 0) + struct.pack(">I", 0))
-
-
-def jpeg_with_orientation(data: bytes, orientation: int) -> bytes:
-    payload = b"Exif\x00\x00" + exif_tiff(orientation)
-    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
 
 
 def png_bomb(width: int, height: int) -> bytes:
