@@ -51,23 +51,27 @@ from maskflow.infra.domain.outputs import ResultKind  # noqa: E402
 
 
 # ------------------------------------------------------------------ decode
+# A JPEG has neither alpha nor 16 bit: libjpeg writes its RGB straight (see decode_image).
 JPEG_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
-    # EXIF 1..8 -> transform that makes the image upright
+    # EXIF 1..8 -> the transform that makes the image upright.  OpenCV's, not numpy's strided
+    # views copied: 2.9 against 29.5 ms to turn a 2400x1800 photo (orientation 6).
     if orientation == 2:
-        return img[:, ::-1]
+        return cv2.flip(img, 1)
     if orientation == 3:
-        return img[::-1, ::-1]
+        return cv2.rotate(img, cv2.ROTATE_180)
     if orientation == 4:
-        return img[::-1]
+        return cv2.flip(img, 0)
     if orientation == 5:
-        return np.swapaxes(img, 0, 1)
+        return cv2.transpose(img)
     if orientation == 6:
-        return np.swapaxes(img, 0, 1)[:, ::-1]
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
     if orientation == 7:
-        return np.swapaxes(img, 0, 1)[::-1, ::-1]
+        return cv2.flip(cv2.transpose(img), -1)
     if orientation == 8:
-        return np.swapaxes(img, 0, 1)[::-1]
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
     return img
 
 
@@ -92,7 +96,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     TooManyPixels (all ImageRejected)."""
     fmt, _w, _h, orientation = check_header(data, max_pixels)
     buf = np.frombuffer(data, np.uint8)
-    # A JPEG has neither alpha nor 16 bit: libjpeg writes its RGB straight, saving a pass.
     flags = JPEG_FLAGS if fmt == "jpeg" else cv2.IMREAD_UNCHANGED
     try:
         # IMREAD_UNCHANGED keeps alpha and 16 bit; both skip OpenCV's EXIF handling,

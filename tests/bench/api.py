@@ -21,6 +21,7 @@ import argparse
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the finally stops the stack
     with tempfile.TemporaryDirectory() as tmp:
         token = secrets.token_urlsafe(24)
         cfg = make_config(Path(tmp), api={"token": token})
