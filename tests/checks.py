@@ -49,6 +49,20 @@ def make_photo(i: int = 0, width: int = 64, height: int | None = None, *, source
     return buf.tobytes()
 
 
+def counting_commands(r) -> list[str]:
+    """The commands the Redis client `r` sends from now on, by name (the server's own counters
+    are shared with every other client of it)."""
+    sent: list[str] = []
+    send = r.execute_command
+
+    def execute_command(*args, **options):
+        sent.append(args[0])
+        return send(*args, **options)
+
+    r.execute_command = execute_command
+    return sent
+
+
 def exif_tiff(orientation: int) -> bytes:
     """A TIFF block holding only EXIF's Orientation tag (274)."""
     return (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)

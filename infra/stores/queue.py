@@ -64,6 +64,16 @@ while true do
 end
 """
 
+# Move the head of the first non-empty list of KEYS[2...] to the tail of the in-flight list
+# KEYS[1]: a take in one round trip while events wait, however many lists a worker serves.
+_TAKE_FIRST = """
+for i = 2, #KEYS do
+  local item = redis.call('LMOVE', KEYS[i], KEYS[1], 'LEFT', 'RIGHT')
+  if item then return item end
+end
+return false
+"""
+
 # Move one item (ARGV[1]) out of an in-flight list (KEYS[1]) as new values (ARGV[3...]) onto a
 # list (KEYS[2]), trimmed to ARGV[2] items if > 0; only if the item was still there, so that a
 # retry after Redis lost the answer, or after the reaper took the item, queues nothing twice.
@@ -118,6 +128,7 @@ class RedisListSource:
         self.shared = True  # takes from the events list too, not only from the models' lists
         self._requeue = r.register_script(_REQUEUE)
         self._settle = r.register_script(_SETTLE)
+        self._take_first = r.register_script(_TAKE_FIRST)
 
     # -- consuming ---------------------------------------------------------------------------
     def take(self, timeout: float) -> Delivery | None:
@@ -125,14 +136,13 @@ class RedisListSource:
 
         The caller must check `attempt` against `worker.max_deliveries`: requeues count up.
         """
-        lists = self.model_queues if self.shared else self.model_queues[1:]
-        for queue in lists:  # moved here by workers of other pools
-            item = self.r.lmove(queue, self.inflight, "LEFT", "RIGHT")
-            if item is not None:
-                return unwrap(item)
+        lists = self.model_queues if self.shared else self.model_queues[1:]  # filled by other pools
+        blocking = self.events_key if self.shared else self.model_queues[0]
+        item = self._take_first(keys=[self.inflight, *lists, blocking])
+        if item is not None:
+            return unwrap(item)
         # Blocking on one list, the others wait their turn: at most ROUND seconds.
         wait = min(timeout, MODEL_QUEUE_ROUND) if lists else timeout
-        blocking = self.events_key if self.shared else self.model_queues[0]
         item = self.r.blmove(blocking, self.inflight, wait, "LEFT", "RIGHT")
         return None if item is None else unwrap(item)
 

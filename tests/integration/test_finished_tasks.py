@@ -3,8 +3,8 @@ a second lookup costs no round trip, and every change of a finished record reach
 from __future__ import annotations
 
 import pytest
-import redis
 
+from checks import counting_commands
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.tasks import TaskStore, derive_task_id
 
@@ -12,19 +12,6 @@ KEY = "input/kept/a.jpg"
 RESULTS = {"output": "output/kept/a.jpg.png", "mask": "masks/kept/a.jpg.png"}
 # Long enough that a stale entry could only have gone because a change was heard.
 FOREVER_S = 3600
-
-
-def counting_commands(r: redis.Redis) -> list[str]:
-    """The commands `r` sends from now on (other tests' servers share this Redis's counters)."""
-    sent: list[str] = []
-    send = r.execute_command
-
-    def execute_command(*args, **options):
-        sent.append(args[0])
-        return send(*args, **options)
-
-    r.execute_command = execute_command
-    return sent
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from checks import make_photos, start_worker, stop_worker
+from checks import counting_commands, make_photos, start_worker, stop_worker
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key, model_queue_key, task_key
 from maskflow.infra.stores.queue import RedisListSource
@@ -60,6 +60,20 @@ def test_each_task_ends_on_the_pool_of_its_model(servers, clean_redis, mc, tasks
             assert task.status == "completed" and task.model == model, task
             assert r.hget(task_key(task.task_id), "worker").decode() == worker, task
     assert not r.llen(DEAD_LETTER_KEY)
+
+
+def test_a_take_is_one_round_trip_while_events_wait(servers, clean_redis):
+    r, events = clean_redis, servers.cfg.queue.events_key
+    source = RedisListSource(servers.redis(), servers.cfg, "light-0")
+    source.serve(("person", "general"))
+    r.rpush(events, b"warm-up", b"first", b"second")
+    assert source.take(0.2).message == b"warm-up"  # Redis has the script from here on
+    r.rpush(model_queue_key(events, "general"), b"for-general")
+    sent = counting_commands(source.r)
+    assert [source.take(0.2).message for _ in range(3)] == [b"for-general", b"first", b"second"]
+    assert sent == ["EVALSHA"] * 3
+    assert source.take(0.2) is None and sent[3:] == ["EVALSHA", "BLMOVE"]
+    assert r.lrange(inflight_key("light-0"), 0, -1) == [b"warm-up", b"for-general", b"first", b"second"]
 
 
 def test_a_source_off_the_shared_list_takes_only_its_models_lists(servers, clean_redis):
