@@ -44,6 +44,8 @@ class ChangeFeed:
         self._closed = threading.Event()
 
     def start(self) -> None:
+        if self._thread is not None:
+            return
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, name="task-changes", daemon=True)
@@ -55,7 +57,6 @@ class ChangeFeed:
 
     def listen(self, listener: Callable[[str | None], None]) -> None:
         self._listeners.append(listener)
-        self.start()
 
     def watch(self, task_id: str) -> threading.Event:
         """An event set on the task's next change; hand it back with `unwatch`."""
@@ -135,6 +136,7 @@ class FinishedTasks:
         feed.listen(self._forget)
 
     def get(self, task_id: str) -> Task | None:
+        self.feed.start()  # on the first lookup: kept records need the feed
         now = time.monotonic()
         entry = self._entries.get(task_id)
         if entry is not None and entry[0] > now and self.feed.subscribed.is_set():

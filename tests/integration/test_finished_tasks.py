@@ -20,6 +20,7 @@ def store(servers, clean_redis):
     tasks = TaskStore(r, servers.cfg)
     tasks.sent = counting_commands(r)
     tasks.keep_finished(max_age=FOREVER_S)
+    tasks.changes.start()  # as the first lookup does
     assert tasks.changes.subscribed.wait(10), "the change feed did not subscribe"
     yield tasks
     tasks.changes.close()

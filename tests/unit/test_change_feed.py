@@ -66,6 +66,9 @@ class AnnouncingFeed:
     def listen(self, listener) -> None:
         self.listeners.append(listener)
 
+    def start(self) -> None:
+        pass
+
     def announce(self, task_id: str | None) -> None:
         for listener in self.listeners:
             listener(task_id)
