@@ -96,11 +96,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     TooManyPixels (all ImageRejected)."""
     fmt, _w, _h, orientation = check_header(data, max_pixels)
     buf = np.frombuffer(data, np.uint8)
-    flags = JPEG_FLAGS if fmt == "jpeg" else cv2.IMREAD_UNCHANGED
+    jpeg = fmt == "jpeg"
     try:
         # IMREAD_UNCHANGED keeps alpha and 16 bit; both skip OpenCV's EXIF handling,
         # which we do ourselves (above) for every format.
-        img = cv2.imdecode(buf, flags)
+        img = cv2.imdecode(buf, JPEG_FLAGS if jpeg else cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise CorruptImage(f"{fmt.upper()} could not be decoded: {str(exc).strip().splitlines()[-1]}") from exc
     if img is None or img.size == 0:
@@ -109,7 +109,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise TooManyPixels(f"decoded image is {img.shape[1]}x{img.shape[0]}, limit is {max_pixels} pixels",
                             img.shape[1], img.shape[0], max_pixels)
 
-    if flags == JPEG_FLAGS:
+    if jpeg:  # upright RGB already, but for its orientation
         return np.ascontiguousarray(_apply_orientation(img, orientation))
     if img.ndim == 2:
         img = img[:, :, None]
