@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(problem)
         deps = build_deps(cfg, args.config)
         server = create_server(create_app(deps), cfg,
-                               max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK)
+                               max_body_bytes=cfg.task.max_upload_bytes + MULTIPART_SLACK,
+                               metrics=deps.http_metrics)
     except ConfigError as exc:
         print(f"maskflow api: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ Any other numeric field is exported per worker as maskflow_worker_field{worker,f
 """
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -57,20 +58,28 @@ class HttpMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
+        # Per (method, route): how many requests fell in each bucket alone, the last one past
+        # every bound; render() sums them up into Prometheus' cumulative buckets.
         self.buckets: dict[tuple[str, str], list[int]] = {}
         self.sums: dict[tuple[str, str], float] = defaultdict(float)
         self.counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.queued_total = 0  # requests that found every server thread busy (api/server.py)
+        self.queued_max = 0
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self.requests[(method, route, str(status))] += 1
             key = (method, route)
-            counts = self.buckets.setdefault(key, [0] * len(LATENCY_BUCKETS))
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
+            counts = self.buckets.setdefault(key, [0] * (len(LATENCY_BUCKETS) + 1))
+            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds
             self.sums[key] += seconds
             self.counts[key] += 1
+
+    def queued(self, depth: int) -> None:
+        """One request waits for a thread, with `depth` requests waiting in all."""
+        with self._lock:
+            self.queued_total += 1
+            self.queued_max = max(self.queued_max, depth)
 
     def render(self) -> list[str]:
         with self._lock:
@@ -82,9 +91,11 @@ class HttpMetrics:
             lines += ["# HELP maskflow_http_request_duration_seconds HTTP request latency.",
                       "# TYPE maskflow_http_request_duration_seconds histogram"]
             for (method, route), counts in sorted(self.buckets.items()):
+                cumulative = 0
                 for bound, n in zip(LATENCY_BUCKETS, counts):
+                    cumulative += n
                     lines.append("maskflow_http_request_duration_seconds_bucket"
-                                 f"{_labels(method=method, route=route, le=_num(bound))} {n}")
+                                 f"{_labels(method=method, route=route, le=_num(bound))} {cumulative}")
                 total = self.counts[(method, route)]
                 lines.append("maskflow_http_request_duration_seconds_bucket"
                              f"{_labels(method=method, route=route, le='+Inf')} {total}")
@@ -92,6 +103,13 @@ class HttpMetrics:
                              f"{_labels(method=method, route=route)} {self.sums[(method, route)]:.6f}")
                 lines.append("maskflow_http_request_duration_seconds_count"
                              f"{_labels(method=method, route=route)} {total}")
+            lines += ["# HELP maskflow_http_requests_queued_total Requests that found every server "
+                      "thread busy and waited (raise api.threads, or add API processes).",
+                      "# TYPE maskflow_http_requests_queued_total counter",
+                      f"maskflow_http_requests_queued_total {self.queued_total}",
+                      "# HELP maskflow_http_queue_depth_max Most requests waiting at once since start.",
+                      "# TYPE maskflow_http_queue_depth_max gauge",
+                      f"maskflow_http_queue_depth_max {self.queued_max}"]
         return lines
 
 

@@ -13,7 +13,9 @@ clients stop the server from accepting anyone else. Here:
   while a request is being served or the connection idles between requests (that idle time
   is `api.channel_timeout`);
 * waitress' own error answers (malformed request, body or headers too large) use the API's
-  JSON error shape instead of plain text.
+  JSON error shape instead of plain text;
+* a request that finds every thread busy is counted for /metrics (`QueueWatch`) instead of
+  logged one by one.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from waitress.task import ErrorTask
 
 from maskflow.api.errors import body as error_body
 from maskflow.api.errors import default_code
+from maskflow.api.metrics import HttpMetrics
 from maskflow.infra.wiring.config import Config, ConfigError
 
 log = logging.getLogger("maskflow.api")
@@ -92,6 +95,26 @@ def guarded_channel(request_timeout: float, min_request_rate: float) -> type[HTT
     return GuardedChannel
 
 
+class QueueWatch:
+    """Takes the place of waitress' queue logger, which warns "Task queue depth is N" for every
+    request that finds all threads busy: under load, a line per request (and 1.5 % of the
+    API's time).  Counts them for /metrics instead, and logs at most one line a minute."""
+
+    def __init__(self, metrics: HttpMetrics, log_every: float = 60.0):
+        self.metrics = metrics
+        self.log_every = log_every
+        self._next_log = 0.0
+
+    def warning(self, _message: str, depth: int) -> None:
+        # Waitress calls this under its dispatcher's lock: one caller at a time.
+        self.metrics.queued(depth)
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + self.log_every
+            log.warning("requests are waiting for a free thread (%d queued now); "
+                        "maskflow_http_requests_queued_total counts them", depth)
+
+
 def ensure_fd_limit(connections: int) -> int:
     """Raise the soft open-file limit to what `connections` need; refuse if the hard one is lower."""
     need = connections * FDS_PER_CONNECTION + RESERVED_FDS
@@ -106,8 +129,9 @@ def ensure_fd_limit(connections: int) -> int:
     return soft
 
 
-def create_server(app, cfg: Config, max_body_bytes: int):
+def create_server(app, cfg: Config, max_body_bytes: int, metrics: HttpMetrics | None = None):
     """A waitress server for `app` with the settings above; `.run()` serves until stopped.
+    `metrics` (the app's) counts the requests that waited for a thread.
 
     Call `ensure_fd_limit(cfg.api.connection_limit)` first.
     """
@@ -125,4 +149,6 @@ def create_server(app, cfg: Config, max_body_bytes: int):
     for dispatcher in sockets.values():  # one listening server per address
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = channel
+    if metrics is not None:
+        server.task_dispatcher.queue_logger = QueueWatch(metrics)
     return server

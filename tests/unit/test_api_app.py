@@ -143,11 +143,16 @@ def test_latency_histogram_is_cumulative():
     m = HttpMetrics()
     m.observe("GET", "/healthz", 200, 0.003)
     m.observe("GET", "/healthz", 200, 0.2)
+    m.observe("GET", "/healthz", 200, 0.005)  # on a bound: `le` counts it
+    m.observe("GET", "/healthz", 200, 40.0)  # past every bound: only +Inf
     lines = m.render()
-    assert 'maskflow_http_requests_total{method="GET",route="/healthz",status="200"} 2' in lines
-    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.005"} 1' in lines
-    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.25"} 2' in lines
-    assert 'maskflow_http_request_duration_seconds_count{method="GET",route="/healthz"} 2' in lines
+    assert 'maskflow_http_requests_total{method="GET",route="/healthz",status="200"} 4' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.005"} 2' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.1"} 2' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="0.25"} 3' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="30"} 3' in lines
+    assert 'maskflow_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="+Inf"} 4' in lines
+    assert 'maskflow_http_request_duration_seconds_count{method="GET",route="/healthz"} 4' in lines
 
 
 def test_metrics_labels_come_from_a_fixed_set(client):
