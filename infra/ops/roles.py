@@ -53,9 +53,9 @@ _REDIS_COMMANDS = {
         "+@stream"]),
     "worker": " ".join([
         _CONNECTION, _SCRIPTS,
-        "+blmove +lmove +lrange +llen +lrem +rpop +lpush +rpush +ltrim",           # events, in flight
+        "+blmove +lmove +lrange +llen +lrem +lpop +rpop +lpush +rpush +ltrim",     # events, in flight
         "+get +hget +hmget +hgetall +exists +set +hset +hdel +hincrby +expire +del",
-        "+sadd +srem +smembers +zadd +zrem +zscore +zrangebyscore +publish",
+        "+sadd +srem +smembers +zadd +zrem +zscore +zrangebyscore +zremrangebyscore +publish",
         "+multi +exec +discard",                                                   # heartbeats
         "+@stream"]),
     "webhooks": " ".join([

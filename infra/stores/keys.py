@@ -14,6 +14,9 @@ Keys, with the code that writes them:
 ``maskflow:workers``                   set: worker ids that have heartbeated (workers.py)
 ``maskflow:worker:<worker>``           hash with a TTL: a worker's heartbeat, fields below
 ``maskflow:dead``                      list: dead letters, JSON records (queue.py)
+``maskflow:taken``                     sorted set: SHA-1 of each MinIO message taken from the
+                                       events list -> when, for a few minutes: its twin from
+                                       MinIO's other target is dropped at take (queue.py)
 ``maskflow:task:<task_id>``            hash: one task; its fields are private to tasks.py
 ``maskflow:key:<input_key>``           string: the task id of an input key (tasks.py)
 ``maskflow:batch:<prefix>``            hash: task counts by status, plus ``total`` (tasks.py)
@@ -37,7 +40,7 @@ in KEYS[] (none is built inside a script), and each multi-key command or transac
 its keys too, so Redis Cluster could route them.  What they touch together:
 
 * taking an event (BLMOVE), handing it back, and the reaper's requeue: the events list and
-  one in-flight list; a move to a model's list: that list and one in-flight list; a dead
+  one in-flight list, and a take by script the models' lists and ``taken`` too; a move to a model's list: that list and one in-flight list; a dead
   letter: the dead-letter list and one in-flight list;
 * a heartbeat and a clean exit: the workers set and that worker's heartbeat hash;
 * every task transition (create, begin, finish): the task hash, its key index, its batch
@@ -62,6 +65,7 @@ NAMESPACE = "maskflow"
 
 WORKERS_KEY = f"{NAMESPACE}:workers"
 DEAD_LETTER_KEY = f"{NAMESPACE}:dead"
+TAKEN_KEY = f"{NAMESPACE}:taken"
 STATS_KEY = f"{NAMESPACE}:stats"
 PROCESSING_DEADLINES = f"{NAMESPACE}:deadline:processing"
 UPLOAD_DEADLINES = f"{NAMESPACE}:deadline:upload"

@@ -21,6 +21,12 @@ number, and the worker dead-letters a message once it has had `worker.max_delive
 Dead letters keep the reason, the first 64 KiB of the message and its delivery count; the
 list is trimmed to `queue.dead_letter_max`.
 
+MinIO sends every event twice, through its fast and its durable target (minio-notify.json),
+as the same bytes.  A take from the events list while events wait notes the SHA-1 of each
+message it takes for TWIN_WINDOW_S and drops a message noted already, in the same script: the
+twin costs no delivery.  A twin that gets past it (its first copy was taken by BLMOVE, when
+the list was empty, or came longer ago) is refused at its task's claim, as any duplicate.
+
 Key names are in infra/stores/keys.py.
 """
 from __future__ import annotations
@@ -30,7 +36,7 @@ import time
 
 import redis
 
-from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key, model_queue_key
+from maskflow.infra.stores.keys import DEAD_LETTER_KEY, TAKEN_KEY, inflight_key, model_queue_key
 from maskflow.infra.stores.source import Delivery
 from maskflow.infra.wiring.config import Config
 
@@ -64,12 +70,31 @@ while true do
 end
 """
 
-# Move the head of the first non-empty list of KEYS[2...] to the tail of the in-flight list
+# Seconds a taken message is noted to know its twin: MinIO's durable target sends its copy at
+# its next replay, every 3 s (unless Redis was away, and then the fast copy never came).
+TWIN_WINDOW_S = 120
+# At most this many twins dropped per take, to bound the script's time.
+MAX_TWINS_PER_TAKE = 100
+
+# Move the head of the first non-empty list of KEYS[3...] to the tail of the in-flight list
 # KEYS[1]: a take in one round trip while events wait, however many lists a worker serves.
+# From the events list (ARGV[3]) a message MinIO wrote is noted in the sorted set KEYS[2] (its
+# SHA-1 -> ARGV[1], now) for ARGV[2] seconds, and a message noted already, its twin, is dropped.
+# A redelivery ('#' header) is no twin, and a model's list holds messages noted when first taken.
 _TAKE_FIRST = """
-for i = 2, #KEYS do
-  local item = redis.call('LMOVE', KEYS[i], KEYS[1], 'LEFT', 'RIGHT')
-  if item then return item end
+local now, dropped = tonumber(ARGV[1]), 0
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+for i = 3, #KEYS do
+  while dropped < tonumber(ARGV[4]) do
+    local item = redis.call('LPOP', KEYS[i])
+    if not item then break end
+    if KEYS[i] ~= ARGV[3] or string.sub(item, 1, 1) == '#'
+        or redis.call('ZADD', KEYS[2], 'NX', now, redis.sha1hex(item)) == 1 then
+      redis.call('RPUSH', KEYS[1], item)
+      return item
+    end
+    dropped = dropped + 1
+  end
 end
 return false
 """
@@ -138,7 +163,8 @@ class RedisListSource:
         """
         lists = self.model_queues if self.shared else self.model_queues[1:]  # filled by other pools
         blocking = self.events_key if self.shared else self.model_queues[0]
-        item = self._take_first(keys=[self.inflight, *lists, blocking])
+        item = self._take_first(keys=[self.inflight, TAKEN_KEY, *lists, blocking],
+                                args=[time.time(), TWIN_WINDOW_S, self.events_key, MAX_TWINS_PER_TAKE])
         if item is not None:
             return unwrap(item)
         # Blocking on one list, the others wait their turn: at most ROUND seconds.

@@ -10,7 +10,8 @@ import pytest
 from checks import counting_commands, make_photos, start_worker, stop_worker
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores.keys import DEAD_LETTER_KEY, inflight_key, model_queue_key, task_key
-from maskflow.infra.stores.queue import RedisListSource
+from maskflow.infra.stores import queue
+from maskflow.infra.stores.queue import RedisListSource, wrap
 from maskflow.infra.stores.tasks import derive_task_id
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.wiring.config import replace
@@ -74,6 +75,32 @@ def test_a_take_is_one_round_trip_while_events_wait(servers, clean_redis):
     assert sent == ["EVALSHA"] * 3
     assert source.take(0.2) is None and sent[3:] == ["EVALSHA", "BLMOVE"]
     assert r.lrange(inflight_key("light-0"), 0, -1) == [b"warm-up", b"for-general", b"first", b"second"]
+
+
+def test_a_take_drops_the_twin_of_a_message_it_took_and_nothing_else(servers, clean_redis, monkeypatch):
+    """MinIO's fast and durable targets write each event as the same bytes: the second copy is
+    dropped in the take's own script.  A redelivery, a message routed to a model's list and a
+    copy after the window are taken (the claim refuses a duplicate, as before)."""
+    r, events = clean_redis, servers.cfg.queue.events_key
+    source = RedisListSource(servers.redis(), servers.cfg, "light-0")
+    source.serve(("person", "general"))
+    r.rpush(events, b"event-a", b"event-b", b"event-a")
+    assert [source.take(0.2).message for _ in range(2)] == [b"event-a", b"event-b"]
+    sent = counting_commands(source.r)
+    r.rpush(events, b"event-c")
+    assert source.take(0.2).message == b"event-c"  # past the twin of a, in the same round trip
+    assert sent == ["EVALSHA"] and not r.llen(events)
+    r.rpush(events, b"event-b", wrap(b"event-b", 1, "handed back"))
+    redelivery = source.take(0.2)
+    assert (redelivery.message, redelivery.attempt) == (b"event-b", 2)
+    r.rpush(model_queue_key(events, "general"), b"event-a")  # routed here by another worker
+    assert source.take(0.2).message == b"event-a"
+    monkeypatch.setattr(queue, "TWIN_WINDOW_S", 0)
+    r.rpush(events, b"event-c")
+    assert source.take(0.2).message == b"event-c"
+    assert source.take(0.2) is None
+    assert r.lrange(inflight_key("light-0"), 0, -1) == [
+        b"event-a", b"event-b", b"event-c", wrap(b"event-b", 1, "handed back"), b"event-a", b"event-c"]
 
 
 def test_a_source_off_the_shared_list_takes_only_its_models_lists(servers, clean_redis):
