@@ -189,10 +189,9 @@ def cutout_rgba(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"rgb must be HxWx3 uint8, got {rgb.shape} {rgb.dtype}")
     if mask.shape != rgb.shape[:2] or mask.dtype != np.uint8:
         raise ValueError(f"mask {mask.shape} {mask.dtype} does not match image {rgb.shape[:2]}")
-    # OpenCV, not numpy boolean indexing: 1.3 ms against 35 ms for a 1024x768 photo.  copyTo
-    # leaves what the mask hides at zero, alpha included (it is 0 there).
-    visible = (mask > 0).view(np.uint8)  # cv2.compare misreads a scalar beside 4-wide arrays
-    return cv2.copyTo(cv2.merge((rgb, mask)), visible)
+    # OpenCV, not numpy boolean indexing: 1.1 ms against 35 ms for a 1024x768 photo.  copyTo
+    # copies where the mask is not 0 into zeros; alpha is 0 there already.
+    return cv2.merge((cv2.copyTo(rgb, mask), mask))
 
 
 def encode_cutout_png(rgb: np.ndarray, mask: np.ndarray) -> bytes:
