@@ -120,15 +120,11 @@ class Dispatcher:
                 if now >= next_reclaim:
                     self._take(self.group.reclaim(int(self.reclaim_idle * 1000), READ_COUNT), reclaimed=True)
                     next_reclaim = now + RECLAIM_EVERY_S
-                self._start_due()
-                self._take(self.group.read(READ_COUNT, block_ms=self._block_ms()))
+                next_due = self._start_due()
+                until = 1.0 if next_due is None else next_due - time.time()
+                self._take(self.group.read(READ_COUNT, block_ms=int(1000 * min(1.0, max(0.01, until)))))
         finally:
             self._pool.shutdown(wait=True)
-
-    def _block_ms(self) -> int:
-        due = self.schedule.next_due()
-        until = 1.0 if due is None else due - time.time()
-        return int(1000 * min(1.0, max(0.01, until)))
 
     def _take(self, entries: list[Entry], reclaimed: bool = False) -> None:
         """New (or reclaimed) entries: those with a callback are due now, the rest acknowledged."""
@@ -138,13 +134,21 @@ class Dispatcher:
             if entry.fields.get("callback_url"):
                 self.schedule.add(entry.id, time.time(), keep=reclaimed)
 
-    def _start_due(self) -> None:
-        while not self.stopping.is_set() and self._slots.acquire(blocking=False):
-            due = self.schedule.due(time.time(), 1)
-            if not due:
+    def _start_due(self) -> float | None:
+        """Start the due attempts while a slot is free; when the first one left is due (None:
+        nothing scheduled).  One query of the schedule while nothing is due."""
+        while not self.stopping.is_set():
+            first = self.schedule.first()
+            if first is None:
+                return None
+            entry_id, when = first
+            if when > time.time() or not self._slots.acquire(blocking=False):
+                return when
+            if not self.schedule.own(entry_id):  # another dispatcher took it first
                 self._slots.release()
-                return
-            self._pool.submit(self._attempt_and_release, due[0])
+                continue
+            self._pool.submit(self._attempt_and_release, entry_id)
+        return None
 
     def _attempt_and_release(self, entry_id: str) -> None:
         try:

@@ -61,7 +61,7 @@ _REDIS_COMMANDS = {
     "webhooks": " ".join([
         _CONNECTION, _SCRIPTS,
         "+xreadgroup +xack +xautoclaim +xclaim +xgroup|create +xrevrange +xlen",    # its group
-        "+zadd +zrem +zrange +zrangebyscore +hincrby +hincrbyfloat +hdel",         # schedule, counters
+        "+zadd +zrem +zrange +hincrby +hincrbyfloat +hdel",                         # schedule, counters
         "+hget +hset +publish"]),                                                  # CALLBACK script
     "minio": "+ping +rpush +type +client|setname",
     "admin": "+@all",

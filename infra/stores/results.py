@@ -110,17 +110,14 @@ class Schedule:
         """`keep`: leave an entry's existing time alone (a reclaimed entry already scheduled)."""
         self.r.zadd(WEBHOOKS_DUE, {entry_id: when}, nx=keep)
 
-    def due(self, now: float, count: int) -> list[str]:
-        """Entries due by `now` that this caller now owns."""
-        owned = []
-        for raw in self.r.zrangebyscore(WEBHOOKS_DUE, "-inf", now, start=0, num=count):
-            if self.r.zrem(WEBHOOKS_DUE, raw):  # 0: another dispatcher took it first
-                owned.append(raw.decode())
-        return owned
-
-    def next_due(self) -> float | None:
+    def first(self) -> tuple[str, float] | None:
+        """The entry due first, and when; None when nothing is scheduled."""
         first = self.r.zrange(WEBHOOKS_DUE, 0, 0, withscores=True)
-        return first[0][1] if first else None
+        return (first[0][0].decode(), first[0][1]) if first else None
+
+    def own(self, entry_id: str) -> bool:
+        """Take the entry off the schedule: True if this caller did (it owns that attempt)."""
+        return bool(self.r.zrem(WEBHOOKS_DUE, entry_id))
 
     def attempt(self, entry_id: str) -> int:
         """Count one more attempt; the number of this one."""

@@ -199,7 +199,8 @@ def test_webhooks_redis_allowed_and_denied(setup, servers):
     assert [e.id for e in group.read(10)] == [entry]
     assert [e.id for e in group.reclaim(0, 10)] == [entry]
     group.ack(entry)
-    Schedule(hooks).add(entry, 1.0), Schedule(hooks).due(2.0, 10), Schedule(hooks).attempt(entry)
+    Schedule(hooks).add(entry, 1.0), Schedule(hooks).first(), Schedule(hooks).own(entry)
+    Schedule(hooks).attempt(entry)
     Schedule(hooks).forget(entry), count_delivery(hooks, "test", 0.1)
     # The outcome is announced on the task's channel, so API processes drop what they kept of it.
     assert TaskStore(hooks, cfg).record_callback(task, "01", "delivered", 1, "")
