@@ -132,8 +132,11 @@ def test_batch_100_nested_interrupt_then_rerun_finishes_rest(stack, tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "maskflow.infra.sdk.cli", "batch", str(photos), "--prefix", "hundred",
             "--out", str(out)]
+    # Ctrl-C as in a terminal: a job started in the background by a non-interactive shell
+    # (a CI runner's `cmd &`) inherits SIGINT ignored, and Python then leaves it ignored.
     first = subprocess.Popen(argv, cwd=tmp_path, env=_env(stack.cfg), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     worker = stack.running("worker-0")
     assert worker
     stopped = False
