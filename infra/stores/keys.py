@@ -15,7 +15,7 @@ Keys, with the code that writes them:
 ``maskflow:worker:<worker>``           hash with a TTL: a worker's heartbeat, fields below
 ``maskflow:dead``                      list: dead letters, JSON records (queue.py)
 ``maskflow:taken``                     sorted set: SHA-1 of each MinIO message taken from the
-                                       events list -> when, for a few minutes: its twin from
+                                       events list -> when, for two minutes: its twin from
                                        MinIO's other target is dropped at take (queue.py)
 ``maskflow:task:<task_id>``            hash: one task; its fields are private to tasks.py
 ``maskflow:key:<input_key>``           string: the task id of an input key (tasks.py)
@@ -40,8 +40,9 @@ in KEYS[] (none is built inside a script), and each multi-key command or transac
 its keys too, so Redis Cluster could route them.  What they touch together:
 
 * taking an event (BLMOVE), handing it back, and the reaper's requeue: the events list and
-  one in-flight list, and a take by script the models' lists and ``taken`` too; a move to a model's list: that list and one in-flight list; a dead
-  letter: the dead-letter list and one in-flight list;
+  one in-flight list (a take by script also the models' lists and ``taken``); a move to a
+  model's list: that list and one in-flight list; a dead letter: the dead-letter list and
+  one in-flight list;
 * a heartbeat and a clean exit: the workers set and that worker's heartbeat hash;
 * every task transition (create, begin, finish): the task hash, its key index, its batch
   counters, the global status counts and both deadline sets, and ``begin`` also the heartbeat
