@@ -11,7 +11,7 @@ clients stop the server from accepting anyone else. Here:
   one second per `api.min_request_rate` bytes it sent, is closed (like Apache's
   mod_reqtimeout). The clock starts at accept or at the first byte of a request and stops
   while a request is being served or the connection idles between requests (that idle time
-  is `api.channel_timeout`);
+  is `api.channel_timeout`). Both are checked once a second;
 * waitress' own error answers (malformed request, body or headers too large) use the API's
   JSON error shape instead of plain text;
 * a request that finds every thread busy is counted for /metrics (`QueueWatch`) instead of
@@ -62,37 +62,46 @@ class JsonErrorTask(ErrorTask):
         self.write(data)
 
 
-def guarded_channel(request_timeout: float, min_request_rate: float) -> type[HTTPChannel]:
-    """An HTTPChannel that closes itself when a request arrives too slowly."""
+class GuardedChannel(HTTPChannel):
+    """An HTTPChannel that keeps the clock of the request it is receiving, for
+    `close_slow_requests`."""
 
-    class GuardedChannel(HTTPChannel):
-        error_task_class = JsonErrorTask
+    error_task_class = JsonErrorTask
 
-        def __init__(self, *args, **kwargs):
-            # The first request's clock starts at accept: a silent connection is a slow one.
-            self._started: float | None = time.monotonic()
-            self._received = 0
-            super().__init__(*args, **kwargs)
+    def __init__(self, *args, **kwargs):
+        # The first request's clock starts at accept: a silent connection is a slow one.
+        self.request_started: float | None = time.monotonic()
+        self.request_bytes = 0
+        super().__init__(*args, **kwargs)
 
-        def received(self, data: bytes) -> bool:
-            if self._started is None:
-                self._started, self._received = time.monotonic(), 0
-            self._received += len(data)
-            result = super().received(data)
-            if self.request is None:  # nothing half-received: the clock stops
-                self._started = None
-            return result
+    def received(self, data: bytes) -> bool:
+        if self.request_started is None:
+            self.request_started, self.request_bytes = time.monotonic(), 0
+        self.request_bytes += len(data)
+        result = super().received(data)
+        if self.request is None:  # nothing half-received: the clock stops
+            self.request_started = None
+        return result
 
-        def readable(self) -> bool:
-            # The event loop asks every channel this at least once a second (its poll timeout).
-            if (self._started is not None and not self.requests
-                    and time.monotonic() > self._started + request_timeout
-                    + self._received / min_request_rate):
-                self.will_close = True  # the loop then closes it, as waitress' own timeout does
-                return False
-            return super().readable()
 
-    return GuardedChannel
+def close_slow_requests(server: BaseWSGIServer, request_timeout: float, min_request_rate: float) -> None:
+    """Close the channels of `server` whose request arrives too slowly, from the maintenance
+    waitress runs every `cleanup_interval` seconds in its event loop.  Checked there, not in
+    each channel's readable(): the loop asks every channel that on each of its turns, and
+    checking there cost 12-15 % of a bare route's requests per second at 16 connections
+    (docs/benchmarks.md)."""
+    waitress_maintenance = server.maintenance
+
+    def maintenance(now: float) -> None:
+        waitress_maintenance(now)  # channel_timeout: idle connections
+        clock = time.monotonic()
+        for channel in list(server.active_channels.values()):
+            started = getattr(channel, "request_started", None)
+            if (started is not None and not channel.requests
+                    and clock > started + request_timeout + channel.request_bytes / min_request_rate):
+                channel.will_close = True  # the loop then closes it, as waitress' own timeout does
+
+    server.maintenance = maintenance
 
 
 class QueueWatch:
@@ -144,11 +153,13 @@ def create_server(app, cfg: Config, max_body_bytes: int, metrics: HttpMetrics | 
         # Waitress buffers a whole body before the app runs and refuses it past this size
         # (its check is ">="); the app applies each route's own, smaller limit.
         max_request_body_size=max_body_bytes + 1,
+        # How often the slow-request check below runs (waitress' own default: 30 s).
+        cleanup_interval=1,
         ident="maskflow")
-    channel = guarded_channel(api.request_timeout, api.min_request_rate)
     for dispatcher in sockets.values():  # one listening server per address
         if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = channel
+            dispatcher.channel_class = GuardedChannel
+            close_slow_requests(dispatcher, api.request_timeout, api.min_request_rate)
     if metrics is not None:
         server.task_dispatcher.queue_logger = QueueWatch(metrics)
     return server
