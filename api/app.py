@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import falcon
+import orjson
 
 from maskflow.api import errors
 from maskflow.api.deps import API, Deps
@@ -39,6 +40,8 @@ def create_app(deps: Deps) -> falcon.App:
         middleware.append(BearerAuth(deps.tokens))
     middleware.append(BodyLimit())
     app = falcon.App(middleware=middleware)
+    # Answers only: requests keep the stdlib's parser, whose errors the tests pin down.
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=orjson.dumps)
     errors.install(app)
 
     static = StaticResource()
