@@ -228,6 +228,29 @@ def test_predict_output_at_input_resolution(person_model):
     assert np.abs(mask / 255.0 - want).max() <= 0.5 / 255 + 1e-6
 
 
+def _clipped_mask(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The mask as post-processing always made it: resize, clip to [0, 1], scale, truncate."""
+    h, w = size
+    full = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+    return (np.clip(full, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(768, 1024), (1800, 2400), (123, 77), (256, 256)])
+def test_masks_skip_no_clip_they_need(person_model, size):
+    """An output already in [0, 1] is not clipped at full size: the same bytes as clipping.
+    One that leaves [0, 1] (raw logits) still is."""
+    shape = person_model.manifest.input_height, person_model.manifest.input_width  # its output too
+    channels_last = person_model.manifest.output_layout == "NHWC"
+    in_range = rng.random(shape, dtype=np.float32)
+    in_range[::7, ::5] = 1.0  # edges where interpolation rounds past 1 or below 0 if it can
+    in_range[3::7, 2::5] = 0.0
+    in_range[:40] = 1.0
+    logits = rng.normal(0.5, 2.0, shape).astype(np.float32)
+    for prob in (in_range, logits):
+        out = prob[:, :, None] if channels_last else prob[None]
+        assert np.array_equal(person_model.postprocess(out, size), _clipped_mask(prob, size))
+
+
 def test_predict_batch_equals_single(person_model):
     imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((64, 64), (40, 90), (300, 200))]
     batch = person_model.predict_batch(imgs)
