@@ -95,8 +95,8 @@ def close_slow_requests(server: BaseWSGIServer, request_timeout: float, min_requ
     def maintenance(now: float) -> None:
         waitress_maintenance(now)  # channel_timeout: idle connections
         clock = time.monotonic()
-        for channel in list(server.active_channels.values()):
-            started = getattr(channel, "request_started", None)
+        for channel in list(server.active_channels.values()):  # each a GuardedChannel
+            started = channel.request_started
             if (started is not None and not channel.requests
                     and clock > started + request_timeout + channel.request_bytes / min_request_rate):
                 channel.will_close = True  # the loop then closes it, as waitress' own timeout does
