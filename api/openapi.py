@@ -121,7 +121,9 @@ def document(cfg: Config) -> dict:
             "type": "object", "required": ["entries", "next"],
             "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/ResultEntry"}},
                            "next": {"type": "string", "description": "pass as `after` for the next page"},
-                           "batch": {"type": "object", "description": "with prefix: the batch's counts"}}},
+                           "batch": {"type": "object",
+                                     "description": "with prefix, once the page reached the newest entry: the "
+                                                    "batch's counts, which count no entry after `next`"}}},
         "UploadRequest": {
             "type": "object", "required": ["filename", "content_type"],
             "properties": {

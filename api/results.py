@@ -6,8 +6,14 @@
 * Server-sent events (``Accept: text/event-stream``): one request that stays open; each entry
   is an ``event: result`` with its id (a client resumes with ``Last-Event-ID``), a comment
   line every HEARTBEAT_S keeps proxies from closing it, and it ends after MAX_STREAM_S.
-  With `prefix`, each event also carries the batch's counts, so a progress bar needs no
-  other request.
+  With `prefix`, events also carry the batch's counts, so a progress bar needs no other
+  request, and an ``event: batch`` tells of counts that moved without a result (new uploads).
+
+Counts never run ahead of the entries: a batch's counts and the stream's newest id are read
+in one transaction, and counts go out only with the entries through that id.  So a client
+that stops once ``done`` reaches its total has been sent every result first.  Within one read,
+the earlier entries carry the counts sent before; on a replay (`after` older than the
+newest entry), entries carry none until the stream has caught up.
 
 An entry holds the task's id, input key and version, status, result keys, error, model,
 options and timings; not its callback URL (which may carry the receiver's own token).
@@ -56,33 +62,41 @@ class ResultsResource:
             raise bad_request("after must be given once")
         if not _ID.fullmatch(after):
             raise bad_request(f"after must be a stream id such as 1700000000000-0, got {after[:40]!r}")
-        if after == "$":
-            after = results.last_id(self.deps.redis)  # "only new ones", as an id the answer can carry
         if "text/event-stream" in (req.accept or ""):
             self._stream(resp, after, prefix)
             return
         limit = int(_number(req, "limit", 100, 1, 1000))
         wait = _number(req, "wait", 0, 0, MAX_WAIT_S)
-        entries, last = self._read(after, prefix, limit, int(wait * 1000))
+        entries, last, batch = self._read(after, prefix, limit, int(wait * 1000))
         resp.media = {"entries": [shown(e) for e in entries], "next": last,
-                      **({"batch": self._batch(prefix)} if prefix else {})}
+                      **({"batch": batch} if batch else {})}
 
-    def _read(self, after: str, prefix: str, limit: int, block_ms: int) -> tuple[list[Entry], str]:
-        """Entries after `after` under `prefix`, and the id the reader got to (past filtered ones)."""
+    def _read(self, after: str, prefix: str, limit: int, block_ms: int) -> tuple[list[Entry], str, dict | None]:
+        """Entries after `after` under `prefix`; the id the reader got to (past filtered ones);
+        and with a prefix, the batch's counts if the read got through every entry they count
+        (None when it stopped at `limit` before that)."""
         deadline = time.monotonic() + block_ms / 1000
         while True:
-            left = int(1000 * (deadline - time.monotonic()))
-            got = results.read_after(self.deps.redis, after, limit, min(BLOCK_MS, left) if left > 0 else None)
+            batch, newest = self._snapshot(prefix)
+            if after == "$":  # "only new ones", as an id the answer can carry
+                after = newest
+            got = results.read_through(self.deps.redis, after, newest, limit)
             if got:
                 after = got[-1].id
+            caught_up = len(got) < limit or after == newest
             matching = [e for e in got if e.input_key.startswith(prefix)]
-            if matching or left <= 0 or (got and len(got) == limit):
-                return matching, after
+            left = int(1000 * (deadline - time.monotonic()))
+            if matching or not caught_up or left <= 0:
+                return matching, after, batch if caught_up else None
+            results.wait_after(self.deps.redis, after, min(BLOCK_MS, left))
 
-    def _batch(self, prefix: str) -> dict:
-        total, counts = self.deps.tasks.batch_counts(prefix)
-        return {"prefix": prefix, "total": total, "done": counts.get("completed", 0) + counts.get("failed", 0),
-                "counts": counts}
+    def _snapshot(self, prefix: str) -> tuple[dict | None, str]:
+        """The batch's counts (None without a prefix) and the newest stream id they account for."""
+        if not prefix:
+            return None, results.last_id(self.deps.redis)
+        total, counts, newest = self.deps.tasks.batch_counts(prefix)
+        done = counts.get("completed", 0) + counts.get("failed", 0)
+        return {"prefix": prefix, "total": total, "done": done, "counts": counts}, newest
 
     def _stream(self, resp: falcon.Response, after: str, prefix: str) -> None:
         if not self.streams.acquire(blocking=False):
@@ -96,14 +110,23 @@ class ResultsResource:
     def _events(self, after: str, prefix: str) -> Iterator[bytes]:
         try:
             yield b": maskflow results\n\n"
-            if prefix:  # where the batch stands, before any entry
-                yield f"event: batch\ndata: {json.dumps(self._batch(prefix))}\n\n".encode()
+            sent = None  # the counts last sent, which no entry still to come is counted in
+            batch, newest = self._snapshot(prefix)
+            if after == "$":
+                after = newest
+            if batch and _stream_order(after) >= _stream_order(newest):  # where the batch stands
+                sent = batch
+                yield _event("batch", batch)
             started = quiet_since = time.monotonic()
             while time.monotonic() - started < MAX_STREAM_S:
-                entries, after = self._read(after, prefix, 500, BLOCK_MS)
+                entries, after, batch = self._read(after, prefix, 500, BLOCK_MS)
                 for entry in entries:
-                    data = {**shown(entry), **({"batch": self._batch(prefix)} if prefix else {})}
-                    yield f"id: {entry.id}\nevent: result\ndata: {json.dumps(data)}\n\n".encode()
+                    counts = batch if entry is entries[-1] and batch else sent
+                    yield _event("result", {**shown(entry), **({"batch": counts} if counts else {})}, entry.id)
+                if batch:
+                    if not entries and batch != sent:
+                        yield _event("batch", batch)
+                    sent = batch
                 if entries:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= HEARTBEAT_S:
@@ -111,6 +134,16 @@ class ResultsResource:
                     quiet_since = time.monotonic()
         finally:
             self.streams.release()
+
+
+def _event(kind: str, data: dict, event_id: str = "") -> bytes:
+    return (f"id: {event_id}\n" if event_id else "").encode() + f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id as Redis orders it ("<ms>" reads as "<ms>-0")."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _number(req: falcon.Request, name: str, default: float, lo: float, hi: float) -> float:

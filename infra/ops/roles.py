@@ -50,6 +50,7 @@ _REDIS_COMMANDS = {
         "+get +hget +hmget +hgetall +llen +smembers +zrange",                     # lookups, /metrics
         "+exists +set +hset +hdel +hincrby +expire +zadd +zrem +publish",         # its task scripts
         "+psubscribe +punsubscribe +subscribe +unsubscribe",                       # change feed
+        "+multi +exec +discard",                                 # a batch's counts with the stream's end
         "+@stream"]),
     "worker": " ".join([
         _CONNECTION, _SCRIPTS,

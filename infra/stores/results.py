@@ -60,6 +60,16 @@ def read_after(r: redis.Redis, after: str, count: int, block_ms: int | None = No
     return _entries(answer[0][1]) if answer else []
 
 
+def read_through(r: redis.Redis, after: str, last: str, count: int) -> list[Entry]:
+    """At most `count` entries after `after`, up to and including `last`."""
+    return _entries(r.xrange(RESULTS_STREAM, min=f"({after}", max=last, count=count))
+
+
+def wait_after(r: redis.Redis, after: str, block_ms: int) -> None:
+    """Return once an entry after `after` exists, or after `block_ms`."""
+    r.xread({RESULTS_STREAM: after}, count=1, block=block_ms)
+
+
 def last_id(r: redis.Redis) -> str:
     """The newest entry's id, "0-0" for an empty stream: where to start following."""
     newest = r.xrevrange(RESULTS_STREAM, count=1)

@@ -300,11 +300,17 @@ class TaskStore:
         counts = {k.decode(): int(v) for k, v in raw.items()}
         return {s: counts.get(s, 0) for s in STATUSES}
 
-    def batch_counts(self, prefix: str) -> tuple[int, dict[str, int]]:
-        """A batch's total and counts by status, without its failures."""
-        counts = {k.decode(): int(v) for k, v in self.r.hgetall(batch_key(prefix)).items()}
+    def batch_counts(self, prefix: str) -> tuple[int, dict[str, int], str]:
+        """A batch's total and counts by status (without its failures), and the results stream's
+        newest id, read in one transaction: a transition's script moves the counts and appends
+        its entry together, so these counts count no entry after that id ("0-0": none)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(batch_key(prefix))
+        pipe.xrevrange(RESULTS_STREAM, count=1)
+        raw, newest = pipe.execute()
+        counts = {k.decode(): int(v) for k, v in raw.items()}
         total = counts.pop("total", 0)
-        return total, {s: counts.get(s, 0) for s in STATUSES}
+        return total, {s: counts.get(s, 0) for s in STATUSES}, newest[0][0].decode() if newest else "0-0"
 
     def batch(self, prefix: str, offset: int = 0, limit: int = 100) -> BatchSummary | None:
         raw = self.r.hgetall(batch_key(prefix))

@@ -2,10 +2,14 @@
 transition's own script; consumer groups read each once and reclaim a dead consumer's."""
 from __future__ import annotations
 
+import json
 from collections import Counter
+from types import SimpleNamespace
 
+import falcon
 import pytest
 
+from maskflow.api import results as results_api
 from maskflow.infra.stores import results
 from maskflow.infra.stores.keys import RESULTS_STREAM, heartbeat_key
 from maskflow.infra.stores.results import Group
@@ -107,3 +111,52 @@ def test_a_group_reads_every_entry_once_and_reclaims_a_dead_consumers(task_store
     c.ack(*[e.id for e in claimed])
     assert clean_redis.xpending(RESULTS_STREAM, "readers")["pending"] == 0
     assert a.read(10) == [] and c.read(10) == []  # nothing is read twice
+
+
+def _sse(chunk: bytes) -> tuple[str, dict]:
+    """(event, data) of one server-sent event; ("comment", {}) for a comment line."""
+    fields = dict(line.split(": ", 1) for line in chunk.decode().strip().split("\n"))
+    if "event" not in fields:
+        return "comment", {}
+    return fields["event"], json.loads(fields["data"])
+
+
+def test_the_api_sends_a_batchs_counts_only_after_every_result_they_count(servers, task_store, clean_redis,
+                                                                          monkeypatch):
+    """A client that stops when `done` reaches its total must have been sent every result: the
+    CI failure this pins down was `maskflow watch --expect 200` leaving with 199 results."""
+    monkeypatch.setattr(results_api, "BLOCK_MS", 50)  # the idle read's wait, before a batch-only event
+    resource = results_api.ResultsResource(SimpleNamespace(cfg=servers.cfg, tasks=task_store, redis=clean_redis))
+    keys = [f"input/c/{name}.jpg" for name in "abcd"]
+    for key in keys[:3]:
+        task_store.begin(key, key, "e", "01", "w", "r")
+
+    def follow(after: str):
+        resp = falcon.Response()
+        resource._stream(resp, after, "input/c/")
+        return (_sse(chunk) for chunk in resp.stream)
+
+    live = follow("$")
+    assert next(live) == ("comment", {})
+    kind, batch = next(live)
+    assert kind == "batch" and batch["total"] == 3 and batch["done"] == 0
+    task_store.complete(keys[0], "01", OUT)
+    task_store.complete(keys[1], "01", OUT)  # both land before the stream reads either
+    first, second = next(live), next(live)
+    assert first[1]["input_key"] == keys[0] and first[1]["batch"]["done"] == 0  # not 2: b is still to come
+    assert second[1]["input_key"] == keys[1] and second[1]["batch"]["done"] == 2
+    task_store.complete(keys[2], "01", OUT)
+    assert next(live)[1]["batch"] == {"prefix": "input/c/", "total": 3, "done": 3,
+                                      "counts": {"pending": 0, "processing": 0, "completed": 3, "failed": 0}}
+    task_store.create_pending(keys[3], keys[3])  # counts that move without a result
+    kind, batch = next(live)
+    assert kind == "batch" and batch["total"] == 4 and batch["done"] == 3
+    # a replay: no counts until it has caught up, as they count results still to be replayed
+    replay = [event for _, event in zip(range(4), follow("0"))]
+    assert [kind for kind, _ in replay] == ["comment", "result", "result", "result"]
+    assert [event.get("batch", {}).get("done") for _, event in replay[1:]] == [None, None, 3]
+    # the JSON page: counts only on a page that got to the newest entry
+    cut, cut_next, cut_batch = resource._read("0", "input/c/", 2, 0)
+    assert len(cut) == 2 and cut_batch is None
+    rest, _, batch = resource._read(cut_next, "input/c/", 10, 0)
+    assert [e.input_key for e in rest] == [keys[2]] and batch["done"] == 3
