@@ -1,7 +1,8 @@
 """`python -m maskflow.functions.webhooks`: the webhook dispatcher.
 
-It reads the results stream as the consumer group ``webhooks`` and POSTs each finished task
-that has a callback_url to it, signed (infra/domain/signatures.py).  At least once, bounded:
+It reads the webhooks stream, where each finished task that has a callback_url has its entry
+(and no other task has one), as the consumer group ``webhooks``, and POSTs each task to its
+callback_url, signed (infra/domain/signatures.py).  At least once, bounded:
 
 * an entry is acknowledged (XACK) only once its delivery succeeded or gave up, so a
   dispatcher that dies leaves it pending, and a live one claims it (XAUTOCLAIM) after
@@ -34,7 +35,7 @@ from tenacity import RetryCallState, wait_exponential, wait_random
 
 from maskflow.infra.domain import signatures
 from maskflow.infra.stores import results
-from maskflow.infra.stores.keys import RESULTS_STREAM
+from maskflow.infra.stores.keys import WEBHOOKS_STREAM
 from maskflow.infra.stores.objects import ObjectStore
 from maskflow.infra.stores.results import Entry, Group, Schedule
 from maskflow.infra.stores.task_view import task_body
@@ -101,7 +102,7 @@ class Dispatcher:
     def __init__(self, cfg: Config, r: redis.Redis, consumer: str, objects: ObjectStore | None = None,
                  reclaim_idle: float = RECLAIM_IDLE_S):
         self.cfg, self.r, self.consumer = cfg, r, consumer
-        self.group = Group(r, GROUP, consumer)
+        self.group = Group(r, GROUP, consumer, stream=WEBHOOKS_STREAM)
         self.schedule = Schedule(r)
         self.tasks = TaskStore(r, cfg)
         self.objects = objects or ObjectStore(cfg)
@@ -127,12 +128,9 @@ class Dispatcher:
             self._pool.shutdown(wait=True)
 
     def _take(self, entries: list[Entry], reclaimed: bool = False) -> None:
-        """New (or reclaimed) entries: those with a callback are due now, the rest acknowledged."""
-        silent = [e.id for e in entries if not e.fields.get("callback_url")]
-        self.group.ack(*silent)
+        """New (or reclaimed) entries: due now."""
         for entry in entries:
-            if entry.fields.get("callback_url"):
-                self.schedule.add(entry.id, time.time(), keep=reclaimed)
+            self.schedule.add(entry.id, time.time(), keep=reclaimed)
 
     def _start_due(self) -> float | None:
         """Start the due attempts while a slot is free; when the first one left is due (None:
@@ -161,7 +159,7 @@ class Dispatcher:
     # -- one attempt -----------------------------------------------------------------------------
     def attempt(self, entry_id: str) -> Verdict:
         # ours again, idle 0: no other dispatcher reclaims an entry while its attempt runs
-        claimed = self.r.xclaim(RESULTS_STREAM, GROUP, self.consumer, 0, [entry_id])
+        claimed = self.r.xclaim(WEBHOOKS_STREAM, GROUP, self.consumer, 0, [entry_id])
         if not claimed or claimed[0][1] is None:  # trimmed from the stream (MAXLEN) meanwhile
             self.group.ack(entry_id)
             self.schedule.forget(entry_id)

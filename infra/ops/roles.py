@@ -35,7 +35,7 @@ import secrets
 from pathlib import Path
 
 from maskflow.infra.domain.outputs import INPUT_PREFIX, RESULT_KINDS
-from maskflow.infra.stores.keys import (NAMESPACE, PROCESSING_DEADLINES, RESULTS_STREAM, STATS_KEY, UPLOAD_DEADLINES,
+from maskflow.infra.stores.keys import (NAMESPACE, PROCESSING_DEADLINES, STATS_KEY, UPLOAD_DEADLINES, WEBHOOKS_STREAM,
                                         batch_key, index_key, task_channel, task_key)
 from maskflow.infra.wiring.config import SECRET_KEYS, Config, env_for, replace
 
@@ -76,11 +76,11 @@ SENTINEL_USERS = {
 
 
 # What the api writes: the keys of the task scripts it runs (create_pending, fail_pending), and
-# the results stream (issue 28).  Not the events lists, in-flight lists, heartbeats or dead
+# the results and webhooks streams (issue 28).  Not the events lists, in-flight lists, heartbeats or dead
 # letters: a compromised API cannot stall the queue or fake a live worker.  A key the API
 # comes to write goes here.
 API_WRITES = (task_key("*"), index_key("*"), batch_key("*"), STATS_KEY, PROCESSING_DEADLINES,
-              UPLOAD_DEADLINES, f"{NAMESPACE}:results*")
+              UPLOAD_DEADLINES, f"{NAMESPACE}:results*", WEBHOOKS_STREAM)
 
 
 def minio_user(role: str) -> str:
@@ -122,7 +122,7 @@ def redis_rules(role: str, cfg: Config) -> str:
     if role == "minio":
         return f"resetchannels -@all ~{events} {_REDIS_COMMANDS[role]}"
     if role == "webhooks":
-        keys = f"~{RESULTS_STREAM} ~{NAMESPACE}:webhooks:* ~{task_key('*')}"
+        keys = f"~{NAMESPACE}:webhooks:* ~{task_key('*')}"  # its stream, schedule and counters; the records
         return f"resetchannels -@all {keys} &{task_channel('*')} {_REDIS_COMMANDS[role]}"
     # the events list and the per-model lists beside it (<events_key>:<model>)
     keys = f"~{NAMESPACE}:*" + ("" if events.startswith(f"{NAMESPACE}:") else f" ~{events} ~{events}:*")

@@ -32,7 +32,7 @@ from maskflow.infra.ops import install, roles
 from maskflow.infra.ops.bootstrap import BootstrapError, bootstrap_when_ready, notify_env
 from maskflow.infra.ops.console import say
 from maskflow.infra.ops.processes import StackError, alive, free_port, port_is_free, wait_until
-from maskflow.infra.stores.keys import RESULTS_STREAM, Heartbeat
+from maskflow.infra.stores.keys import WEBHOOKS_STREAM, Heartbeat
 from maskflow.infra.stores.workers import worker_status
 from maskflow.infra.domain.catalog import names
 from maskflow.infra.wiring.config import Config, replace, split_address
@@ -246,7 +246,7 @@ class Stack:
         """The webhook dispatcher, as the webhooks role; ready once its group exists (it makes it
         on start; Redis lists a consumer only once it has read an entry)."""
         def reading() -> bool:
-            groups = self.redis_client().xinfo_groups(RESULTS_STREAM)
+            groups = self.redis_client().xinfo_groups(WEBHOOKS_STREAM)
             return any(g["name"] in ("webhooks", b"webhooks") for g in groups)
         return Service("webhooks", [sys.executable, "-m", "maskflow.functions.webhooks", "--id", "webhooks"],
                        roles.service_env(self.cfg, "webhooks", self.credentials), reading,

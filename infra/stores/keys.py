@@ -71,6 +71,8 @@ STATS_KEY = f"{NAMESPACE}:stats"
 PROCESSING_DEADLINES = f"{NAMESPACE}:deadline:processing"
 UPLOAD_DEADLINES = f"{NAMESPACE}:deadline:upload"
 RESULTS_STREAM = f"{NAMESPACE}:results"
+# The entries of the tasks with a callback_url, for the webhook dispatcher alone
+WEBHOOKS_STREAM = f"{NAMESPACE}:webhooks:stream"
 WEBHOOKS_DUE = f"{NAMESPACE}:webhooks:due"
 WEBHOOK_ATTEMPTS = f"{NAMESPACE}:webhooks:attempts"
 WEBHOOK_STATS = f"{NAMESPACE}:webhooks:stats"

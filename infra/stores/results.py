@@ -1,10 +1,12 @@
 """The results stream (``maskflow:results``): one entry per terminal transition of a task,
-appended by the transition's own script (infra/stores/task_scripts.py), read here.
+appended by the transition's own script (infra/stores/task_scripts.py), read here.  The same
+script copies the entry of a task with a callback_url to the webhooks stream.
 
-Readers: the API's ``GET /api/v1/results`` (XREAD, from an id), the webhook dispatcher (a
-consumer group, XREADGROUP / XACK, and XAUTOCLAIM for the entries of a consumer that died),
-and anyone's own consumer group (docs/results.md).  The dispatcher's schedule of attempts,
-their counts and its outcome counters live beside the stream (keys.py).
+Readers: the API's ``GET /api/v1/results`` (XREAD, from an id) and anyone's own consumer group
+(docs/results.md) read the results stream; the webhook dispatcher reads the webhooks stream
+(a consumer group, XREADGROUP / XACK, and XAUTOCLAIM for the entries of a consumer that died),
+so a task without a callback costs it nothing.  The dispatcher's schedule of attempts, their
+counts and its outcome counters live beside the stream (keys.py).
 """
 from __future__ import annotations
 
@@ -81,31 +83,31 @@ def length(r: redis.Redis) -> int:
 
 
 class Group:
-    """One consumer of a consumer group on the stream: each entry goes to one consumer of the
-    group; an entry stays pending (XPENDING) until acknowledged, and the entries of a consumer
-    that died are claimed by another after `min_idle_ms`."""
+    """One consumer of a consumer group on a stream (the results stream unless told): each entry
+    goes to one consumer of the group; an entry stays pending (XPENDING) until acknowledged, and
+    the entries of a consumer that died are claimed by another after `min_idle_ms`."""
 
-    def __init__(self, r: redis.Redis, group: str, consumer: str, start: str = "0"):
-        self.r, self.group, self.consumer = r, group, consumer
+    def __init__(self, r: redis.Redis, group: str, consumer: str, start: str = "0", stream: str = RESULTS_STREAM):
+        self.r, self.group, self.consumer, self.stream = r, group, consumer, stream
         try:
-            self.r.xgroup_create(RESULTS_STREAM, group, id=start, mkstream=True)
+            self.r.xgroup_create(stream, group, id=start, mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
-        answer = self.r.xreadgroup(self.group, self.consumer, {RESULTS_STREAM: ">"}, count=count, block=block_ms)
+        answer = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return _entries(answer[0][1]) if answer else []
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Entries pending with any consumer for at least `min_idle_ms`, now this one's."""
-        _next, claimed, *_deleted = self.r.xautoclaim(RESULTS_STREAM, self.group, self.consumer,
+        _next, claimed, *_deleted = self.r.xautoclaim(self.stream, self.group, self.consumer,
                                                       min_idle_ms, "0-0", count=count)
         return _entries(claimed)
 
     def ack(self, *ids: str) -> None:
         if ids:
-            self.r.xack(RESULTS_STREAM, self.group, *ids)
+            self.r.xack(self.stream, self.group, *ids)
 
 
 class Schedule:

@@ -36,8 +36,9 @@ def script_keys(task_id: str, input_key: str, *extra: str) -> list[str]:
 
 # KEYS of every task script: 1 the task hash, 2 its key index, 3 the status counts, 4 the
 # processing deadlines, 5 the upload deadlines, (6 in `begin`: the heartbeat of the worker that
-# claimed the task, 7 the results stream; 6 in `finish`: the results stream), then from FIRST_BATCH on, for each batch prefix of the input key, its
-# counts hash and its failed-keys set.  Python computes them from the input key it read; a
+# claimed the task, 7 the results stream, 8 the webhooks stream; 6 and 7 in `finish`: the two
+# streams), then from FIRST_BATCH on, for each batch prefix of the input key, its counts hash
+# and its failed-keys set.  Python computes them from the input key it read; a
 # script refuses to run (`keyed_by`) if the record turns out to belong to another key.
 # The record keeps its prefixes in 'batches' as well, for workers that still read them there.
 _LIB = """
@@ -65,16 +66,19 @@ local function touch(ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 -- One stream entry for a terminal transition, in the same script, so that a task that
--- finished has its entry and a refused (duplicate, late) transition adds none.
+-- finished has its entry and a refused (duplicate, late) transition adds none.  A task with a
+-- callback_url has the same entry in the webhooks stream too: the dispatcher reads only those.
 local STREAM_FIELDS = {""" + ", ".join(f"'{name}'" for name in STREAM_FIELDS) + """}
-local function emit(stream, maxlen)
+local function emit(stream, webhooks, maxlen)
   if maxlen <= 0 then return end
   local values = redis.call('HMGET', KEYS[1], unpack(STREAM_FIELDS))
-  local entry = {}
+  local entry, callback = {}, false
   for i, name in ipairs(STREAM_FIELDS) do
     if values[i] then entry[#entry + 1] = name; entry[#entry + 1] = values[i] end
+    if name == 'callback_url' and values[i] and values[i] ~= '' then callback = true end
   end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+  if callback then redis.call('XADD', webhooks, 'MAXLEN', '~', maxlen, '*', unpack(entry)) end
 end
 local function keyed_by(input_key)
   local stored = redis.call('HGET', KEYS[1], 'input_key')
@@ -106,7 +110,7 @@ return redis.call('HGETALL', KEYS[1])
 #       is KEYS[6]), channel, claim (the caller's id for this one claim, '' for none), the results
 #       stream's maxlen, then the record's result and callback fields, cleared when a new version starts
 # Returns {decision, attempts}, or {'retry', 0} when the record changed since KEYS were computed.
-BEGIN = _script(8, """
+BEGIN = _script(9, """
 local task = KEYS[1]
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local seq, worker = ARGV[8], ARGV[9]
@@ -148,7 +152,7 @@ if attempts > tonumber(ARGV[11]) then
   move(ARGV[2], status, 'failed', now, ttl)
   redis.call('ZREM', KEYS[4], ARGV[1])
   touch(ttl)
-  emit(KEYS[7], tonumber(ARGV[16]))
+  emit(KEYS[7], KEYS[8], tonumber(ARGV[16]))
   redis.call('PUBLISH', ARGV[14], 'failed')
   return {'exhausted', attempts}
 end
@@ -164,7 +168,7 @@ return {'start', attempts}
 # ARGV: id, sequencer ('*' = any version), new_status, now_iso, now, ttl, required_status,
 #       input_key, channel, the results stream's maxlen, then field/value pairs
 # Returns 1 done, 0 refused, -1 when the record changed since KEYS were computed.
-FINISH = _script(7, """
+FINISH = _script(8, """
 local task = KEYS[1]
 local status = redis.call('HGET', task, 'status')
 if not status or status ~= ARGV[7] then return 0 end
@@ -179,7 +183,7 @@ move(ARGV[8], status, new, now, ttl)
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 touch(ttl)
-if new == 'completed' or new == 'failed' then emit(KEYS[6], tonumber(ARGV[10])) end
+if new == 'completed' or new == 'failed' then emit(KEYS[6], KEYS[7], tonumber(ARGV[10])) end
 redis.call('PUBLISH', ARGV[9], new)
 return 1
 """)

@@ -31,8 +31,8 @@ from maskflow.infra.domain.outputs import RESULT_KINDS
 from maskflow.infra.stores import task_scripts
 from maskflow.infra.stores.changes import FINISHED_MAX_AGE_S, ChangeFeed, FinishedTasks
 from maskflow.infra.stores.keys import (PROCESSING_DEADLINES, RESULTS_STREAM, STATS_KEY, UPLOAD_DEADLINES,
-                                        batch_failed_key, batch_key, heartbeat_key, index_key, task_channel,
-                                        task_key)
+                                        WEBHOOKS_STREAM, batch_failed_key, batch_key, heartbeat_key, index_key,
+                                        task_channel, task_key)
 from maskflow.infra.stores.task_scripts import CALLBACK_FIELDS, batch_prefixes, script_keys
 from maskflow.infra.wiring.config import Config
 
@@ -196,7 +196,7 @@ class TaskStore:
         while True:
             now = time.time()
             decision, attempts = self._begin(
-                keys=script_keys(task_id, key, heartbeat_key(claimant_id), RESULTS_STREAM),
+                keys=script_keys(task_id, key, heartbeat_key(claimant_id), RESULTS_STREAM, WEBHOOKS_STREAM),
                 args=[task_id, key, "\n".join(batch_prefixes(key)), utc_iso(now), now, self.ttl,
                       etag, sequencer, worker_id, now + self.timeout, self.max_attempts, run_id,
                       claimant_id, task_channel(task_id), claim, self.stream_maxlen, *CLEARED_FIELDS])
@@ -235,7 +235,7 @@ class TaskStore:
                     return False
                 key = stored_key.decode()
             now = time.time()
-            done = int(self._finish(keys=script_keys(task_id, key, RESULTS_STREAM),
+            done = int(self._finish(keys=script_keys(task_id, key, RESULTS_STREAM, WEBHOOKS_STREAM),
                                     args=[task_id, sequencer, new, utc_iso(now), now, self.ttl,
                                           required, key, task_channel(task_id), self.stream_maxlen, *pairs]))
             if done >= 0:

@@ -420,7 +420,7 @@ class Bench:
         if app:
             out[:0] = [ServiceGroup("workers", workers)] + ([ServiceGroup("heavy pool", heavy)] if heavy else [])
             out.append(ServiceGroup("API", [self.stack.running("api")]))
-            if dispatcher := self.stack.running("webhooks"):  # reads every result, even without callbacks
+            if dispatcher := self.stack.running("webhooks"):  # idle without callbacks
                 out.append(ServiceGroup("webhooks", [dispatcher]))
         return out
 

@@ -189,13 +189,13 @@ def test_webhooks_minio_reads_results_only(setup, servers):
 
 def test_webhooks_redis_allowed_and_denied(setup, servers):
     from maskflow.functions.webhooks import GROUP
-    from maskflow.infra.stores.keys import WEBHOOKS_DUE
+    from maskflow.infra.stores.keys import WEBHOOKS_DUE, WEBHOOKS_STREAM
     from maskflow.infra.stores.results import Group, Schedule, count_delivery
     hooks, r_admin, cfg = setup["webhooks"].r, servers.redis(), setup["webhooks"].cfg
     task = uuid.uuid4().hex
     r_admin.hset(task_key(task), mapping={"status": "completed", "sequencer": "01"})
-    group = Group(hooks, f"lp-{setup['tag']}", "c1", start="$")              # XGROUP CREATE MKSTREAM
-    entry = r_admin.xadd(RESULTS_STREAM, {"task_id": task, "status": "completed"}).decode()
+    group = Group(hooks, f"lp-{setup['tag']}", "c1", start="$", stream=WEBHOOKS_STREAM)  # XGROUP CREATE MKSTREAM
+    entry = r_admin.xadd(WEBHOOKS_STREAM, {"task_id": task, "status": "completed"}).decode()
     assert [e.id for e in group.read(10)] == [entry]
     assert [e.id for e in group.reclaim(0, 10)] == [entry]
     group.ack(entry)
@@ -207,18 +207,20 @@ def test_webhooks_redis_allowed_and_denied(setup, servers):
     assert r_admin.hget(task_key(task), "callback_status") == b"delivered"
     denials = [
         lambda: hooks.xadd(RESULTS_STREAM, {"task_id": "forged"}),           # forge a result
-        lambda: hooks.xtrim(RESULTS_STREAM, 0), lambda: hooks.delete(RESULTS_STREAM),
+        lambda: hooks.xadd(WEBHOOKS_STREAM, {"task_id": "forged"}),          # or a delivery
+        lambda: hooks.xtrim(WEBHOOKS_STREAM, 0), lambda: hooks.delete(WEBHOOKS_STREAM),
+        lambda: hooks.xrange(RESULTS_STREAM, count=1),                      # every other task's result
         lambda: hooks.delete(task_key(task)), lambda: hooks.lpop(cfg.queue.events_key),
         lambda: hooks.get(index_key(f"input/lp-{setup['tag']}.jpg")),
         lambda: hooks.hset(heartbeat_key("forged"), "ready", "1"),
         lambda: hooks.publish("maskflow:other", "x"), lambda: hooks.flushall(),           # tasks' channels only
         lambda: hooks.keys("*"), lambda: hooks.config_get("*"), lambda: hooks.eval("return 1", 0),
-        lambda: hooks.xgroup_destroy(RESULTS_STREAM, GROUP),
+        lambda: hooks.xgroup_destroy(WEBHOOKS_STREAM, GROUP),
     ]
     for call in denials:
         denied_redis(call)
-    r_admin.delete(task_key(task)), r_admin.xgroup_destroy(RESULTS_STREAM, f"lp-{setup['tag']}")
-    r_admin.xdel(RESULTS_STREAM, entry), r_admin.delete(WEBHOOKS_DUE)
+    r_admin.delete(task_key(task)), r_admin.xgroup_destroy(WEBHOOKS_STREAM, f"lp-{setup['tag']}")
+    r_admin.xdel(WEBHOOKS_STREAM, entry), r_admin.delete(WEBHOOKS_DUE)
 
 
 def test_users_are_recreated_idempotently(servers):

@@ -11,7 +11,7 @@ import pytest
 
 from maskflow.api import results as results_api
 from maskflow.infra.stores import results
-from maskflow.infra.stores.keys import RESULTS_STREAM, heartbeat_key
+from maskflow.infra.stores.keys import RESULTS_STREAM, WEBHOOKS_STREAM, heartbeat_key
 from maskflow.infra.stores.results import Group
 from maskflow.infra.stores.tasks import Decision, TaskStore, derive_task_id
 from maskflow.infra.wiring.config import replace
@@ -54,6 +54,21 @@ def test_each_terminal_transition_appends_one_entry_and_refused_ones_none(task_s
     assert task_store.begin(done, "input/s/a.jpg", "e2", "0B", "w1", "r1")[0] is Decision.START
     assert task_store.complete(done, "0B", OUT)
     assert entries_by_task(clean_redis) == {done: 2, failed: 1}
+
+
+def test_a_task_with_a_callback_has_its_entry_in_the_webhooks_stream_as_well(task_store, clean_redis):
+    for name in ("plain", "hooked", "hooked-failed"):
+        task_store.begin(name, f"input/s/{name}.jpg", "e", "01", "w", "r")
+    task_store.set_callback("hooked", "https://example.com/hook")
+    task_store.set_callback("hooked-failed", "https://example.com/hook")
+    task_store.complete("plain", "01", OUT)
+    task_store.complete("hooked", "01", OUT)
+    task_store.fail("hooked-failed", "01", "not an image")
+    assert entries_by_task(clean_redis) == {"plain": 1, "hooked": 1, "hooked-failed": 1}
+    hooks = {f[b"task_id"].decode(): f for _, f in clean_redis.xrange(WEBHOOKS_STREAM)}
+    assert set(hooks) == {"hooked", "hooked-failed"}  # the dispatcher never sees a task without one
+    by_task = {f[b"task_id"].decode(): f for _, f in clean_redis.xrange(RESULTS_STREAM)}
+    assert hooks["hooked"] == by_task["hooked"] and hooks["hooked-failed"][b"status"] == b"failed"
 
 
 def test_timeouts_and_exhausted_tasks_have_their_entry(servers, clean_redis):

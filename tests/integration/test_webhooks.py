@@ -14,7 +14,7 @@ from maskflow.functions.webhooks import GROUP, Dispatcher
 from maskflow.infra.domain import signatures
 from maskflow.infra.ops.processes import wait_until
 from maskflow.infra.stores import results
-from maskflow.infra.stores.keys import RESULTS_STREAM
+from maskflow.infra.stores.keys import RESULTS_STREAM, WEBHOOKS_STREAM
 from maskflow.infra.stores.results import Group
 from maskflow.infra.stores.task_view import task_body
 from maskflow.infra.stores.tasks import TaskStore
@@ -66,15 +66,15 @@ def test_a_delivery_is_signed_and_its_body_is_the_tasks(servers, clean_redis, ob
     assert signatures.verify(SECRET, got.body, got.headers[signatures.HEADER])
     assert not signatures.verify("another secret", got.body, got.headers[signatures.HEADER])
     assert not signatures.verify(SECRET, got.body + b" ", got.headers[signatures.HEADER])
-    entry = results.read_after(clean_redis, "0", 10)[0]
-    assert got.headers[signatures.DELIVERY_HEADER] == entry.id
+    ((entry_id, _fields),) = clean_redis.xrange(WEBHOOKS_STREAM)
+    assert got.headers[signatures.DELIVERY_HEADER] == entry_id.decode()
     body = json.loads(got.body)
     expected = task_body(store.get("signed"), objects, cfg.api.presign_expiry)
     expected["callback"] = {"status": "pending", "attempts": 0, "last_error": None}  # as it was when sent
     assert {k: v for k, v in body.items() if k != "result"} == {k: v for k, v in expected.items() if k != "result"}
     assert body["status"] == "completed" and all(body["result"].values())
     assert callback == {"status": "delivered", "attempts": 1, "last_error": None}
-    assert clean_redis.xpending(RESULTS_STREAM, GROUP)["pending"] == 0
+    assert clean_redis.xpending(WEBHOOKS_STREAM, GROUP)["pending"] == 0
     stats = results.delivery_stats(clean_redis)
     assert stats["outcome:delivered"] == 1 and stats["latency_count"] == 1
 
@@ -105,7 +105,7 @@ def test_a_receiver_that_never_answers_is_bounded(servers, clean_redis):
     assert callback["status"] == "failed" and callback["attempts"] == 3
     assert "gave up after 3 attempts" in callback["last_error"] and "timeout" in callback["last_error"]
     assert time.monotonic() - started < 20
-    assert clean_redis.xpending(RESULTS_STREAM, GROUP)["pending"] == 0
+    assert clean_redis.xpending(WEBHOOKS_STREAM, GROUP)["pending"] == 0
     assert results.delivery_stats(clean_redis)["outcome:failed"] == 1
 
 
@@ -132,19 +132,21 @@ def test_a_redirect_to_a_private_address_is_refused(servers, clean_redis, monkey
     assert results.delivery_stats(clean_redis)["outcome:refused"] == 1
 
 
-def test_entries_without_callback_are_acknowledged_and_a_dead_consumers_are_reclaimed(servers, clean_redis):
+def test_only_tasks_with_a_callback_reach_the_dispatcher_and_a_dead_consumers_are_reclaimed(servers, clean_redis):
     cfg = hook_cfg(servers)
     with receiving() as receiver:
         store = TaskStore(clean_redis, cfg)
         store.begin("plain", "input/w/plain.jpg", "e", "01", "w", "r")
         store.complete("plain", "01", OUT)
         finish(cfg, clean_redis, "orphan", receiver.url)
-        dead = Group(clean_redis, GROUP, "dead")
-        assert len(dead.read(10)) == 2  # read, then this consumer "crashes" before any ack
+        assert clean_redis.xlen(RESULTS_STREAM) == 2
+        dead = Group(clean_redis, GROUP, "dead", stream=WEBHOOKS_STREAM)
+        (taken,) = dead.read(10)  # read, then this consumer "crashes" before its ack
+        assert taken.task_id == "orphan"
         with dispatching(cfg, clean_redis, "d2", reclaim_idle=0.0):
             (got,) = receiver.wait_for(1)
             wait_until(lambda: callback_of(store, "orphan"), "the reclaimed delivery recorded", 30)
-            wait_until(lambda: clean_redis.xpending(RESULTS_STREAM, GROUP)["pending"] == 0, "all acknowledged", 30)
+            wait_until(lambda: clean_redis.xpending(WEBHOOKS_STREAM, GROUP)["pending"] == 0, "all acknowledged", 30)
     assert json.loads(got.body)["task_id"] == "orphan"
 
 
