@@ -76,9 +76,9 @@ SENTINEL_USERS = {
 
 
 # What the api writes: the keys of the task scripts it runs (create_pending, fail_pending), and
-# the results and webhooks streams (issue 28).  Not the events lists, in-flight lists, heartbeats or dead
-# letters: a compromised API cannot stall the queue or fake a live worker.  A key the API
-# comes to write goes here.
+# the results and webhooks streams (issue 28).  Not the events lists, in-flight lists,
+# heartbeats or dead letters: a compromised API cannot stall the queue or fake a live worker.
+# A key the API comes to write goes here.
 API_WRITES = (task_key("*"), index_key("*"), batch_key("*"), STATS_KEY, PROCESSING_DEADLINES,
               UPLOAD_DEADLINES, f"{NAMESPACE}:results*", WEBHOOKS_STREAM)
 

@@ -55,15 +55,9 @@ def _entries(raw) -> list[Entry]:
             for entry_id, fields in raw if fields is not None]
 
 
-def read_after(r: redis.Redis, after: str, count: int, block_ms: int | None = None) -> list[Entry]:
-    """Entries after `after` ("0": from the oldest kept, "$": only new ones), blocking up to
-    `block_ms` for the first when there is none."""
-    answer = r.xread({RESULTS_STREAM: after}, count=count, block=block_ms)
-    return _entries(answer[0][1]) if answer else []
-
-
 def read_through(r: redis.Redis, after: str, last: str, count: int) -> list[Entry]:
-    """At most `count` entries after `after`, up to and including `last`."""
+    """At most `count` entries after `after` ("0": from the oldest kept), up to and including
+    `last` ("+": the newest)."""
     return _entries(r.xrange(RESULTS_STREAM, min=f"({after}", max=last, count=count))
 
 

@@ -43,7 +43,7 @@ def test_each_terminal_transition_appends_one_entry_and_refused_ones_none(task_s
     assert task_store.fail(failed, "01", "not an image")
     assert not task_store.fail(failed, "01", "not an image")
     assert entries_by_task(clean_redis) == {done: 1, failed: 1}
-    entry = results.read_after(clean_redis, "0", 10)[0]
+    entry = results.read_through(clean_redis, "0", "+", 10)[0]
     assert entry.fields["status"] == "completed" and entry.input_key == "input/s/a.jpg"
     assert entry.fields["output_key"] == OUT["output"] and entry.fields["mask_key"] == OUT["mask"]
     assert entry.fields["model"] == "general" and entry.as_json()["options"] == {"format": "webp"}
@@ -83,7 +83,7 @@ def test_timeouts_and_exhausted_tasks_have_their_entry(servers, clean_redis):
     clean_redis.delete(heartbeat_key("w1"))  # its worker died: the next claim is one too many
     assert store.begin(dying, "input/s/dying.jpg", "e", "01", "w2", "r2")[0] is Decision.EXHAUSTED
     assert entries_by_task(clean_redis) == {late: 1, "announced": 1, dying: 1}
-    assert {e.status for e in results.read_after(clean_redis, "0", 10)} == {"failed"}
+    assert {e.status for e in results.read_through(clean_redis, "0", "+", 10)} == {"failed"}
 
 
 def test_the_stream_is_capped_and_can_be_off(servers, clean_redis):

@@ -100,7 +100,7 @@ def test_200_images_with_a_worker_sigkilled_while_it_holds_events(servers, clean
         out, mask = result_keys(f"input/{unique_prefix}/b1/img-{i:03d}.jpg").values()
         assert objects.exists(out) and objects.exists(mask), i
     # every task has exactly one results stream entry, however often its workers were killed
-    per_key = Counter(e.input_key for e in results.read_after(r, "0", 10_000))
+    per_key = Counter(e.input_key for e in results.read_through(r, "0", "+", 10_000))
     assert per_key == {f"input/{unique_prefix}/b1/img-{i:03d}.jpg": 1 for i in range(200)}
 
 
