@@ -614,6 +614,11 @@ def mask_agreement(rembg: Run, ours: dict[str, bytes]) -> str:
 MIX_SIZES = "256x192,640x480,1024x768,1600x1200,2400x1800"
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'WxH' or 'WxH,WxH,...' as (width, height) pairs."""
+    return [tuple(int(v) for v in size.split("x")) for size in text.split(",")]
+
+
 def write_photos(folder: Path, count: int, sizes: list[tuple[int, int]], mix: bool = False) -> int:
     folder.mkdir(parents=True)
     total = 0
@@ -703,7 +708,7 @@ def main() -> int:
         ap.error(f"--skip: unknown {','.join(sorted(skip - set(CONTESTANTS)))}; valid: {','.join(CONTESTANTS)}")
     if args.mix and args.size == ap.get_default("size"):
         args.size = MIX_SIZES
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.size.split(",")]
+    sizes = parse_sizes(args.size)
     m = min(args.u2netp_photos, args.photos)
     k = min(args.u2net_photos, args.photos)
     python = os.path.relpath(sys.executable, Path.cwd()) if Path(sys.executable).is_relative_to(ROOT) \
