@@ -143,10 +143,19 @@ def reset_hwm(pid: int) -> bool:
         return False
 
 
+def cpu_ticks() -> list[int]:
+    """The whole machine's CPU ticks so far (all cores), by /proc/stat's first eight fields:
+    user nice system idle iowait irq softirq steal."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def busy_ticks(ticks: list[int]) -> int:
+    return sum(ticks) - ticks[3] - ticks[4]  # minus idle and iowait
+
+
 def busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (all cores; /proc/stat)."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK  # minus idle and iowait
+    return busy_ticks(cpu_ticks()) / CLK_TCK
 
 
 class Window:

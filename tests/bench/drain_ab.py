@@ -6,13 +6,14 @@ B differs from A only by what is given here:
 
     --minio-env K=V   added to MinIO's environment (e.g. GOMAXPROCS=1)
     --env K=V         set while B's stack starts, so every process it starts inherits it
-                      (names starting MASKFLOW_, MINIO_, AWS_ are never inherited:
-                      infra/ops/roles.py)
+                      (but not names with the prefixes infra/ops/roles.py keeps from
+                      services: MASKFLOW_, MINIO_, AWS_, REDISCLI_)
 
-Per drain it also prints how busy the cores were (/proc/stat: busy, idle, iowait), since on
-this machine a setting that lowers CPU per image can still lose throughput to idle cores.
-Alternating cancels the machine's slow drift; the pairs' wins say how much of the difference
-is noise.  Use it for a lever of the drain before taking it, then confirm with compare.py.
+Per drain it also prints how busy the cores were (/proc/stat: busy as compare.py counts it,
+idle, iowait), since on this machine a setting that lowers CPU per image can still lose
+throughput to idle cores.  Alternating cancels the machine's slow drift; the pairs' wins say
+how much of the difference is noise.  Use it for a lever of the drain before taking it, then
+confirm with compare.py.
 
     .venv/bin/python tests/bench/drain_ab.py --minio-env MINIO_STORAGE_CLASS_INLINE_BLOCK=256KiB
     .venv/bin/python tests/bench/drain_ab.py --pairs 10 --env OPENCV_FOR_THREADS_NUM=1 --mix
@@ -38,8 +39,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "bench")]
 
 import compare  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 @dataclass
 class Drain:
@@ -62,11 +61,6 @@ def settings(pairs: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def cpu_times() -> list[int]:
-    with open("/proc/stat") as f:
-        return [int(v) for v in f.readline().split()[1:]]
-
-
 class CoreSampler:
     """/proc/stat every 50 ms, so the cores can be read over the drain alone (the run also
     waits for the pipeline to settle, with the cores mostly idle)."""
@@ -78,7 +72,7 @@ class CoreSampler:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), cpu_times()))
+            self.samples.append((time.perf_counter(), compare.cpu_ticks()))
             self._stop.wait(0.05)
 
     def __enter__(self) -> CoreSampler:
@@ -89,11 +83,12 @@ class CoreSampler:
         self._stop.set()
         self._thread.join()
 
-    def cores(self, start: float, end: float) -> list[float]:
-        """Cores per /proc/stat field (user nice system idle iowait irq softirq steal ...)."""
+    def ticks(self, start: float, end: float) -> tuple[list[int], float]:
+        """The ticks by field (compare.cpu_ticks) between the first and the last sample
+        inside [start, end], and the seconds between those two samples."""
         inside = [(t, v) for t, v in self.samples if start <= t <= end]
         (t0, first), (t1, last) = inside[0], inside[-1]
-        return [(b - a) / CLK_TCK / (t1 - t0) for a, b in zip(first, last)]
+        return [b - a for a, b in zip(first, last)], t1 - t0
 
 
 @contextlib.contextmanager
@@ -121,10 +116,11 @@ def drain(variant: str, folder: Path, photos: Path, count: int, env: dict[str, s
             run = bench.drain("maskflow", variant, photos, count, [])
     finally:
         bench.stack.down()
-    cores = sampler.cores(started, started + run.seconds)
-    idle, iowait = cores[3], cores[4]
+    ticks, seconds = sampler.ticks(started, started + run.seconds)
+    one_core = compare.CLK_TCK * seconds  # ticks of one core over the window
     groups = " · ".join(f"{u.name} {1000 * u.cpu_s / count:.1f}" for u in run.usage if u.cpu_s >= 0.05)
-    return Drain(variant, run.rate, run.cpu_ms(), groups, sum(cores[:8]) - idle - iowait, idle, iowait)
+    return Drain(variant, run.rate, run.cpu_ms(), groups, busy=compare.busy_ticks(ticks) / one_core,
+                 idle=ticks[3] / one_core, iowait=ticks[4] / one_core)
 
 
 def main() -> int:
