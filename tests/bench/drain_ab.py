@@ -23,16 +23,15 @@ Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "bench")]
@@ -91,17 +90,6 @@ class CoreSampler:
         return [b - a for a, b in zip(first, last)], t1 - t0
 
 
-@contextlib.contextmanager
-def environment(extra: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def drain(variant: str, folder: Path, photos: Path, count: int, env: dict[str, str],
           minio_env: dict[str, str]) -> Drain:
     bench = compare.Bench(folder, lambda _msg: None)
@@ -109,7 +97,7 @@ def drain(variant: str, folder: Path, photos: Path, count: int, env: dict[str, s
         base = bench.stack.minio_env
         bench.stack.minio_env = lambda: {**base(), **minio_env}
     try:
-        with environment(env):
+        with mock.patch.dict(os.environ, env):
             bench.up()
         with CoreSampler() as sampler:
             started = time.perf_counter()
