@@ -200,6 +200,8 @@ def encode_cutout_png(rgb: np.ndarray, mask: np.ndarray) -> bytes:
     fpng writes it when installed (the worker extra pins it): 3.5x faster than OpenCV's zlib
     on 1024x768 photos (tests/bench/model.py), for files about 20 % larger.  Without it,
     OpenCV writes the same pixels (tests/unit/test_images.py decodes both with two decoders).
+    fpng holds the GIL while it encodes; ISA-L, which does not, drained slower all the same
+    (docs/benchmarks.md, "Two more layouts").
     """
     rgba = cutout_rgba(rgb, mask)
     if fpng is not None:
